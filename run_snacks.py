@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Fine-tune an image classifier from a YAML recipe.
+
+    python run_snacks.py recipes/smoke.yaml
+    accelerate launch run_snacks.py recipes/vit-base-patch16-224-in21k/snacks/config_tuned.yaml --learning_rate 3.0e-4
+
+Steps: parse the recipe -> load the splits -> labels -> transforms -> model -> train -> evaluate
+validation and test -> save the model, its processor, the metrics and the resolved recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import transformers
+from transformers import set_seed
+
+from vitrecipes.config import parse_recipe, save_resolved_recipe
+from vitrecipes.data import load_splits
+from vitrecipes.errors import RecipeError
+from vitrecipes.modeling import build_image_processor, build_model
+from vitrecipes.training import (
+    attach_transforms,
+    build_trainer,
+    effective_batch_size,
+    evaluate_splits,
+    format_summary,
+    write_metrics,
+)
+from vitrecipes.transforms import Preprocessing
+
+logger = logging.getLogger("run_snacks")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args, recipe_path = parse_recipe(argv)
+    _setup_logging(training_args)
+    set_seed(training_args.seed)
+    logger.info("Recipe %s -> %s", recipe_path or "(command line)", training_args.output_dir)
+
+    splits = load_splits(data_args, seed=training_args.seed)
+    logger.info(
+        "Data: %s, %d classes; %s",
+        data_args.dataset_name,
+        len(splits.class_names),
+        ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()),
+    )
+
+    processor = build_image_processor(model_args)
+    prep = Preprocessing.build(processor, data_args, mean=model_args.image_mean, std=model_args.image_std)
+    splits = attach_transforms(splits, prep, data_args.image_column_name, data_args.label_column_name)
+    model = build_model(model_args, splits.class_names)
+
+    trainer = build_trainer(model, processor, training_args, splits)
+    metrics: dict = {"effective_batch_size": effective_batch_size(training_args)}
+    logger.info(
+        "Effective batch size %d = %d per device x %d processes x %d accumulation steps",
+        metrics["effective_batch_size"],
+        training_args.per_device_train_batch_size,
+        training_args.world_size,
+        training_args.gradient_accumulation_steps,
+    )
+    if trainer.is_world_process_zero():
+        save_resolved_recipe(training_args.output_dir, model_args, data_args, training_args)
+
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        metrics["train"] = dict(result.metrics, samples=len(splits.train))
+
+    metrics.update(evaluate_splits(trainer, splits))
+    if trainer.is_world_process_zero():
+        write_metrics(training_args.output_dir, metrics)
+        print(format_summary(metrics, training_args.output_dir), flush=True)
+    return metrics
+
+
+def _setup_logging(training_args) -> None:
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    logging.getLogger("vitrecipes").setLevel(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RecipeError as error:
+        print(f"\nError: {error}\n", file=sys.stderr)
+        sys.exit(2)

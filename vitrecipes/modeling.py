@@ -1,0 +1,109 @@
+"""Building the image processor and the classifier, from a checkpoint or from scratch."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
+
+from .config import ModelArguments
+from .errors import RecipeError
+
+logger = logging.getLogger(__name__)
+
+
+def _hub_kwargs(model_args: ModelArguments) -> dict:
+    return {
+        "revision": model_args.model_revision,
+        "cache_dir": model_args.cache_dir,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+
+
+def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local:
+        return RecipeError(
+            f"model_name_or_path: the folder {name} does not exist or holds no model. Give a folder written "
+            "by save_pretrained (config.json + model.safetensors) or a Hub id."
+        )
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    why = "HF_HUB_OFFLINE is set, so the Hub cannot be reached" if offline else "the Hub could not be reached"
+    return RecipeError(
+        f"model_name_or_path: could not load '{name}' ({why}, or the id is misspelt, or it is not in the "
+        "local cache). Download it once with `huggingface-cli download "
+        f"{name}` on a machine with network, or point model_name_or_path at a local folder. "
+        f"Cause: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    )
+
+
+def build_image_processor(model_args: ModelArguments):
+    """The checkpoint's own processor, or a ViT-style one sized to a from-scratch config."""
+    if model_args.model_name_or_path is None:
+        overrides = model_args.config_overrides or {}
+        config = AutoConfig.for_model(model_args.model_type, **overrides)
+        size = getattr(config, "image_size", 224)
+        return ViTImageProcessor(
+            size={"height": size, "width": size},
+            image_mean=model_args.image_mean or [0.5, 0.5, 0.5],
+            image_std=model_args.image_std or [0.5, 0.5, 0.5],
+        )
+    name = model_args.image_processor_name or model_args.model_name_or_path
+    try:
+        processor = AutoImageProcessor.from_pretrained(name, **_hub_kwargs(model_args))
+    except OSError as error:
+        raise _missing_checkpoint_error(name, error) from None
+    if model_args.image_mean:
+        processor.image_mean = list(model_args.image_mean)
+    if model_args.image_std:
+        processor.image_std = list(model_args.image_std)
+    return processor
+
+
+def build_model(model_args: ModelArguments, class_names: list[str]):
+    """An image classifier with one output per class and the class names in its config."""
+    label2id = {name: i for i, name in enumerate(class_names)}
+    id2label = {i: name for i, name in enumerate(class_names)}
+    labels = {"num_labels": len(class_names), "label2id": label2id, "id2label": id2label}
+    if model_args.model_name_or_path is None:
+        try:
+            config = AutoConfig.for_model(model_args.model_type, **labels, **(model_args.config_overrides or {}))
+        except ValueError as error:
+            raise RecipeError(f"model_type: {error}") from None
+        unknown = sorted(set(model_args.config_overrides or {}) - set(config.to_dict()))
+        if unknown:
+            raise RecipeError(
+                f"config_overrides: {unknown} are not fields of a {model_args.model_type} config. "
+                f"Known fields include: {', '.join(sorted(config.to_dict())[:40])}."
+            )
+        return _as_classifier(lambda: AutoModelForImageClassification.from_config(config), model_args.model_type)
+
+    name = model_args.model_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(name, **labels, **_hub_kwargs(model_args))
+    except OSError as error:
+        raise _missing_checkpoint_error(name, error) from None
+    return _as_classifier(
+        lambda: AutoModelForImageClassification.from_pretrained(
+            name,
+            config=config,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            use_safetensors=True if Path(name).is_dir() else None,
+            **_hub_kwargs(model_args),
+        ),
+        name,
+    )
+
+
+def _as_classifier(make, what: str):
+    try:
+        return make()
+    except ValueError as error:
+        if "Unrecognized configuration class" in str(error) or "image classification" in str(error).lower():
+            raise RecipeError(
+                f"{what} is not an image-classification architecture: AutoModelForImageClassification has no "
+                "class for it. Use a vision checkpoint such as google/vit-base-patch16-224-in21k."
+            ) from None
+        raise

@@ -1,0 +1,124 @@
+"""Trainer set-up, final evaluation of every split, and the files and summary a run leaves."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from transformers import Trainer, TrainingArguments
+
+from .data import Splits
+from .metrics import compute_metrics
+from .transforms import Preprocessing, collate
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def effective_batch_size(args: TrainingArguments) -> int:
+    """Images per optimiser step across all processes."""
+    return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+
+
+def attach_transforms(splits: Splits, prep: Preprocessing, image_column: str, label_column: str) -> Splits:
+    """Lazy preprocessing: images are decoded and transformed only when a batch is drawn."""
+    return Splits(
+        train=splits.train.with_transform(prep.batch_transform(True, image_column, label_column)),
+        validation=splits.validation.with_transform(prep.batch_transform(False, image_column, label_column)),
+        test=(
+            splits.test.with_transform(prep.batch_transform(False, image_column, label_column))
+            if splits.test is not None
+            else None
+        ),
+        class_names=splits.class_names,
+    )
+
+
+def load_weights(model, checkpoint_dir: str) -> None:
+    """Load a checkpoint's weights into `model` in place, through `from_pretrained`.
+
+    transformers 5 saves some architectures (ViT among them) under legacy parameter names and
+    renames them only inside `from_pretrained`. Trainer's own reload (best model at the end, resume)
+    calls `load_state_dict(strict=False)` on the raw file, which silently skips every renamed
+    tensor and leaves the encoder as it was. Going through `from_pretrained` applies the renaming,
+    and `strict=True` makes any remaining mismatch an error instead of a quiet loss.
+    """
+    reference = type(model).from_pretrained(checkpoint_dir, config=model.config)
+    model.load_state_dict(reference.state_dict(), strict=True)
+
+
+class RecipeTrainer(Trainer):
+    """Trainer whose checkpoint reloads keep every weight (see `load_weights`)."""
+
+    def _plain_reload(self) -> bool:
+        return not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self._plain_reload():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info("Loading model weights from %s", resume_from_checkpoint)
+        load_weights(model if model is not None else self.model, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        if not self._plain_reload():
+            return super()._load_best_model()
+        logger.info("Loading the best model (%s) from %s", self.args.metric_for_best_model, self.state.best_model_checkpoint)
+        load_weights(self.model, self.state.best_model_checkpoint)
+
+
+def build_trainer(model, processor, args: TrainingArguments, splits: Splits) -> Trainer:
+    return RecipeTrainer(
+        model=model,
+        args=args,
+        train_dataset=splits.train if args.do_train else None,
+        eval_dataset=splits.validation,
+        data_collator=collate,
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+    )
+
+
+def evaluate_splits(trainer: Trainer, splits: Splits) -> dict[str, dict[str, float]]:
+    """Validation and test metrics, keyed by split, with the `eval_` prefixes removed."""
+    results = {}
+    for name, dataset in splits.items():
+        if name == "train":
+            continue
+        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=name)
+        results[name] = {k.removeprefix(f"{name}_"): v for k, v in metrics.items()}
+        results[name]["samples"] = len(dataset)
+    if splits.test is None:
+        logger.warning("No test split: skipping the test evaluation.")
+    return results
+
+
+def write_metrics(output_dir: str | Path, metrics: dict) -> Path:
+    path = Path(output_dir) / METRICS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def format_summary(metrics: dict, output_dir: str | Path) -> str:
+    lines = ["", "=" * 64, "Run summary"]
+    train = metrics.get("train")
+    if train:
+        lines.append(
+            f"  train       loss {train.get('train_loss', float('nan')):.4f}   "
+            f"{train.get('train_samples_per_second', 0):8.1f} samples/s   "
+            f"wall {train.get('train_runtime', 0):.1f} s   effective batch {metrics.get('effective_batch_size')}"
+        )
+    for split in ("validation", "test"):
+        if split in metrics:
+            m = metrics[split]
+            lines.append(
+                f"  {split:<11} accuracy {m.get('accuracy', float('nan')):.4f}   loss {m.get('loss', float('nan')):.4f}"
+                f"   {m.get('samples_per_second', 0):8.1f} samples/s   n={m.get('samples')}"
+            )
+        elif split == "test":
+            lines.append("  test        skipped (the dataset has no test split)")
+    lines.append(f"  model, processor, metrics.json and resolved_recipe.yaml in {output_dir}")
+    lines.append("=" * 64)
+    return "\n".join(lines)
