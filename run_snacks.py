@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_model()
         metrics["train"] = dict(result.metrics, samples=len(splits.train))
 
-    metrics.update(evaluate_splits(trainer, splits))
+    split_metrics, _predictions = evaluate_splits(trainer, splits)
+    metrics.update(split_metrics)
     if trainer.is_world_process_zero():
         write_metrics(training_args.output_dir, metrics)
         print(format_summary(metrics, training_args.output_dir), flush=True)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
 
 from transformers import Trainer, TrainingArguments
 
@@ -80,18 +84,30 @@ def build_trainer(model, processor, args: TrainingArguments, splits: Splits) -> 
     )
 
 
-def evaluate_splits(trainer: Trainer, splits: Splits) -> dict[str, dict[str, float]]:
-    """Validation and test metrics, keyed by split, with the `eval_` prefixes removed."""
-    results = {}
+@dataclass
+class SplitPredictions:
+    """One split's logits and labels from the final evaluation, kept so reports need no second pass."""
+
+    split: str
+    logits: np.ndarray
+    labels: np.ndarray
+    dataset: Dataset  # the split as evaluated (transform attached), in prediction order
+
+
+def evaluate_splits(trainer: Trainer, splits: Splits) -> tuple[dict[str, dict[str, float]], dict[str, SplitPredictions]]:
+    """Validation and test metrics keyed by split (prefixes removed), and the raw predictions."""
+    results, predictions = {}, {}
     for name, dataset in splits.items():
         if name == "train":
             continue
-        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=name)
-        results[name] = {k.removeprefix(f"{name}_"): v for k, v in metrics.items()}
-        results[name]["samples"] = len(dataset)
+        output = trainer.predict(dataset, metric_key_prefix=name)
+        results[name] = {k.removeprefix(f"{name}_"): v for k, v in output.metrics.items()}
+        results[name]["samples"] = int(len(output.label_ids))
+        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        predictions[name] = SplitPredictions(name, np.asarray(logits), np.asarray(output.label_ids), dataset)
     if splits.test is None:
         logger.warning("No test split: skipping the test evaluation.")
-    return results
+    return results, predictions
 
 
 def write_metrics(output_dir: str | Path, metrics: dict) -> Path:
