@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     split_metrics, _predictions = evaluate_splits(trainer, splits)
     metrics.update(split_metrics)
     if trainer.is_world_process_zero():
-        write_metrics(training_args.output_dir, metrics)
-        print(format_summary(metrics, training_args.output_dir), flush=True)
+        metrics_path = write_metrics(training_args.output_dir, metrics, trained=training_args.do_train)
+        print(format_summary(metrics, training_args.output_dir, metrics_path), flush=True)
     return metrics
 
 

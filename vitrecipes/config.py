@@ -25,6 +25,8 @@ from transformers import TrainingArguments
 from .errors import RecipeError
 
 RESOLVED_RECIPE_NAME = "resolved_recipe.yaml"
+# An evaluation-only run writes here, so it never replaces the recipe of the run that trained the model.
+EVAL_ONLY_RECIPE_NAME = "eval_only_recipe.yaml"
 # Keys never written to the resolved recipe: secrets, and values set by the launcher per process.
 _UNSAVED_KEYS = {"hub_token", "local_rank"}
 
@@ -448,7 +450,8 @@ def resolved_recipe(model_args, data_args, training_args) -> dict[str, dict[str,
 
 def save_resolved_recipe(output_dir: str | Path, model_args, data_args, training_args) -> Path:
     """Write every key the run used, so `python run_snacks.py <this file>` repeats the run."""
-    path = Path(output_dir) / RESOLVED_RECIPE_NAME
+    name = RESOLVED_RECIPE_NAME if training_args.do_train else EVAL_ONLY_RECIPE_NAME
+    path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = ["# Every setting this run used. Repeat it with: python run_snacks.py " + str(path)]
     for name, group in resolved_recipe(model_args, data_args, training_args).items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from pathlib import Path
@@ -39,11 +40,28 @@ def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:
     )
 
 
+def scratch_config(model_args: ModelArguments, **extra):
+    """The config of a from-scratch model: the architecture's defaults plus `config_overrides`."""
+    overrides = model_args.config_overrides or {}
+    try:
+        defaults = AutoConfig.for_model(model_args.model_type).to_dict()
+    except ValueError as error:
+        raise RecipeError(f"model_type: {error}") from None
+    # Configs accept any keyword silently, so a typo would otherwise train the default size.
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        hints = [difflib.get_close_matches(k, list(defaults), n=1) for k in unknown]
+        hint = "; ".join(f"'{k}' -> did you mean '{h[0]}'?" for k, h in zip(unknown, hints) if h)
+        raise RecipeError(
+            f"config_overrides: {unknown} are not fields of a {model_args.model_type} config. {hint}".rstrip()
+        )
+    return AutoConfig.for_model(model_args.model_type, **extra, **overrides)
+
+
 def build_image_processor(model_args: ModelArguments):
     """The checkpoint's own processor, or a ViT-style one sized to a from-scratch config."""
     if model_args.model_name_or_path is None:
-        overrides = model_args.config_overrides or {}
-        config = AutoConfig.for_model(model_args.model_type, **overrides)
+        config = scratch_config(model_args)
         size = getattr(config, "image_size", 224)
         return ViTImageProcessor(
             size={"height": size, "width": size},
@@ -68,16 +86,7 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
     id2label = {i: name for i, name in enumerate(class_names)}
     labels = {"num_labels": len(class_names), "label2id": label2id, "id2label": id2label}
     if model_args.model_name_or_path is None:
-        try:
-            config = AutoConfig.for_model(model_args.model_type, **labels, **(model_args.config_overrides or {}))
-        except ValueError as error:
-            raise RecipeError(f"model_type: {error}") from None
-        unknown = sorted(set(model_args.config_overrides or {}) - set(config.to_dict()))
-        if unknown:
-            raise RecipeError(
-                f"config_overrides: {unknown} are not fields of a {model_args.model_type} config. "
-                f"Known fields include: {', '.join(sorted(config.to_dict())[:40])}."
-            )
+        config = scratch_config(model_args, **labels)
         return _as_classifier(lambda: AutoModelForImageClassification.from_config(config), model_args.model_type)
 
     name = model_args.model_name_or_path

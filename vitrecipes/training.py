@@ -19,6 +19,7 @@ from .transforms import Preprocessing, collate
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+EVAL_ONLY_METRICS_FILE = "eval_only_metrics.json"
 
 
 def effective_batch_size(args: TrainingArguments) -> int:
@@ -110,14 +111,14 @@ def evaluate_splits(trainer: Trainer, splits: Splits) -> tuple[dict[str, dict[st
     return results, predictions
 
 
-def write_metrics(output_dir: str | Path, metrics: dict) -> Path:
-    path = Path(output_dir) / METRICS_FILE
+def write_metrics(output_dir: str | Path, metrics: dict, trained: bool = True) -> Path:
+    path = Path(output_dir) / (METRICS_FILE if trained else EVAL_ONLY_METRICS_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 
-def format_summary(metrics: dict, output_dir: str | Path) -> str:
+def format_summary(metrics: dict, output_dir: str | Path, metrics_path: Path) -> str:
     lines = ["", "=" * 64, "Run summary"]
     train = metrics.get("train")
     if train:
@@ -135,6 +136,8 @@ def format_summary(metrics: dict, output_dir: str | Path) -> str:
             )
         elif split == "test":
             lines.append("  test        skipped (the dataset has no test split)")
-    lines.append(f"  model, processor, metrics.json and resolved_recipe.yaml in {output_dir}")
+    lines.append(f"  metrics: {metrics_path}")
+    if "train" in metrics:
+        lines.append(f"  model, image processor and resolved recipe: {output_dir}")
     lines.append("=" * 64)
     return "\n".join(lines)

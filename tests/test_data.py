@@ -1,0 +1,130 @@
+"""Each data source: Hub-style DatasetDict, imagefolder on disk, save_to_disk, built-in digits."""
+
+from collections import Counter
+
+import datasets
+import pytest
+from conftest import CLASS_COLOURS, class_image, write_imagefolder
+
+from vitrecipes import data as data_module
+from vitrecipes.config import DataArguments
+from vitrecipes.data import PARQUET_REVISION, load_splits, materialize_digits
+from vitrecipes.errors import RecipeError
+from vitrecipes.transforms import load_rgb
+
+
+def test_imagefolder_with_all_splits(imagefolder):
+    splits = load_splits(DataArguments(dataset_name=str(imagefolder)))
+    assert splits.class_names == sorted(CLASS_COLOURS)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (24, 9, 9)
+    row = splits.train[0]
+    assert load_rgb(row["image"]).mode == "RGB"  # undecoded on purpose; decoding is lazy
+
+
+def test_missing_validation_is_carved_stratified_and_missing_test_is_skipped(tmp_path, caplog):
+    root = write_imagefolder(tmp_path / "trainonly", {"train": 10})
+    args = DataArguments(dataset_name=str(root), validation_split_size=0.2)
+    splits = load_splits(args, seed=3)
+    assert len(splits.validation) == 6 and len(splits.train) == 24
+    assert Counter(splits.validation["label"]) == {0: 2, 1: 2, 2: 2}
+    assert splits.test is None
+    assert "test step will be skipped" in caplog.text
+    again = load_splits(args, seed=3)
+    assert again.validation["label"] == splits.validation["label"]
+
+
+def test_save_to_disk_folder_with_string_labels(tmp_path):
+    images = [class_image(c, i) for i, c in enumerate(list(CLASS_COLOURS.values()) * 4)]
+    names = list(CLASS_COLOURS) * 4
+    features = datasets.Features({"img": datasets.Image(), "kind": datasets.Value("string")})
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"img": images, "kind": names}, features=features),
+            "validation": datasets.Dataset.from_dict({"img": images[:3], "kind": names[:3]}, features=features),
+        }
+    )
+    dd.save_to_disk(tmp_path / "saved")
+    args = DataArguments(dataset_name=str(tmp_path / "saved"), image_column_name="img", label_column_name="kind")
+    splits = load_splits(args)
+    assert splits.class_names == sorted(CLASS_COLOURS)
+    assert isinstance(splits.train.features["kind"], datasets.ClassLabel)
+    first = splits.train[0]
+    assert splits.class_names[first["kind"]] == names[0]
+    assert load_rgb(first["img"]).size == images[0].size
+
+
+def _hub_style_dataset():
+    images = [class_image(c, i) for i, c in enumerate(list(CLASS_COLOURS.values()) * 3)]
+    labels = datasets.ClassLabel(names=list(CLASS_COLOURS))
+    features = datasets.Features({"image": datasets.Image(), "label": labels})
+    ids = [i % 3 for i in range(9)]
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict({"image": images, "label": ids}, features=features)
+            for split in ("train", "validation", "test")
+        }
+    )
+
+
+def test_hub_id_with_a_loading_script_falls_back_to_parquet(monkeypatch, caplog):
+    calls = []
+
+    def fake_load_dataset(path, **kwargs):  # the Hub's network is the one thing we cannot reach
+        calls.append((path, kwargs.get("revision")))
+        if kwargs.get("revision") != PARQUET_REVISION:
+            raise RuntimeError("Dataset scripts are no longer supported, but found snacks.py")
+        return _hub_style_dataset()
+
+    monkeypatch.setattr(data_module.datasets, "load_dataset", fake_load_dataset)
+    splits = load_splits(DataArguments(dataset_name="Matthijs/snacks"))
+    assert calls == [("Matthijs/snacks", None), ("Matthijs/snacks", PARQUET_REVISION)]
+    assert splits.class_names == list(CLASS_COLOURS) and len(splits.test) == 9
+    assert "Parquet export" in caplog.text
+
+
+def test_hub_id_offline_says_how_to_use_a_local_copy():
+    with pytest.raises(RecipeError, match=r"(?s)Could not load dataset 'someone/no-such-data'.*HF_HUB_OFFLINE.*local"):
+        load_splits(DataArguments(dataset_name="someone/no-such-data"))
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(RecipeError, match=r"the folder .*nowhere does not exist"):
+        load_splits(DataArguments(dataset_name=str(tmp_path / "nowhere")))
+
+
+def test_wrong_column_lists_the_columns(imagefolder):
+    with pytest.raises(RecipeError, match=r"image_column_name: column 'picture'.*Its columns are: image, label"):
+        load_splits(DataArguments(dataset_name=str(imagefolder), image_column_name="picture"))
+
+
+def test_missing_train_split_lists_the_splits(imagefolder):
+    with pytest.raises(RecipeError, match=r"no split 'training'.*train, validation, test"):
+        load_splits(DataArguments(dataset_name=str(imagefolder), train_split="training"))
+
+
+def test_label_outside_the_train_classes_is_named(tmp_path):
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    img = [class_image((1, 2, 3), 0)] * 2
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"image": img, "label": ["a", "b"]}, features=features),
+            "validation": datasets.Dataset.from_dict({"image": img, "label": ["a", "zebra"]}, features=features),
+        }
+    )
+    dd.save_to_disk(tmp_path / "d")
+    with pytest.raises(RecipeError, match=r"'validation' split has labels \['zebra'\]"):
+        load_splits(DataArguments(dataset_name=str(tmp_path / "d")))
+
+
+def test_max_samples_limit_every_split(imagefolder):
+    splits = load_splits(DataArguments(dataset_name=str(imagefolder), max_train_samples=5, max_eval_samples=2))
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (5, 2, 2)
+
+
+def test_builtin_digits_are_real_pngs_in_fixed_splits():
+    root = materialize_digits()
+    assert materialize_digits() == root  # written once, then reused
+    splits = load_splits(DataArguments(dataset_name="builtin:digits"))
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (1197, 300, 300)
+    assert len(splits.class_names) == 10
+    assert next(root.glob("train/*/*.png")).stat().st_size > 0

@@ -1,0 +1,108 @@
+"""Real runs: the smoke recipe as a user runs it, fine-tuning a checkpoint, evaluation only, real snacks."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import SNACKS, run_cli
+from transformers import AutoModelForImageClassification, pipeline
+
+import run_snacks
+from vitrecipes.config import DataArguments
+from vitrecipes.data import DIGIT_NAMES, load_splits, materialize_digits
+
+
+def test_smoke_recipe_trains_far_above_chance(smoke_run):
+    out, result = smoke_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    # 10 classes: chance is 0.10. A pipeline that does not really train stays near it.
+    assert metrics["validation"]["accuracy"] > 0.6
+    assert metrics["test"]["accuracy"] > 0.6
+    assert metrics["validation"]["samples"] == 300 and metrics["test"]["samples"] == 300
+    assert metrics["train"]["samples"] == 1197 and metrics["train"]["train_loss"] > 0
+    assert metrics["effective_batch_size"] == 32
+    assert "Run summary" in result.stdout and "validation  accuracy" in result.stdout
+
+
+def test_best_checkpoint_is_the_saved_model(smoke_run):
+    out, _ = smoke_run
+    (checkpoint,) = list(out.glob("checkpoint-*"))  # save_total_limit: 1 keeps only the best
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    best = max(e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e)
+    assert json.loads((out / "metrics.json").read_text())["validation"]["accuracy"] == pytest.approx(best)
+
+
+def test_outputs_are_safetensors_with_processor_and_resolved_recipe(smoke_run):
+    out, _ = smoke_run
+    assert (out / "model.safetensors").exists()
+    assert [p.name for p in out.glob("*.bin")] == ["training_args.bin"]  # no pickled weights
+    assert (out / "preprocessor_config.json").exists()
+    recipe = yaml.safe_load((out / "resolved_recipe.yaml").read_text())
+    assert recipe["dataset_name"] == "builtin:digits" and recipe["learning_rate"] == pytest.approx(2e-3)
+    assert recipe["remove_unused_columns"] is False
+
+
+def test_label_names_round_trip(smoke_run):
+    out, _ = smoke_run
+    class_names = load_splits(DataArguments(dataset_name="builtin:digits")).class_names
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert [model.config.id2label[i] for i in range(len(class_names))] == class_names
+    assert sorted(class_names) == sorted(DIGIT_NAMES)
+
+
+def test_pipeline_reloads_the_output_folder_and_names_the_classes(smoke_run):
+    out, _ = smoke_run
+    classifier = pipeline("image-classification", model=str(out))
+    images = sorted(materialize_digits().glob("validation/*/*.png"))[::30]
+    correct = 0
+    for path in images:
+        top = classifier(str(path), top_k=1)[0]
+        assert top["label"] in DIGIT_NAMES
+        correct += top["label"] == path.parent.name
+    assert correct / len(images) > 0.6
+
+
+def test_evaluation_only_reproduces_the_metrics_without_touching_the_run(smoke_run):
+    out, _ = smoke_run
+    before = (out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()
+    result = run_cli(out / "resolved_recipe.yaml", "--do_train", "false", "--model_name_or_path", out,
+                     "--model_type", "null", "--config_overrides", "null")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((out / "eval_only_metrics.json").read_text())
+    trained = json.loads(before[0])
+    for split in ("validation", "test"):
+        assert evaluated[split]["accuracy"] == pytest.approx(trained[split]["accuracy"])
+    assert ((out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()) == before
+
+
+def test_fine_tunes_a_checkpoint_with_a_new_head_and_no_test_split(tmp_path, tiny_checkpoint, caplog):
+    from conftest import write_imagefolder
+
+    data = write_imagefolder(tmp_path / "data", {"train": 12, "validation": 4})
+    out = tmp_path / "out"
+    metrics = run_snacks.main([
+        "--model_name_or_path", str(tiny_checkpoint), "--dataset_name", str(data), "--output_dir", str(out),
+        "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--learning_rate", "5e-3",
+        "--use_cpu", "--eval_crop_pct", "0.875",
+    ])
+    assert "test" not in metrics and "validation" in metrics
+    assert "test step will be skipped" in caplog.text
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.config.num_labels == 3 and model.config.id2label[2] == "red"
+
+
+@pytest.mark.skipif(not SNACKS.is_dir(), reason="the snacks copy lies in ../shared/data/snacks, absent here")
+def test_tiny_vit_on_the_real_snacks_photos(tmp_path):
+    out = tmp_path / "snacks"
+    result = run_cli(
+        "recipes/vit-tiny-scratch/snacks/config_cpu.yaml", "--dataset_name", SNACKS, "--output_dir", out,
+        "--num_train_epochs", "1", "--max_train_samples", "160", "--max_eval_samples", "60",
+        "--per_device_train_batch_size", "16", "--config_overrides.num_hidden_layers", "2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["validation"]["samples"] == 60 and metrics["test"]["samples"] == 60
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["test"]["loss"] > 0
+    config = json.loads(Path(out / "config.json").read_text())
+    assert len(config["id2label"]) == 20 and config["id2label"]["8"] == "hot dog"

@@ -1,0 +1,76 @@
+"""Heads of another size are replaced, from-scratch configs are checked, bad checkpoints are explained."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+
+from vitrecipes.config import ModelArguments
+from vitrecipes.errors import RecipeError
+from vitrecipes.modeling import build_image_processor, build_model
+from vitrecipes.training import load_weights
+
+CLASSES = ["apple", "banana", "hot dog"]
+
+
+def test_head_of_another_size_is_replaced(tiny_checkpoint):
+    model = build_model(ModelArguments(model_name_or_path=str(tiny_checkpoint)), CLASSES)
+    assert model.classifier.out_features == 3
+    assert model.config.id2label == {0: "apple", 1: "banana", 2: "hot dog"}
+    assert model.config.label2id == {"apple": 0, "banana": 1, "hot dog": 2}
+    assert build_image_processor(ModelArguments(model_name_or_path=str(tiny_checkpoint))).size.height == 32
+
+
+def test_headless_checkpoint_gets_a_new_head(tmp_path):
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    backbone = ViTModel(config, add_pooling_layer=False)
+    backbone.save_pretrained(tmp_path)
+    model = build_model(ModelArguments(model_name_or_path=str(tmp_path)), CLASSES)
+    assert model.classifier.out_features == 3
+    # The pre-trained backbone really is loaded, not re-initialised.
+    expected = backbone.embeddings.patch_embeddings.projection.weight
+    assert torch.equal(model.vit.embeddings.patch_embeddings.projection.weight, expected)
+
+
+def test_from_scratch_config_and_processor():
+    args = ModelArguments(model_name_or_path=None, model_type="vit", config_overrides={"image_size": 48, "hidden_size": 32,
+                          "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
+    model = build_model(args, CLASSES)
+    assert model.config.hidden_size == 32 and model.config.num_labels == 3
+    assert build_image_processor(args).size.height == 48
+
+
+def test_unknown_config_override_is_named():
+    args = ModelArguments(model_name_or_path=None, model_type="vit", config_overrides={"hiden_size": 32})
+    with pytest.raises(RecipeError, match=r"config_overrides: \['hiden_size'\]"):
+        build_model(args, CLASSES)
+
+
+def test_missing_checkpoint_folder_is_named(tmp_path):
+    with pytest.raises(RecipeError, match=r"model_name_or_path: the folder .*missing does not exist"):
+        build_model(ModelArguments(model_name_or_path=str(tmp_path / "missing")), CLASSES)
+
+
+def test_hub_checkpoint_offline_says_so():
+    with pytest.raises(RecipeError, match=r"HF_HUB_OFFLINE is set"):
+        build_image_processor(ModelArguments(model_name_or_path="someone/not-cached-vit"))
+
+
+def test_text_model_is_not_an_image_classifier(tmp_path):
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=50)).save_pretrained(tmp_path)
+    with pytest.raises(RecipeError, match=r"not an image-classification architecture"):
+        build_model(ModelArguments(model_name_or_path=str(tmp_path)), CLASSES)
+
+
+def test_load_weights_restores_every_tensor(tiny_checkpoint, tmp_path):
+    # Guards against transformers 5 renaming ViT parameters on save: a raw load_state_dict(strict=False)
+    # of the file silently skips the encoder. load_weights must restore all of it.
+    source = build_model(ModelArguments(model_name_or_path=str(tiny_checkpoint)), CLASSES)
+    source.save_pretrained(tmp_path)
+    target = build_model(ModelArguments(model_name_or_path=str(tiny_checkpoint)), CLASSES)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(1.0)
+    load_weights(target, str(tmp_path))
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -1,0 +1,102 @@
+"""Every image mode becomes 3-channel RGB, EXIF orientation is applied, and both pipelines give model-sized tensors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import ViTImageProcessor
+
+from vitrecipes.config import DataArguments
+from vitrecipes.transforms import Preprocessing, collate, image_size_from_processor, load_rgb
+
+
+def _save(tmp_path, image: Image.Image, name: str, **kwargs):
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return str(path)
+
+
+def _modes(tmp_path):
+    rgb = Image.new("RGB", (24, 16), (200, 100, 50))
+    palette_transparent = rgb.convert("P")
+    palette_transparent.info["transparency"] = 0
+    sixteen = Image.fromarray(np.full((16, 24), 65535, dtype=np.uint16))
+    return {
+        "L": _save(tmp_path, rgb.convert("L"), "l.png"),
+        "LA": _save(tmp_path, rgb.convert("LA"), "la.png"),
+        "P": _save(tmp_path, rgb.convert("P"), "p.png"),
+        "P+transparency": _save(tmp_path, palette_transparent, "pt.png"),
+        "RGBA": _save(tmp_path, rgb.convert("RGBA"), "rgba.png"),
+        "CMYK": _save(tmp_path, rgb.convert("CMYK"), "cmyk.jpg"),
+        "I;16": _save(tmp_path, sixteen, "i16.png"),
+        "1": _save(tmp_path, rgb.convert("1"), "bw.png"),
+        "RGB jpeg": _save(tmp_path, rgb, "rgb.jpg"),
+        "gif": _save(tmp_path, rgb.convert("P"), "anim.gif"),
+    }
+
+
+def test_every_mode_becomes_rgb(tmp_path):
+    for mode, path in _modes(tmp_path).items():
+        image = load_rgb({"path": path, "bytes": None})
+        assert image.mode == "RGB", mode
+        assert image.size == (24, 16), mode
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    path = _modes(tmp_path)["I;16"]
+    assert Image.open(path).mode.startswith("I")
+    assert np.asarray(load_rgb(path)).min() == 255
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    clear = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    path = _save(tmp_path, clear, "clear.png")
+    assert np.asarray(load_rgb(path))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (10, 200, 10))
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = _save(tmp_path, image, "rotated.jpg", exif=exif.tobytes())
+    assert Image.open(path).size == (40, 20)
+    assert load_rgb(path).size == (20, 40)
+
+
+def test_bytes_and_paths_are_both_read(tmp_path):
+    path = _modes(tmp_path)["RGB jpeg"]
+    data = open(path, "rb").read()
+    assert load_rgb({"bytes": data, "path": None}).size == load_rgb(path).size
+
+
+@pytest.mark.parametrize("augmentation", ["random_resized_crop", "none"])
+def test_pipelines_give_normalised_model_sized_tensors(tmp_path, augmentation):
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    prep = Preprocessing.build(processor, DataArguments(train_augmentation=augmentation, eval_crop_pct=0.875))
+    assert prep.size == (32, 32)
+    batch = {"image": list(_modes(tmp_path).values()), "label": list(range(10))}
+    for train in (True, False):
+        out = prep.batch_transform(train, "image", "label")(batch)
+        tensors = collate([{"pixel_values": p, "labels": y} for p, y in zip(out["pixel_values"], out["labels"])])
+        assert tensors["pixel_values"].shape == (10, 3, 32, 32)
+        assert tensors["pixel_values"].dtype == torch.float32
+        assert -1.0 - 1e-6 <= tensors["pixel_values"].min() and tensors["pixel_values"].max() <= 1.0 + 1e-6
+        assert tensors["labels"].tolist() == list(range(10))
+
+
+def test_eval_transform_is_deterministic(tmp_path):
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    prep = Preprocessing.build(processor, DataArguments())
+    image = load_rgb(_modes(tmp_path)["RGB jpeg"])
+    assert torch.equal(prep.eval(image), prep.eval(image))
+
+
+def test_size_comes_from_the_processor():
+    assert image_size_from_processor(ViTImageProcessor(size={"height": 224, "width": 160})) == (224, 160)
+
+    class ShortestEdge:
+        size = {"shortest_edge": 256}
+        crop_size = {"height": 224, "width": 224}
+        do_center_crop = True
+
+    assert image_size_from_processor(ShortestEdge()) == (224, 224)
