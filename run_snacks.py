@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import transformers
 from transformers import set_seed
@@ -28,6 +29,7 @@ from vitrecipes.training import (
     format_summary,
     write_metrics,
 )
+from vitrecipes.report import write_report
 from vitrecipes.transforms import Preprocessing
 
 logger = logging.getLogger("run_snacks")
@@ -61,18 +63,29 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.world_size,
         training_args.gradient_accumulation_steps,
     )
-    if trainer.is_world_process_zero():
-        save_resolved_recipe(training_args.output_dir, model_args, data_args, training_args)
+    if trainer.is_world_process_zero():  # with N processes, only the main one writes files
+        logger.info("Wrote %s", save_resolved_recipe(training_args.output_dir, model_args, data_args, training_args))
 
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()
         metrics["train"] = dict(result.metrics, samples=len(splits.train))
 
-    split_metrics, _predictions = evaluate_splits(trainer, splits)
+    split_metrics, predictions = evaluate_splits(trainer, splits)
     metrics.update(split_metrics)
     if trainer.is_world_process_zero():
+        checkpoint = training_args.output_dir if training_args.do_train else model_args.model_name_or_path
+        for name, split_predictions in predictions.items():
+            report = write_report(
+                Path(training_args.output_dir) / f"eval_{name}",
+                split_predictions,
+                splits.class_names,
+                data_args.image_column_name,
+                checkpoint=str(checkpoint),
+            )
+            metrics[name]["report"] = str(report)
         metrics_path = write_metrics(training_args.output_dir, metrics, trained=training_args.do_train)
+        logger.info("Wrote %s", metrics_path)
         print(format_summary(metrics, training_args.output_dir, metrics_path), flush=True)
     return metrics
 

@@ -162,6 +162,14 @@ class RecipeTrainingArguments(TrainingArguments):
     report_to: str | list[str] | None = field(
         default="none", metadata={"help": "Experiment trackers to report to ('none', 'tensorboard', 'wandb'...)."}
     )
+    log_level: str = field(default="info", metadata={"help": "Log level of the main process."})
+    log_level_replica: str = field(
+        default="error", metadata={"help": "Log level of the other processes, so that N processes do not log N times."}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "DDP's search for unused parameters; classifiers use them all, so it is off (faster)."},
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Always false: the image column is consumed by the lazy transform, not the model."},

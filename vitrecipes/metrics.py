@@ -35,9 +35,23 @@ def load_accuracy() -> evaluate.Metric:
     return Accuracy(keep_in_memory=True)
 
 
+def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Cross-entropy averaged over images (no label smoothing).
+
+    Trainer's own eval loss is a mean of batch means, so it shifts slightly with the batch layout
+    (and with the number of processes); this one depends only on the images and the weights.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean()) if len(labels) else 0.0
+
+
 def compute_metrics(eval_prediction) -> dict[str, float]:
     """`Trainer.compute_metrics`: logits of shape (n, classes) and labels of shape (n,)."""
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
     if isinstance(logits, tuple):
         logits = logits[0]
-    return load_accuracy().compute(predictions=np.argmax(logits, axis=-1), references=labels)
+    metrics = load_accuracy().compute(predictions=np.argmax(logits, axis=-1), references=labels)
+    metrics["cross_entropy"] = mean_cross_entropy(logits, labels)
+    return metrics

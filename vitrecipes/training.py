@@ -131,9 +131,12 @@ def format_summary(metrics: dict, output_dir: str | Path, metrics_path: Path) ->
         if split in metrics:
             m = metrics[split]
             lines.append(
-                f"  {split:<11} accuracy {m.get('accuracy', float('nan')):.4f}   loss {m.get('loss', float('nan')):.4f}"
+                f"  {split:<11} accuracy {m.get('accuracy', float('nan')):.4f}   "
+                f"cross-entropy {m.get('cross_entropy', float('nan')):.4f}"
                 f"   {m.get('samples_per_second', 0):8.1f} samples/s   n={m.get('samples')}"
             )
+            if m.get("report"):
+                lines.append(f"              report: {m['report']}")
         elif split == "test":
             lines.append("  test        skipped (the dataset has no test split)")
     lines.append(f"  metrics: {metrics_path}")

@@ -1,0 +1,230 @@
+"""Model card and Hub push of a real smoke run; the Hub itself is intercepted at the HfApi boundary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from huggingface_hub import HfApi, ModelCard, RepoUrl, metadata_load
+from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
+from huggingface_hub.utils import filter_repo_objects
+
+import push_to_hub as push_script
+from vitrecipes.config import RecipeTrainingArguments
+from vitrecipes.errors import RecipeError
+from vitrecipes.hub import (
+    BASE_TAGS,
+    NEVER_UPLOAD,
+    UPLOAD_PATTERNS,
+    finish_for_hub,
+    push_output_dir,
+    take_hub_settings,
+    write_model_card,
+)
+
+FAKE_TOKEN = "hf_FAKEtoken1234567890"
+MODEL_FILES = {
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "metrics.json",
+    "resolved_recipe.yaml",
+}
+
+
+@pytest.fixture
+def run_dir(smoke_run, tmp_path) -> Path:
+    """A private copy of the smoke output folder (checkpoint included), so tests may write into it."""
+    return Path(shutil.copytree(smoke_run[0], tmp_path / "smoke"))
+
+
+@pytest.fixture
+def hub_calls(monkeypatch) -> list[tuple[str, dict]]:
+    """Record create_repo / upload_folder instead of reaching the Hub."""
+    calls: list[tuple[str, dict]] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, **kwargs):
+        calls.append(("upload_folder", kwargs))
+        return None
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def _failing_upload(monkeypatch):
+    def upload_folder(self, **kwargs):
+        raise RuntimeError(f"401 Client Error: Unauthorized. Authorization: Bearer {kwargs.get('token')}")
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://hf.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+
+
+def _files_holding(folder: Path, secret: str) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def _uploaded_files(call: dict) -> set[str]:
+    """What upload_folder would send, filtered by huggingface_hub's own pattern matching."""
+    folder = Path(call["folder_path"])
+    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    ignore = call["ignore_patterns"] + DEFAULT_IGNORE_PATTERNS
+    return set(filter_repo_objects(files, allow_patterns=call["allow_patterns"], ignore_patterns=ignore))
+
+
+def test_model_card_metadata_matches_metrics(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    path = write_model_card(
+        run_dir,
+        repo_id="someone/vit-digits",
+        command="python run_snacks.py recipes/smoke.yaml",
+        recipe_path=ROOT / "recipes" / "smoke.yaml",
+    )
+    meta = metadata_load(path)
+    assert meta["pipeline_tag"] == "image-classification" and meta["license"] == "apache-2.0"
+    assert meta["library_name"] == "transformers" and set(BASE_TAGS) <= set(meta["tags"])
+    assert "base_model" not in meta  # trained from scratch
+    assert "datasets" not in meta  # builtin:digits is not a Hub dataset
+    (entry,) = meta["model-index"]
+    assert entry["name"] == "vit-digits"
+    by_split = {r["dataset"]["split"]: r["metrics"][0] for r in entry["results"]}
+    assert by_split["validation"]["value"] == metrics["validation"]["accuracy"]
+    assert by_split["test"]["value"] == metrics["test"]["accuracy"]
+    assert {m["type"] for m in by_split.values()} == {"accuracy"}
+
+    card = ModelCard.load(path)
+    assert {r.dataset_split: r.metric_value for r in card.data.eval_results} == {
+        "validation": metrics["validation"]["accuracy"],
+        "test": metrics["test"]["accuracy"],
+    }
+    body = card.text
+    assert f"| validation | {metrics['validation']['accuracy']:.4f} |" in body
+    assert f"| test | {metrics['test']['accuracy']:.4f} |" in body
+    assert "| learning rate | 0.002 |" in body and "| effective batch size | 32 |" in body
+    labels = json.loads((run_dir / "config.json").read_text())["id2label"]
+    assert all(f"`{i}` {name}" in body for i, name in labels.items())
+    assert 'pipeline("image-classification", model="someone/vit-digits")' in body
+    assert "python predict.py --model someone/vit-digits" in body
+    assert "python run_snacks.py recipes/smoke.yaml" in body and "dataset_name: builtin:digits" in body
+
+
+def test_card_for_a_fine_tuned_model_without_test_split(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    del metrics["test"]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    recipe = (run_dir / "resolved_recipe.yaml").read_text()
+    recipe = recipe.replace("model_name_or_path: null", "model_name_or_path: google/vit-base-patch16-224-in21k")
+    recipe = recipe.replace("dataset_name: builtin:digits", "dataset_name: Matthijs/snacks")
+    (run_dir / "resolved_recipe.yaml").write_text(recipe)
+
+    meta = metadata_load(write_model_card(run_dir, license="mit"))
+    assert meta["base_model"] == "google/vit-base-patch16-224-in21k"
+    assert meta["datasets"] == ["Matthijs/snacks"] and meta["license"] == "mit"
+    (result,) = meta["model-index"][0]["results"]
+    assert result["dataset"] == {"name": "Matthijs/snacks", "type": "Matthijs/snacks", "split": "validation"}
+    assert "no test split" in (run_dir / "README.md").read_text()
+
+
+def test_push_uploads_the_model_files_only(run_dir, hub_calls):
+    # Files a careless upload would take along: notes, an eval-only run's results, optimiser state.
+    for name in ("notes.txt", "eval_only_metrics.json", "optimizer.pt", "rng_state.pth"):
+        (run_dir / name).write_text("local only")
+
+    url = push_output_dir(run_dir, "someone/vit-digits", private=True, token=FAKE_TOKEN)
+
+    assert url == "https://huggingface.co/someone/vit-digits"
+    (create_name, create), (upload_name, upload) = hub_calls
+    assert create_name == "create_repo" and upload_name == "upload_folder"
+    assert create == {"repo_id": "someone/vit-digits", "token": FAKE_TOKEN, "private": True, "exist_ok": True}
+    assert upload["repo_id"] == "someone/vit-digits" and Path(upload["folder_path"]) == run_dir
+    assert upload["allow_patterns"] == UPLOAD_PATTERNS and upload["ignore_patterns"] == NEVER_UPLOAD
+    assert upload["token"] == FAKE_TOKEN
+    assert _uploaded_files(upload) == MODEL_FILES
+    assert (run_dir / "README.md").is_file()  # the card was written because the folder had none
+    assert any(p.name.startswith("checkpoint-") for p in run_dir.iterdir())  # not uploaded, still on disk
+
+
+def test_failed_push_keeps_everything_and_hides_the_token(run_dir, monkeypatch):
+    _failing_upload(monkeypatch)
+    before = {p.relative_to(run_dir) for p in run_dir.rglob("*")}
+
+    with pytest.raises(RecipeError) as error_info:
+        push_output_dir(run_dir, "someone/vit-digits", token=FAKE_TOKEN)
+
+    message = str(error_info.value)
+    assert FAKE_TOKEN not in message and "401 Client Error" in message
+    assert f"python push_to_hub.py {run_dir} --hub_model_id someone/vit-digits" in message
+    assert str(run_dir.resolve()) in message
+    # Not chained to the original exception, whose message quotes the token.
+    assert error_info.value.__cause__ is None and error_info.value.__context__ is None
+    assert before <= {p.relative_to(run_dir) for p in run_dir.rglob("*")}
+
+
+def test_end_of_training_push_never_writes_or_logs_the_token(run_dir, tmp_path, monkeypatch, caplog, capsys):
+    """The run_snacks.py path: token in the recipe, on the command line and in HF_TOKEN; the push fails."""
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    _failing_upload(monkeypatch)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"dataset_name: builtin:digits\nhub_token: {FAKE_TOKEN}\npush_to_hub: true\n")
+    argv = [str(recipe), "--hub_token", FAKE_TOKEN, f"--hub_token={FAKE_TOKEN}", "--hub_model_id", "someone/digits"]
+    args = RecipeTrainingArguments(
+        output_dir=str(run_dir), push_to_hub=True, hub_model_id="someone/digits", hub_token=FAKE_TOKEN, use_cpu=True
+    )
+
+    settings = take_hub_settings(args)
+    assert not args.push_to_hub and args.hub_token is None  # Trainer will neither push nor pickle the token
+    torch.save(args, run_dir / "training_args.bin")  # what Trainer.save_model writes
+    logging.getLogger("vitrecipes").info("settings: %s %r", settings, settings)
+    with caplog.at_level(logging.INFO):
+        assert finish_for_hub(run_dir, settings, recipe_path=recipe, argv=argv) is None
+
+    assert "python push_to_hub.py" in caplog.text and "someone/digits" in caplog.text
+    assert (run_dir / "model.safetensors").is_file() and (run_dir / "README.md").is_file()
+    card = (run_dir / "README.md").read_text()
+    assert "--hub_token *** --hub_token=***" in card
+    captured = capsys.readouterr()
+    assert FAKE_TOKEN not in caplog.text + captured.out + captured.err
+    assert _files_holding(run_dir, FAKE_TOKEN) == []
+
+
+def test_finish_without_push_writes_the_card_only(run_dir, hub_calls):
+    args = RecipeTrainingArguments(output_dir=str(run_dir), use_cpu=True)
+    assert finish_for_hub(run_dir, args, argv=["recipes/smoke.yaml"]) is None
+    assert hub_calls == []
+    assert "python run_snacks.py recipes/smoke.yaml" in (run_dir / "README.md").read_text()
+
+
+def test_push_to_hub_script_offline_names_the_later_command(run_dir):
+    """A real failure, no interception: HF_HUB_OFFLINE makes huggingface_hub refuse to connect."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_TOKEN=FAKE_TOKEN)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "push_to_hub.py"), str(run_dir), "--hub_model_id", "someone/vit-digits"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert f"python push_to_hub.py {run_dir} --hub_model_id someone/vit-digits" in result.stderr
+    assert "HF_HUB_OFFLINE" in result.stderr and "Traceback" not in result.stderr
+    assert FAKE_TOKEN not in result.stdout + result.stderr
+    assert (run_dir / "README.md").is_file() and _files_holding(run_dir, FAKE_TOKEN) == []
+
+
+def test_push_to_hub_script_rejects_a_folder_without_a_model(tmp_path, capsys):
+    assert push_script.main([str(tmp_path / "missing"), "--hub_model_id", "someone/x"]) == 2
+    assert "does not exist" in capsys.readouterr().err

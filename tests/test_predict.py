@@ -1,0 +1,171 @@
+"""predict.py and vitrecipes.predict on the trained smoke model and its own digits images."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from PIL import Image
+
+import predict as predict_script
+from vitrecipes.data import materialize_digits
+from vitrecipes.predict import Classifier, predict
+
+
+@pytest.fixture(scope="module")
+def model_dir(smoke_run) -> Path:
+    return smoke_run[0]
+
+
+@pytest.fixture(scope="module")
+def validation_dir() -> Path:
+    return materialize_digits() / "validation"
+
+
+@pytest.fixture(scope="module")
+def classifier(model_dir) -> Classifier:
+    return Classifier.load(model_dir, device="cpu")
+
+
+def _accuracy(results: list[dict]) -> float:
+    # The folder a digits image sits in is its true class name.
+    return sum(Path(r["input"]).parent.name == r["label"] for r in results) / len(results)
+
+
+def _validation_accuracy(model_dir: Path) -> float:
+    return json.loads((model_dir / "metrics.json").read_text())["validation"]["accuracy"]
+
+
+def test_cli_reproduces_the_validation_accuracy_exactly(model_dir, validation_dir):
+    """Same images, same eval transform as the run's evaluation: the accuracy must be identical."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "predict.py"), "--model", str(model_dir), str(validation_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(results) == 300 and not any("error" in r for r in results)
+    assert _accuracy(results) == _validation_accuracy(model_dir)
+
+
+def test_transformers_pipeline_agrees_image_by_image(model_dir, validation_dir, classifier):
+    """The pipeline uses the processor's own resize, not our transform. For the smoke model both are the
+    identity on 32x32 images and both rescale by 1/255 and normalise by 0.5/0.5, so the inputs differ only
+    by float rounding (scores within 1e-4) and every predicted label, hence the accuracy, is identical."""
+    from transformers import pipeline
+
+    files = sorted(str(p) for p in validation_dir.rglob("*.png"))
+    ours = predict(classifier, files, batch_size=64)
+    theirs = pipeline("image-classification", model=str(model_dir), device="cpu")(files, top_k=1, batch_size=64)
+    assert [t[0]["label"] for t in theirs] == [o["label"] for o in ours]
+    assert max(abs(t[0]["score"] - o["score"]) for t, o in zip(theirs, ours)) < 1e-4
+    pipeline_accuracy = sum(Path(f).parent.name == t[0]["label"] for f, t in zip(files, theirs)) / len(files)
+    assert pipeline_accuracy == _validation_accuracy(model_dir)
+
+
+def test_folders_are_searched_recursively_for_images_only(tmp_path, validation_dir, classifier):
+    sources = sorted(validation_dir.glob("seven/*.png"))[:3]
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    shutil.copy(sources[0], tmp_path / "top.png")
+    shutil.copy(sources[1], tmp_path / "a" / "middle.png")
+    shutil.copy(sources[2], tmp_path / "a" / "b" / "DEEP.PNG")
+    (tmp_path / "a" / "notes.txt").write_text("not an image, and not an image extension either")
+    results = predict(classifier, [tmp_path])
+    expected = sorted(str(p) for p in (tmp_path / "top.png", tmp_path / "a/middle.png", tmp_path / "a/b/DEEP.PNG"))
+    assert [r["input"] for r in results] == expected
+    assert all("error" not in r for r in results)
+
+
+def test_top_k_gives_sorted_classes_and_accepts_pil_images(validation_dir, classifier):
+    image = Image.open(sorted(validation_dir.glob("three/*.png"))[0])
+    (result,) = predict(classifier, [image], top_k=3)
+    assert result["input"] == "<image 0>"
+    scores = [t["score"] for t in result["top_k"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True) and sum(scores) <= 1.0 + 1e-6
+    assert result["top_k"][0] == {"label": result["label"], "score": result["score"]}
+    assert len({t["label"] for t in result["top_k"]}) == 3
+    (everything,) = predict(classifier, [image], top_k=100)  # more than there are classes
+    assert len(everything["top_k"]) == 10 and sum(t["score"] for t in everything["top_k"]) == pytest.approx(1.0)
+
+
+def test_unreadable_files_get_an_error_line_and_exit_status_1(tmp_path, model_dir, validation_dir, capsys):
+    good = sorted(validation_dir.glob("zero/*.png"))[0]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a png")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    missing = tmp_path / "missing.png"
+    argv = ["--model", str(model_dir), str(broken), str(good), str(missing), str(truncated), "--json"]
+    assert predict_script.main(argv) == 1
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["input"] for line in lines] == [str(broken), str(good), str(missing), str(truncated)]
+    assert "UnidentifiedImageError" in lines[0]["error"]
+    assert lines[1]["label"] and "error" not in lines[1]
+    assert "no such file" in lines[2]["error"] and "error" in lines[3]
+    assert "3 of 4 inputs could not be classified" in captured.err
+
+
+def test_table_output_is_readable(model_dir, validation_dir, capsys):
+    images = sorted(validation_dir.glob("five/*.png"))[:2]
+    assert predict_script.main(["--model", str(model_dir), *map(str, images), "--top_k", "2"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["file", "label", "probability", "top", "2"]
+    assert len(rows) == 2
+    for image, row in zip(images, rows):
+        name, label, probability, *top = row.split()
+        assert name == str(image) and 0.0 < float(probability) <= 1.0
+        assert top[0] == label and len(top) == 4  # "label score, label score"
+
+
+def test_http_urls_are_downloaded(model_dir, validation_dir, classifier, monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=validation_dir))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        local = sorted(validation_dir.glob("four/*.png"))[0]
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        results = predict(classifier, [f"{base}/four/{local.name}", f"{base}/four/absent.png"], top_k=2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    (expected,) = predict(classifier, [local], top_k=2)
+    assert results[0]["top_k"] == expected["top_k"]
+    assert "HTTPError" in results[1]["error"] and "404" in results[1]["error"]
+
+
+def test_bad_usage_is_a_clear_message_with_status_2(tmp_path, capsys):
+    assert predict_script.main(["--model", str(tmp_path / "no-such-run"), "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "outputs/smoke" in err and "Traceback" not in err
+    # Offline, a Hub id that is not cached cannot be fetched: the same kind of message, no traceback.
+    assert predict_script.main(["--model", "nobody-here/no-such-model", "x.png"]) == 2
+    assert "could not be fetched" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        predict_script.main(["--model", str(tmp_path), "x.png", "--top_k", "0"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
+def test_asking_for_a_missing_gpu_is_a_usage_error(model_dir, capsys):
+    assert predict_script.main(["--model", str(model_dir), "x.png", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err

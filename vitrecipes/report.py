@@ -1,0 +1,329 @@
+"""A per-split evaluation report: metrics, confusion matrix, most confident mistakes and a Markdown page.
+
+Everything is computed from the logits the final evaluation already produced, so a report costs no
+second pass over the data; only the few images shown as mistakes are decoded again.
+
+    out_dir/
+        metrics.json            top-1 / top-k accuracy, macro and weighted P/R/F1, per-class P/R/F1/support
+        confusion_matrix.json   raw counts (rows: true class, columns: predicted class) and the class names
+        confusion_matrix.png    row-normalised colours, counts written in the non-zero cells
+        mistakes.png            the most confident wrong predictions (a placeholder tile when there are none)
+        predictions.npz         logits, labels and class names, to recompute any of the above later
+        report.md               a page that shows all of it
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.special import softmax
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
+
+from .training import SplitPredictions
+from .transforms import load_rgb
+
+METRICS_FILE = "metrics.json"
+CONFUSION_JSON = "confusion_matrix.json"
+CONFUSION_PNG = "confusion_matrix.png"
+MISTAKES_PNG = "mistakes.png"
+PREDICTIONS_FILE = "predictions.npz"
+REPORT_FILE = "report.md"
+
+TOP_K = 5
+MAX_MISTAKES = 16
+MAX_CONFUSED_PAIRS = 10
+# Beyond this many classes the numbers no longer fit their cells; colours alone still show the pattern.
+MAX_ANNOTATED_CLASSES = 40
+
+
+def write_report(
+    out_dir: str | Path,
+    predictions: SplitPredictions,
+    class_names: Sequence[str],
+    image_column: str,
+    checkpoint: str,
+) -> Path:
+    """Write the report for one evaluated split into `out_dir` and return the path of its report.md.
+
+    `predictions.dataset` must hold the evaluated rows in prediction order; its transform is
+    bypassed so the mistakes grid shows the stored images, not the normalised model inputs.
+    """
+    logits, labels = _checked_inputs(predictions, class_names, image_column)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [str(name) for name in class_names]
+
+    probabilities = softmax(logits.astype(np.float64), axis=1)
+    predicted = probabilities.argmax(axis=1)
+    counts = confusion_matrix(labels, predicted, labels=np.arange(len(names)))
+    metrics = {
+        "split": predictions.split,
+        "checkpoint": checkpoint,
+        **compute_report_metrics(probabilities, labels, names),
+        "most_confused": most_confused_pairs(counts, names),
+    }
+
+    _write_json(out / METRICS_FILE, metrics)
+    _write_json(
+        out / CONFUSION_JSON, {"class_names": names, "rows": "true", "columns": "predicted", "counts": counts.tolist()}
+    )
+    np.savez_compressed(out / PREDICTIONS_FILE, logits=logits, labels=labels, class_names=np.array(names))
+    title = f"{predictions.split} · {_tail(checkpoint, 60)} · n={len(labels)}"
+    # "tight" on top of the constrained layout: long rotated class names must never be clipped.
+    plot_confusion_matrix(counts, names, title).savefig(out / CONFUSION_PNG, bbox_inches="tight")
+    mistakes = most_confident_mistakes(probabilities, labels)
+    plot_mistakes(predictions, image_column, mistakes, probabilities, labels, names, title).savefig(out / MISTAKES_PNG)
+    report = out / REPORT_FILE
+    report.write_text(render_markdown(metrics, names, n_mistakes=int((predicted != labels).sum())), encoding="utf-8")
+    return report
+
+
+def _checked_inputs(
+    predictions: SplitPredictions, class_names: Sequence[str], image_column: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fail loudly, before anything is written, on inputs that would pair the wrong image, label or class name."""
+    logits = np.asarray(predictions.logits)
+    labels = np.asarray(predictions.labels).astype(np.int64)
+    if logits.ndim != 2 or logits.shape[1] != len(class_names):
+        raise ValueError(f"logits must have shape (samples, {len(class_names)} classes), got {logits.shape}.")
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape ({logits.shape[0]},) to match the logits, got {labels.shape}.")
+    if len(labels) == 0:
+        raise ValueError(f"The {predictions.split} split has no samples to report on.")
+    if len(predictions.dataset) != len(labels):
+        raise ValueError(
+            f"The {predictions.split} dataset has {len(predictions.dataset)} rows but there are {len(labels)} "
+            "predictions; the mistakes grid would show the wrong images."
+        )
+    if image_column not in predictions.dataset.column_names:
+        raise ValueError(
+            f"image column '{image_column}' is not in the {predictions.split} dataset "
+            f"(columns: {', '.join(predictions.dataset.column_names)})."
+        )
+    if labels.min() < 0 or labels.max() >= len(class_names):
+        raise ValueError(f"labels must lie in [0, {len(class_names)}), got {labels.min()}..{labels.max()}.")
+    return logits, labels
+
+
+def compute_report_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
+    """Headline and per-class numbers, all from scikit-learn. A class never predicted gets precision 0."""
+    classes = np.arange(len(class_names))
+    predicted = probabilities.argmax(axis=1)
+    k = min(TOP_K, len(class_names))
+    metrics = {
+        "samples": int(len(labels)),
+        "num_classes": len(class_names),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "top_k": k,
+        "top_k_accuracy": _top_k_accuracy(probabilities, labels, k),
+    }
+    for average in ("macro", "weighted"):
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            labels, predicted, labels=classes, average=average, zero_division=0
+        )
+        metrics[average] = {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=classes, average=None, zero_division=0
+    )
+    metrics["per_class"] = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
+    }
+    return metrics
+
+
+def _top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
+    classes = np.arange(probabilities.shape[1])
+    # scikit-learn wants the positive class's score alone when there are two classes.
+    scores = probabilities[:, 1] if len(classes) == 2 else probabilities
+    with warnings.catch_warnings():
+        # k is capped at the number of classes on purpose; its "perfect score" warning would only be noise.
+        warnings.filterwarnings("ignore", message=".*will result in a perfect score.*")
+        return float(top_k_accuracy_score(labels, scores, k=k, labels=classes))
+
+
+def most_confused_pairs(counts: np.ndarray, class_names: Sequence[str], limit: int = MAX_CONFUSED_PAIRS) -> list[dict]:
+    """Off-diagonal cells of the confusion matrix, largest count first (ties: by class order)."""
+    off_diagonal = counts.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    true_ids, predicted_ids = np.nonzero(off_diagonal)
+    order = np.lexsort((predicted_ids, true_ids, -off_diagonal[true_ids, predicted_ids]))[:limit]
+    return [
+        {"true": class_names[t], "predicted": class_names[p], "count": int(off_diagonal[t, p])}
+        for t, p in zip(true_ids[order], predicted_ids[order], strict=True)
+    ]
+
+
+def most_confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, limit: int = MAX_MISTAKES) -> np.ndarray:
+    """Row indices of wrong predictions, most confident first: the errors a user would trust the most."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:limit]
+
+
+def _new_figure(width: float, height: float, dpi: int = 100) -> Figure:
+    # A bare Figure on an Agg canvas: no pyplot, so no global backend switch and no figures left open.
+    figure = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    """Colours are row-normalised (recall per true class), so rare classes are as visible as common ones."""
+    n = len(class_names)
+    side = min(4.0 + 0.45 * n, 40.0)
+    figure = _new_figure(side, side * 0.9)
+    axes = figure.add_subplot()
+    row_totals = counts.sum(axis=1, keepdims=True)
+    fractions = np.divide(counts, row_totals, out=np.zeros(counts.shape, dtype=float), where=row_totals > 0)
+    image = axes.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
+
+    labels = [_short(name, 24) for name in class_names]
+    font_size = 10 if n <= 20 else max(5, int(200 / n))
+    axes.set_xticks(np.arange(n), labels=labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=font_size)
+    axes.set_yticks(np.arange(n), labels=labels, fontsize=font_size)
+    axes.set_xlabel("Predicted class")
+    axes.set_ylabel("True class")
+    axes.set_title(f"Confusion matrix: {title}")
+    if n <= MAX_ANNOTATED_CLASSES:
+        # Zero cells stay blank: a sea of zeros hides the few cells that matter.
+        for t, p in zip(*np.nonzero(counts), strict=True):
+            colour = "white" if fractions[t, p] > 0.5 else "black"
+            axes.text(p, t, str(counts[t, p]), ha="center", va="center", color=colour, fontsize=font_size - 1)
+    return figure
+
+
+def plot_mistakes(
+    predictions: SplitPredictions,
+    image_column: str,
+    indices: np.ndarray,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    title: str,
+) -> Figure:
+    """A grid of the given mistakes from the stored images; one tile saying so when there are none.
+
+    A placeholder instead of no file keeps report.md's link and any tool reading the folder working.
+    """
+    if len(indices) == 0:
+        figure = _new_figure(5, 2)
+        figure.text(0.5, 0.5, f"No mistakes\n{title}", ha="center", va="center", fontsize=13)
+        return figure
+
+    rows_of_dataset = predictions.dataset.with_format(None)  # drops the transform: raw rows, undecoded image
+    columns = min(4, len(indices))
+    grid_rows = -(-len(indices) // columns)
+    figure = _new_figure(3.2 * columns, 3.6 * grid_rows + 0.6)
+    figure.suptitle(f"Most confident mistakes: {title}", fontsize=12)
+    for tile, index in enumerate(indices):
+        axes = figure.add_subplot(grid_rows, columns, tile + 1)
+        axes.set_axis_off()
+        true, predicted = int(labels[index]), int(probabilities[index].argmax())
+        # The true class's own probability tells a near miss from a confident blunder.
+        axes.set_title(
+            f"true: {_short(class_names[true], 22)} ({probabilities[index, true]:.0%})\n"
+            f"pred: {_short(class_names[predicted], 22)} ({probabilities[index, predicted]:.0%})",
+            fontsize=9,
+            color="firebrick",
+        )
+        try:
+            image = load_rgb(rows_of_dataset[int(index)][image_column])
+        except (OSError, ValueError) as error:  # a moved or broken file must not cost the whole report
+            axes.text(0.5, 0.5, f"image unavailable\n{type(error).__name__}", ha="center", va="center", fontsize=8)
+            continue
+        axes.imshow(np.asarray(image), interpolation="nearest" if max(image.size) < 128 else "antialiased")
+    return figure
+
+
+def render_markdown(metrics: dict, class_names: Sequence[str], n_mistakes: int) -> str:
+    k = metrics["top_k"]
+    lines = [
+        f"# Evaluation report: {metrics['split']}",
+        "",
+        f"Checkpoint: `{metrics['checkpoint']}`  ",
+        f"Samples: {metrics['samples']}, classes: {metrics['num_classes']}",
+        "",
+        "| metric | value |",
+        "| --- | ---: |",
+        f"| top-1 accuracy | {metrics['accuracy']:.4f} |",
+        f"| top-{k} accuracy | {metrics['top_k_accuracy']:.4f} |",
+        f"| macro precision / recall / F1 | {_prf(metrics['macro'])} |",
+        f"| weighted precision / recall / F1 | {_prf(metrics['weighted'])} |",
+        "",
+        "## Confusion matrix",
+        "",
+        "Rows are the true class, columns the prediction; colours are normalised per row, numbers are counts.",
+        "",
+        f"![Confusion matrix]({CONFUSION_PNG})",
+        "",
+        "## Most confused pairs",
+        "",
+    ]
+    pairs = metrics["most_confused"]
+    if pairs:
+        lines += ["| true | predicted as | count |", "| --- | --- | ---: |"]
+        lines += [f"| {_cell(p['true'])} | {_cell(p['predicted'])} | {p['count']} |" for p in pairs]
+    else:
+        lines.append("None: every sample was classified correctly.")
+    lines += [
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name in class_names:
+        c = metrics["per_class"][name]
+        lines.append(f"| {_cell(name)} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    lines += ["", "## Most confident mistakes", ""]
+    if n_mistakes:
+        shown = "all of them" if n_mistakes <= MAX_MISTAKES else f"the {MAX_MISTAKES} the model was surest of"
+        lines.append(f"{n_mistakes} mistakes in all; shown: {shown}, most confident first.")
+    else:
+        lines.append("No mistakes on this split (the picture below says so too).")
+    lines += [
+        "",
+        f"![Most confident mistakes]({MISTAKES_PNG})",
+        "",
+        f"Raw numbers: `{METRICS_FILE}`, `{CONFUSION_JSON}`; logits and labels to recompute them: "
+        f"`{PREDICTIONS_FILE}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _prf(scores: dict) -> str:
+    return f"{scores['precision']:.4f} / {scores['recall']:.4f} / {scores['f1']:.4f}"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _short(text: str, limit: int) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _tail(text: str, limit: int) -> str:
+    # The end of a checkpoint path names the run; its start is usually a long, shared prefix.
+    text = str(text)
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
