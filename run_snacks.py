@@ -17,11 +17,15 @@ from pathlib import Path
 import transformers
 from transformers import set_seed
 
-from vitrecipes.config import parse_recipe, save_resolved_recipe
-from vitrecipes.data import load_splits
-from vitrecipes.errors import RecipeError
+from vitrecipes.checkpoints import plan_output_dir
+from vitrecipes.config import parse_recipe, resolved_recipe, save_resolved_recipe
+from vitrecipes.data import drop_unreadable, load_splits
+from vitrecipes.errors import RecipeError, user_message
+from vitrecipes.hub import finish_for_hub, take_hub_settings
 from vitrecipes.modeling import build_image_processor, build_model
+from vitrecipes.report import write_report
 from vitrecipes.training import (
+    METRICS_FILE,
     attach_transforms,
     build_trainer,
     effective_batch_size,
@@ -29,8 +33,7 @@ from vitrecipes.training import (
     format_summary,
     write_metrics,
 )
-from vitrecipes.report import write_report
-from vitrecipes.transforms import Preprocessing
+from vitrecipes.transforms import BAD_IMAGES_FILE, BadImageLog, Preprocessing
 
 logger = logging.getLogger("run_snacks")
 
@@ -41,7 +44,16 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
     logger.info("Recipe %s -> %s", recipe_path or "(command line)", training_args.output_dir)
 
+    resume_from = None
+    if training_args.do_train:
+        current = resolved_recipe(model_args, data_args, training_args)
+        with training_args.main_process_first(desc="checking the output folder"):
+            resume_from = plan_output_dir(training_args, current, finished_marker=METRICS_FILE)
+    bad_images = BadImageLog(Path(training_args.output_dir) / BAD_IMAGES_FILE)
+
     splits = load_splits(data_args, seed=training_args.seed)
+    if data_args.verify_images:
+        splits = drop_unreadable(splits, data_args.image_column_name, bad_images, data_args.max_image_pixels)
     logger.info(
         "Data: %s, %d classes; %s",
         data_args.dataset_name,
@@ -51,8 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     processor = build_image_processor(model_args)
     prep = Preprocessing.build(processor, data_args, mean=model_args.image_mean, std=model_args.image_std)
-    splits = attach_transforms(splits, prep, data_args.image_column_name, data_args.label_column_name)
+    splits = attach_transforms(splits, prep, data_args, bad_images)
     model = build_model(model_args, splits.class_names)
+    hub = take_hub_settings(training_args)  # we push once at the end; Trainer must not push or pickle the token
 
     trainer = build_trainer(model, processor, training_args, splits)
     metrics: dict = {"effective_batch_size": effective_batch_size(training_args)}
@@ -67,12 +80,13 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("Wrote %s", save_resolved_recipe(training_args.output_dir, model_args, data_args, training_args))
 
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        result = trainer.train(resume_from_checkpoint=resume_from)
         trainer.save_model()
         metrics["train"] = dict(result.metrics, samples=len(splits.train))
 
     split_metrics, predictions = evaluate_splits(trainer, splits)
     metrics.update(split_metrics)
+    metrics["bad_images"] = {split: sorted(files) for split, files in bad_images.read().items()}
     if trainer.is_world_process_zero():
         checkpoint = training_args.output_dir if training_args.do_train else model_args.model_name_or_path
         for name, split_predictions in predictions.items():
@@ -83,9 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
                 data_args.image_column_name,
                 checkpoint=str(checkpoint),
             )
-            metrics[name]["report"] = str(report)
+            metrics[name]["report"] = str(report.relative_to(training_args.output_dir))
         metrics_path = write_metrics(training_args.output_dir, metrics, trained=training_args.do_train)
         logger.info("Wrote %s", metrics_path)
+        if training_args.do_train:
+            finish_for_hub(training_args.output_dir, hub, metrics, recipe_path, sys.argv[1:] if argv is None else argv)
         print(format_summary(metrics, training_args.output_dir, metrics_path), flush=True)
     return metrics
 
@@ -101,5 +117,5 @@ if __name__ == "__main__":
     try:
         main()
     except RecipeError as error:
-        print(f"\nError: {error}\n", file=sys.stderr)
+        print(f"\nError: {user_message(error)}\n", file=sys.stderr)
         sys.exit(2)

@@ -88,6 +88,15 @@ def test_missing_recipe_file(tmp_path):
         parse_recipe([str(tmp_path / "nope.yaml")])
 
 
+def test_yaml_booleans_become_text_for_text_keys(tmp_path):
+    _, _, training, _ = parse_recipe([write(tmp_path, "eval_strategy: no\nload_best_model_at_end: false\n")])
+    assert training.eval_strategy == "no"
+    _, _, training, _ = parse_recipe(
+        [write(tmp_path, "seed: 1\n"), "--eval_strategy", "no", "--load_best_model_at_end", "false"]
+    )
+    assert training.eval_strategy == "no"
+
+
 def test_dotted_override_merges_into_a_mapping(tmp_path):
     recipe = write(
         tmp_path, "model_name_or_path: null\nmodel_type: vit\nconfig_overrides:\n  hidden_size: 64\n  image_size: 32\n"

@@ -37,8 +37,17 @@ def test_training_completes_with_full_sample_counts(two_process_run):
 def test_accuracy_equals_a_single_process_evaluation(two_process_run):
     out, _ = two_process_run
     distributed = json.loads((out / "metrics.json").read_text())
-    result = run_cli(out / "resolved_recipe.yaml", "--do_train", "false", "--model_name_or_path", out,
-                     "--model_type", "null", "--config_overrides", "null")
+    result = run_cli(
+        out / "resolved_recipe.yaml",
+        "--do_train",
+        "false",
+        "--model_name_or_path",
+        out,
+        "--model_type",
+        "null",
+        "--config_overrides",
+        "null",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     single = json.loads((out / "eval_only_metrics.json").read_text())
     for split in ("validation", "test"):
@@ -56,6 +65,6 @@ def test_files_and_logs_come_from_the_main_process_only(two_process_run):
     assert combined.count("Wrote ") == 2  # resolved recipe + metrics, once each
     written = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("eval_only"))
     assert written == [
-        "config.json", "metrics.json", "model.safetensors", "preprocessor_config.json",
+        "README.md", "config.json", "metrics.json", "model.safetensors", "preprocessor_config.json",
         "resolved_recipe.yaml", "training_args.bin",
     ]  # fmt: skip

@@ -66,8 +66,17 @@ def test_pipeline_reloads_the_output_folder_and_names_the_classes(smoke_run):
 def test_evaluation_only_reproduces_the_metrics_without_touching_the_run(smoke_run):
     out, _ = smoke_run
     before = (out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()
-    result = run_cli(out / "resolved_recipe.yaml", "--do_train", "false", "--model_name_or_path", out,
-                     "--model_type", "null", "--config_overrides", "null")
+    result = run_cli(
+        out / "resolved_recipe.yaml",
+        "--do_train",
+        "false",
+        "--model_name_or_path",
+        out,
+        "--model_type",
+        "null",
+        "--config_overrides",
+        "null",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((out / "eval_only_metrics.json").read_text())
     trained = json.loads(before[0])
@@ -81,11 +90,25 @@ def test_fine_tunes_a_checkpoint_with_a_new_head_and_no_test_split(tmp_path, tin
 
     data = write_imagefolder(tmp_path / "data", {"train": 12, "validation": 4})
     out = tmp_path / "out"
-    metrics = run_snacks.main([
-        "--model_name_or_path", str(tiny_checkpoint), "--dataset_name", str(data), "--output_dir", str(out),
-        "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--learning_rate", "5e-3",
-        "--use_cpu", "--eval_crop_pct", "0.875",
-    ])
+    metrics = run_snacks.main(
+        [
+            "--model_name_or_path",
+            str(tiny_checkpoint),
+            "--dataset_name",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--num_train_epochs",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--learning_rate",
+            "5e-3",
+            "--use_cpu",
+            "--eval_crop_pct",
+            "0.875",
+        ]
+    )
     assert "test" not in metrics and "validation" in metrics
     assert "test step will be skipped" in caplog.text
     model = AutoModelForImageClassification.from_pretrained(out)
@@ -96,9 +119,21 @@ def test_fine_tunes_a_checkpoint_with_a_new_head_and_no_test_split(tmp_path, tin
 def test_tiny_vit_on_the_real_snacks_photos(tmp_path):
     out = tmp_path / "snacks"
     result = run_cli(
-        "recipes/vit-tiny-scratch/snacks/config_cpu.yaml", "--dataset_name", SNACKS, "--output_dir", out,
-        "--num_train_epochs", "1", "--max_train_samples", "160", "--max_eval_samples", "60",
-        "--per_device_train_batch_size", "16", "--config_overrides.num_hidden_layers", "2",
+        "recipes/vit-tiny-scratch/snacks/config_cpu.yaml",
+        "--dataset_name",
+        SNACKS,
+        "--output_dir",
+        out,
+        "--num_train_epochs",
+        "1",
+        "--max_train_samples",
+        "160",
+        "--max_eval_samples",
+        "60",
+        "--per_device_train_batch_size",
+        "16",
+        "--config_overrides.num_hidden_layers",
+        "2",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -32,8 +32,17 @@ def test_headless_checkpoint_gets_a_new_head(tmp_path):
 
 
 def test_from_scratch_config_and_processor():
-    args = ModelArguments(model_name_or_path=None, model_type="vit", config_overrides={"image_size": 48, "hidden_size": 32,
-                          "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
+    args = ModelArguments(
+        model_name_or_path=None,
+        model_type="vit",
+        config_overrides={
+            "image_size": 48,
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+    )
     model = build_model(args, CLASSES)
     assert model.config.hidden_size == 32 and model.config.num_labels == 3
     assert build_image_processor(args).size.height == 48
@@ -56,8 +65,9 @@ def test_hub_checkpoint_offline_says_so():
 
 
 def test_text_model_is_not_an_image_classifier(tmp_path):
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                         vocab_size=50)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=50)
+    ).save_pretrained(tmp_path)
     with pytest.raises(RecipeError, match=r"not an image-classification architecture"):
         build_model(ModelArguments(model_name_or_path=str(tmp_path)), CLASSES)
 

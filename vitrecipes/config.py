@@ -109,20 +109,31 @@ class DataArguments:
     )
     train_augmentation: str = field(
         default="random_resized_crop",
-        metadata={
-            "help": "'random_resized_crop' (RandomResizedCrop + optional flip) or 'none' (the eval transform)."
-        },
+        metadata={"help": "'random_resized_crop' (RandomResizedCrop + optional flip) or 'none' (the eval transform)."},
     )
     random_resized_crop_scale: list[float] = field(
         default_factory=lambda: [0.08, 1.0],
         metadata={"help": "Area range of RandomResizedCrop, as a fraction of the image."},
     )
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips while training."})
+    max_bad_images: float = field(
+        default=0.01,
+        metadata={
+            "help": "Unreadable images tolerated per split before the run stops: a fraction of the split below 1, "
+            "a count from 1 up. Each bad image is replaced by a good one from the same batch, logged and counted."
+        },
+    )
+    verify_images: bool = field(
+        default=False,
+        metadata={"help": "Decode every image once before training, list the bad ones, and leave them out."},
+    )
+    max_image_pixels: int = field(
+        default=89_478_485,
+        metadata={"help": "Images with more pixels are treated as bad (decompression-bomb guard; Pillow's limit)."},
+    )
     eval_crop_pct: float = field(
         default=1.0,
-        metadata={
-            "help": "Eval transform: resize the shorter side to size / eval_crop_pct, then centre-crop to size."
-        },
+        metadata={"help": "Eval transform: resize the shorter side to size / eval_crop_pct, then centre-crop to size."},
     )
 
     def __post_init__(self):
@@ -145,6 +156,13 @@ class RecipeTrainingArguments(TrainingArguments):
     output_dir: str | None = field(
         default=None,
         metadata={"help": "Where checkpoints, the final model and metrics go (default: outputs/<recipe name>)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an output_dir that holds a finished run or another recipe's checkpoints "
+            "(its checkpoints are deleted). Without it such a folder is an error, and an unfinished run resumes."
+        },
     )
     do_train: bool = field(default=True, metadata={"help": "Train; set false to only evaluate the checkpoint."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to validate: 'no', 'steps' or 'epoch'."})
@@ -169,6 +187,9 @@ class RecipeTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "DDP's search for unused parameters; classifiers use them all, so it is off (faster)."},
+    )
+    hub_license: str = field(
+        default="apache-2.0", metadata={"help": "License written into the model card's metadata."}
     )
     remove_unused_columns: bool = field(
         default=False,
@@ -246,6 +267,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return int(number)
         return number
     if annotation is str:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare `no` / `yes` as a boolean: `eval_strategy: no`
+            return "no" if value is False else "yes"
         if isinstance(value, (dict, list)):
             raise RecipeError(f"{key}: expected text, got {value!r}.")
         return str(value)
@@ -263,7 +286,6 @@ _RENAMED_KEYS = {
     "warmup_ratio": "warmup_steps (a value below 1 is read as a fraction of all steps)",
     "evaluation_strategy": "eval_strategy",
     "no_cuda": "use_cpu",
-    "overwrite_output_dir": "nothing: transformers 5 dropped it; remove the key",
     "save_safetensors": "nothing: weights are always saved as safetensors; remove the key",
 }
 
@@ -278,7 +300,9 @@ def _suggest(key: str, known) -> str:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"Recipe file {path} does not exist. Give the path of a YAML recipe, e.g. recipes/smoke.yaml.")
+        raise RecipeError(
+            f"Recipe file {path} does not exist. Give the path of a YAML recipe, e.g. recipes/smoke.yaml."
+        )
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as error:

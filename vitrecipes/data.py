@@ -18,6 +18,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 
 from .config import DataArguments
 from .errors import RecipeError
+from .transforms import BadImageLog, find_unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +221,7 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> Splits:
             100 * data_args.validation_split_size,
             seed,
         )
-        parts = train.train_test_split(
-            test_size=data_args.validation_split_size, stratify_by_column=label, seed=seed
-        )
+        parts = train.train_test_split(test_size=data_args.validation_split_size, stratify_by_column=label, seed=seed)
         train, validation = parts["train"], parts["test"]
 
     test = found.get(data_args.test_split) if data_args.test_split else None
@@ -244,3 +243,25 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> Splits:
         if dataset is not None and isinstance(dataset.features[image], datasets.Image):
             setattr(splits, attr, dataset.cast_column(image, datasets.Image(decode=False)))
     return splits
+
+
+def drop_unreadable(splits: Splits, image_column: str, bad_images: BadImageLog, max_pixels: int | None) -> Splits:
+    """`verify_images`: decode every image once, record and leave out the ones that fail."""
+    kept = {}
+    for name, dataset in splits.items():
+        bad = find_unreadable(dataset[image_column], max_pixels)
+        for _, file, cause in bad:
+            bad_images.record(name, file, f"left out by verify_images: {cause}", enforce_limit=False)
+        if bad:
+            logger.warning(
+                "verify_images: %d unreadable image(s) left out of %s:\n  %s",
+                len(bad),
+                name,
+                "\n  ".join(f"{file}  ({cause})" for _, file, cause in bad),
+            )
+            drop = {index for index, _, _ in bad}
+            dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
+        else:
+            logger.info("verify_images: all %d images of %s decode.", len(dataset), name)
+        kept[name] = dataset
+    return Splits(kept["train"], kept["validation"], kept.get("test"), splits.class_names)

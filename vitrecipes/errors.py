@@ -7,3 +7,17 @@ class RecipeError(Exception):
     The message is a single paragraph that names the offending file, key or column and says
     what to do. `run_snacks.py` prints it without a traceback and exits with status 2.
     """
+
+
+class BadImagesError(RecipeError):
+    """Too many unreadable images in one split."""
+
+
+def user_message(error: BaseException) -> str:
+    """The paragraph to show for an error, without the traceback text a DataLoader worker wraps it in."""
+    text = str(error)
+    if "Original Traceback" in text:
+        for line in reversed(text.strip().splitlines()):
+            if "Error: " in line:
+                return line.split("Error: ", 1)[1]
+    return text

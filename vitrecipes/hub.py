@@ -46,6 +46,7 @@ UPLOAD_PATTERNS = [
 NEVER_UPLOAD = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*"]
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _SECRET_FLAGS = ("--hub_token", "--token")
+_HIDDEN = "***"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MAX_LISTED_LABELS = 100
 _HYPERPARAMETERS = [
@@ -97,17 +98,23 @@ def redact_argv(argv: list[str]) -> list[str]:
     """Command-line arguments with the values of token flags replaced by ***."""
     redacted, hide_next = [], False
     for arg in argv:
+        flag = arg.split("=", 1)[0]
         if hide_next:
-            redacted.append("***")
+            redacted.append(_HIDDEN)
             hide_next = False
         elif arg in _SECRET_FLAGS:
             redacted.append(arg)
             hide_next = True
-        elif arg.startswith(tuple(f"{flag}=" for flag in _SECRET_FLAGS)):
-            redacted.append(arg.split("=", 1)[0] + "=***")
+        elif flag in _SECRET_FLAGS:
+            redacted += [flag, _HIDDEN]
         else:
             redacted.append(arg)
     return redacted
+
+
+def shell_command(argv: list[str]) -> str:
+    """A copy-pasteable command; a redacted value stays a bare *** instead of a quoted '***'."""
+    return " ".join(arg if arg == _HIDDEN else shlex.quote(arg) for arg in argv)
 
 
 # --- model card -------------------------------------------------------------------------------
@@ -276,7 +283,11 @@ def _training_section(run: RunFiles) -> str:
 def _labels_section(run: RunFiles) -> str:
     labels = run.labels
     shown = ", ".join(f"`{i}` {name}" for i, name in enumerate(labels[:_MAX_LISTED_LABELS]))
-    more = f", ... and {len(labels) - _MAX_LISTED_LABELS} more (see config.json)" if len(labels) > _MAX_LISTED_LABELS else ""
+    more = (
+        f", ... and {len(labels) - _MAX_LISTED_LABELS} more (see config.json)"
+        if len(labels) > _MAX_LISTED_LABELS
+        else ""
+    )
     return f"## Labels\n\n{len(labels)} classes (id, name): {shown}{more}."
 
 
@@ -344,8 +355,12 @@ def build_model_card(
     recipe_path: str | Path | None = None,
     license: str | None = None,
     metrics: dict | None = None,
+    token: str | None = None,
 ):
-    """A `huggingface_hub.ModelCard` for an output folder; `repo_id` names it in the usage snippet."""
+    """A `huggingface_hub.ModelCard` for an output folder; `repo_id` names it in the usage snippet.
+
+    `token` is only used to make sure it appears nowhere in the card (nor does the cached login's).
+    """
     from huggingface_hub import ModelCard
 
     run = RunFiles.read(output_dir, metrics)
@@ -363,7 +378,7 @@ def build_model_card(
             _versions_section(),
         ]
     )
-    text = scrub(f"---\n{data.to_yaml()}\n---\n\n{body}\n", resolve_token())
+    text = scrub(f"---\n{data.to_yaml()}\n---\n\n{body}\n", token, resolve_token())
     card = ModelCard(text)  # parses the header back: invalid YAML or metadata fails now, not on upload
     return card
 
@@ -414,7 +429,7 @@ def push_output_dir(
 
     output_dir = Path(output_dir)
     if not (output_dir / CARD_NAME).is_file():
-        write_model_card(output_dir, repo_id=repo_id)
+        write_model_card(output_dir, repo_id=repo_id, token=token)
     RunFiles.read(output_dir)  # refuse a folder without a model before touching the network
     token = resolve_token(token)
     api = HfApi()
@@ -482,10 +497,15 @@ def finish_for_hub(
     `settings` is a HubSettings or a TrainingArguments. A failed push is logged with the command
     that pushes later; it never raises, because the trained model is already safe on disk.
     """
-    command = shlex.join(["python", "run_snacks.py", *redact_argv(list(argv))]) if argv is not None else None
+    command = shell_command(["python", "run_snacks.py", *redact_argv(list(argv))]) if argv is not None else None
     token = settings.hub_token
     card = write_model_card(
-        output_dir, repo_id=settings.hub_model_id, command=command, recipe_path=recipe_path, metrics=metrics
+        output_dir,
+        repo_id=settings.hub_model_id,
+        command=command,
+        recipe_path=recipe_path,
+        metrics=metrics,
+        token=token,
     )
     logger.info("Model card: %s", card)
     if not settings.push_to_hub:

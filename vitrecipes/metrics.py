@@ -19,9 +19,7 @@ class Accuracy(evaluate.Metric):
             description="Top-1 accuracy: the fraction of predictions that equal the reference label.",
             citation="",
             inputs_description="predictions and references: lists of integer class ids.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
     def _compute(self, predictions, references):
@@ -52,6 +50,8 @@ def compute_metrics(eval_prediction) -> dict[str, float]:
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
     if isinstance(logits, tuple):
         logits = logits[0]
+    keep = labels != -100  # unreadable images (see transforms.IGNORE_INDEX)
+    logits, labels = logits[keep], labels[keep]
     metrics = load_accuracy().compute(predictions=np.argmax(logits, axis=-1), references=labels)
     metrics["cross_entropy"] = mean_cross_entropy(logits, labels)
     return metrics

@@ -25,6 +25,13 @@ def _hub_kwargs(model_args: ModelArguments) -> dict:
 
 def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    folder = Path(name).expanduser()
+    if folder.is_dir() and (folder / "config.json").exists() and not list(folder.glob("*.safetensors")):
+        return RecipeError(
+            f"model_name_or_path: {name} holds no model.safetensors. Only safetensors weights are loaded, because "
+            "pickled weights (pytorch_model.bin) can run code when loaded. Convert it once, in a trusted "
+            "environment: load it with from_pretrained and call save_pretrained (which writes safetensors)."
+        )
     if looks_local:
         return RecipeError(
             f"model_name_or_path: the folder {name} does not exist or holds no model. Give a folder written "
@@ -94,16 +101,19 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         config = AutoConfig.from_pretrained(name, **labels, **_hub_kwargs(model_args))
     except OSError as error:
         raise _missing_checkpoint_error(name, error) from None
-    return _as_classifier(
-        lambda: AutoModelForImageClassification.from_pretrained(
+    try:
+        return _as_classifier(
+            lambda: AutoModelForImageClassification.from_pretrained(
+                name,
+                config=config,
+                ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+                use_safetensors=True,  # never unpickle weights
+                **_hub_kwargs(model_args),
+            ),
             name,
-            config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            use_safetensors=True if Path(name).is_dir() else None,
-            **_hub_kwargs(model_args),
-        ),
-        name,
-    )
+        )
+    except OSError as error:
+        raise _missing_checkpoint_error(name, error) from None
 
 
 def _as_classifier(make, what: str):

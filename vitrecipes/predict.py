@@ -111,7 +111,10 @@ def _pick_device(device: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RecipeError(f"--device {device}: no CUDA GPU is available here. Use --device cpu (or leave it out).")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise RecipeError(f"--device {device}: not a device name; use cpu, cuda or cuda:N.") from None
 
 
 @dataclass

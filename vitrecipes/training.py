@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from datasets import Dataset
-
 from transformers import Trainer, TrainingArguments
 
+from .config import DataArguments
 from .data import Splits
+from .errors import RecipeError
 from .metrics import compute_metrics
-from .transforms import Preprocessing, collate
+from .transforms import IGNORE_INDEX, BadImageLog, Preprocessing, bad_image_limit, collate
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +29,24 @@ def effective_batch_size(args: TrainingArguments) -> int:
     return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
 
 
-def attach_transforms(splits: Splits, prep: Preprocessing, image_column: str, label_column: str) -> Splits:
+def attach_transforms(splits: Splits, prep: Preprocessing, data_args: DataArguments, bad_images: BadImageLog) -> Splits:
     """Lazy preprocessing: images are decoded and transformed only when a batch is drawn."""
+    transformed = {}
+    for name, dataset in splits.items():
+        bad_images.limits[name] = bad_image_limit(data_args.max_bad_images, len(dataset))
+        transform = prep.batch_transform(
+            train=name == "train",
+            image_column=data_args.image_column_name,
+            label_column=data_args.label_column_name,
+            split=name,
+            bad_images=bad_images,
+            max_pixels=data_args.max_image_pixels,
+        )
+        transformed[name] = dataset.with_transform(transform)
     return Splits(
-        train=splits.train.with_transform(prep.batch_transform(True, image_column, label_column)),
-        validation=splits.validation.with_transform(prep.batch_transform(False, image_column, label_column)),
-        test=(
-            splits.test.with_transform(prep.batch_transform(False, image_column, label_column))
-            if splits.test is not None
-            else None
-        ),
+        train=transformed["train"],
+        validation=transformed["validation"],
+        test=transformed.get("test"),
         class_names=splits.class_names,
     )
 
@@ -54,8 +64,27 @@ def load_weights(model, checkpoint_dir: str) -> None:
     model.load_state_dict(reference.state_dict(), strict=True)
 
 
+class NonFiniteLossError(RecipeError):
+    """The training loss became NaN or infinite."""
+
+
 class RecipeTrainer(Trainer):
-    """Trainer whose checkpoint reloads keep every weight (see `load_weights`)."""
+    """Trainer whose checkpoint reloads keep every weight (see `load_weights`) and that stops on a NaN loss."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Trainer already synchronises on this value every step (logging_nan_inf_filter); checking it is free.
+        if not torch.isfinite(loss.detach()).all():
+            step = self.state.global_step + 1
+            kept = self.state.best_model_checkpoint or _last_checkpoint_name(self.args.output_dir)
+            raise NonFiniteLossError(
+                f"The training loss became {loss.item()} at step {step} (epoch {self.state.epoch or 0:.2f}). "
+                f"Likely causes: a learning rate too high for this model and batch ({self.args.learning_rate:g}; "
+                "try 3-10x lower or a longer warm-up), fp16 overflow (use bf16 on GPUs that support it), or a "
+                "corrupt batch. The run stopped before saving anything from this step; "
+                + (f"the last good checkpoint is {kept}." if kept else "no checkpoint had been saved yet.")
+            )
+        return loss
 
     def _plain_reload(self) -> bool:
         return not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
@@ -69,8 +98,15 @@ class RecipeTrainer(Trainer):
     def _load_best_model(self):
         if not self._plain_reload():
             return super()._load_best_model()
-        logger.info("Loading the best model (%s) from %s", self.args.metric_for_best_model, self.state.best_model_checkpoint)
+        logger.info(
+            "Loading the best model (%s) from %s", self.args.metric_for_best_model, self.state.best_model_checkpoint
+        )
         load_weights(self.model, self.state.best_model_checkpoint)
+
+
+def _last_checkpoint_name(output_dir: str) -> str | None:
+    steps = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(steps[-1]) if steps else None
 
 
 def build_trainer(model, processor, args: TrainingArguments, splits: Splits) -> Trainer:
@@ -95,7 +131,9 @@ class SplitPredictions:
     dataset: Dataset  # the split as evaluated (transform attached), in prediction order
 
 
-def evaluate_splits(trainer: Trainer, splits: Splits) -> tuple[dict[str, dict[str, float]], dict[str, SplitPredictions]]:
+def evaluate_splits(
+    trainer: Trainer, splits: Splits
+) -> tuple[dict[str, dict[str, float]], dict[str, SplitPredictions]]:
     """Validation and test metrics keyed by split (prefixes removed), and the raw predictions."""
     results, predictions = {}, {}
     for name, dataset in splits.items():
@@ -103,9 +141,14 @@ def evaluate_splits(trainer: Trainer, splits: Splits) -> tuple[dict[str, dict[st
             continue
         output = trainer.predict(dataset, metric_key_prefix=name)
         results[name] = {k.removeprefix(f"{name}_"): v for k, v in output.metrics.items()}
-        results[name]["samples"] = int(len(output.label_ids))
         logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        predictions[name] = SplitPredictions(name, np.asarray(logits), np.asarray(output.label_ids), dataset)
+        labels = np.asarray(output.label_ids)
+        readable = labels != IGNORE_INDEX  # unreadable images are left out of every number
+        results[name]["samples"] = int(readable.sum())
+        if not readable.all():
+            results[name]["unreadable_images"] = int((~readable).sum())
+            dataset = dataset.select(np.flatnonzero(readable))
+        predictions[name] = SplitPredictions(name, np.asarray(logits)[readable], labels[readable], dataset)
     if splits.test is None:
         logger.warning("No test split: skipping the test evaluation.")
     return results, predictions
@@ -136,11 +179,14 @@ def format_summary(metrics: dict, output_dir: str | Path, metrics_path: Path) ->
                 f"   {m.get('samples_per_second', 0):8.1f} samples/s   n={m.get('samples')}"
             )
             if m.get("report"):
-                lines.append(f"              report: {m['report']}")
+                lines.append(f"              report: {Path(output_dir) / m['report']}")
         elif split == "test":
             lines.append("  test        skipped (the dataset has no test split)")
     lines.append(f"  metrics: {metrics_path}")
     if "train" in metrics:
-        lines.append(f"  model, image processor and resolved recipe: {output_dir}")
+        lines.append(f"  model, image processor, model card and resolved recipe: {output_dir}")
+    bad = {split: len(files) for split, files in metrics.get("bad_images", {}).items() if files}
+    if bad:
+        lines.append(f"  unreadable images left out: {bad} (listed in metrics.json and bad_images.jsonl)")
     lines.append("=" * 64)
     return "\n".join(lines)

@@ -8,7 +8,12 @@ RGB with its EXIF orientation applied, whatever mode it was stored in.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +22,14 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from .config import DataArguments
+from .errors import BadImagesError
+
+logger = logging.getLogger(__name__)
+
+# What Pillow raises for a file that is not a readable image: not an image, cut short, corrupt, or too big.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+IGNORE_INDEX = -100  # the label of a placeholder: the loss and the metrics skip it
+BAD_IMAGES_FILE = "bad_images.jsonl"
 
 _HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
@@ -50,8 +63,94 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(value: Any) -> Image.Image:
-    return to_rgb(open_image(value))
+def load_rgb(value: Any, max_pixels: int | None = None) -> Image.Image:
+    image = open_image(value)  # reads the header only
+    if max_pixels and image.width * image.height > max_pixels:
+        raise Image.DecompressionBombError(
+            f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
+        )
+    return to_rgb(image)
+
+
+def describe(value: Any) -> str:
+    """A name for an image-column value in messages: its path, or its size in bytes."""
+    if isinstance(value, dict):
+        return value.get("path") or f"<{len(value.get('bytes') or b'')} bytes in the dataset>"
+    return str(value) if isinstance(value, (str, os.PathLike)) else f"<{type(value).__name__}>"
+
+
+@dataclass
+class BadImageLog:
+    """Counts the unreadable images of each split, in memory and in `<output_dir>/bad_images.jsonl`.
+
+    The file is shared by DataLoader workers and processes (appends of one short line each), so the
+    limit applies to the whole run, not to each worker.
+    """
+
+    path: Path | None
+    limits: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def record(self, split: str, name: str, error: BaseException | str, enforce_limit: bool = True) -> None:
+        cause = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        if name in self.seen.setdefault(split, {}):
+            return
+        self.seen[split][name] = cause
+        if enforce_limit:
+            logger.warning("Unreadable image in %s, left out of loss and metrics: %s (%s)", split, name, cause)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"split": split, "file": name, "error": cause}) + "\n")
+        bad = self.read().get(split, {}) if self.path is not None else self.seen[split]
+        limit = self.limits.get(split)
+        if enforce_limit and limit is not None and len(bad) > limit:
+            examples = "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:5])
+            raise BadImagesError(
+                f"Too many unreadable images in the {split} split: {len(bad)}, more than max_bad_images allows "
+                f"({limit}). First ones: {examples}. Run with --verify_images true to list and leave out every "
+                "bad file before training, fix or delete the files, or raise max_bad_images."
+            )
+
+    def read(self) -> dict[str, dict[str, str]]:
+        """{split: {file: cause}} from the shared file (or from memory when there is none)."""
+        if self.path is None or not self.path.exists():
+            return {k: dict(v) for k, v in self.seen.items()}
+        found: dict[str, dict[str, str]] = {}
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut short by a killed process
+                continue
+            found.setdefault(entry["split"], {}).setdefault(entry["file"], entry["error"])
+        return found
+
+
+def find_unreadable(values: list, max_pixels: int | None = None) -> list[tuple[int, str, str]]:
+    """(index, name, cause) of every value that does not decode; decodes in threads (Pillow frees the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(item):
+        index, value = item
+        try:
+            image = open_image(value)
+            if max_pixels and image.width * image.height > max_pixels:
+                raise Image.DecompressionBombError(
+                    f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
+                )
+            if image.format == "JPEG":
+                image.draft("RGB", (64, 64))  # decodes at 1/8 scale but still reads the whole stream
+            to_rgb(image)
+        except DECODE_ERRORS as error:
+            return index, describe(value), f"{type(error).__name__}: {error}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return [found for found in pool.map(check, enumerate(values)) if found is not None]
+
+
+def bad_image_limit(max_bad_images: float, split_size: int) -> int:
+    return int(max_bad_images) if max_bad_images >= 1 else int(max_bad_images * split_size)
 
 
 def image_size_from_processor(processor) -> tuple[int, int]:
@@ -100,15 +199,35 @@ class Preprocessing:
             train_steps.append(v2.RandomHorizontalFlip())
         return cls(size, mean, std, v2.Compose(train_steps + finish), v2.Compose(eval_steps + finish))
 
-    def batch_transform(self, train: bool, image_column: str, label_column: str):
-        """A function for `Dataset.with_transform` that turns a batch of rows into model inputs."""
+    def batch_transform(
+        self,
+        train: bool,
+        image_column: str,
+        label_column: str,
+        split: str = "train",
+        bad_images: BadImageLog | None = None,
+        max_pixels: int | None = None,
+    ):
+        """A function for `Dataset.with_transform` that turns a batch of rows into model inputs.
+
+        An unreadable image becomes a zero tensor with label IGNORE_INDEX: the loss and the metrics
+        skip it, batch shapes stay intact (so several processes stay in step), and it is logged.
+        """
         pipeline = self.train if train else self.eval
+        bad_images = bad_images or BadImageLog(None)
+        placeholder = torch.zeros(3, *self.size)
 
         def transform(batch: dict[str, list]) -> dict[str, list]:
-            return {
-                "pixel_values": [pipeline(load_rgb(value)) for value in batch[image_column]],
-                "labels": batch[label_column],
-            }
+            pixels, labels = [], []
+            for value, label in zip(batch[image_column], batch[label_column]):
+                try:
+                    pixels.append(pipeline(load_rgb(value, max_pixels)))
+                    labels.append(label)
+                except DECODE_ERRORS as error:
+                    bad_images.record(split, describe(value), error)
+                    pixels.append(placeholder)
+                    labels.append(IGNORE_INDEX)
+            return {"pixel_values": pixels, "labels": labels}
 
         return transform
 

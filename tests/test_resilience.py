@@ -1,0 +1,254 @@
+"""Never lose a run: crash and resume, bad images, NaN losses, and the output-folder rules."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, run_cli, write_imagefolder
+from PIL import Image
+
+import run_snacks
+from vitrecipes.checkpoints import is_complete_checkpoint, last_complete_checkpoint
+from vitrecipes.config import ModelArguments, parse_recipe
+from vitrecipes.errors import RecipeError
+from vitrecipes.modeling import build_model
+
+# Two epochs of 15 steps, a checkpoint (and validation) every 5 steps.
+CRASH_ARGS = [
+    "--max_train_samples", "480", "--num_train_epochs", "2", "--save_strategy", "steps", "--save_steps", "5",
+    "--eval_strategy", "steps", "--eval_steps", "5", "--save_total_limit", "3", "--logging_steps", "5",
+]  # fmt: skip
+
+
+def _command(out: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "run_snacks.py"), "recipes/smoke.yaml", "--output_dir", str(out), *CRASH_ARGS]
+
+
+def test_sigkill_then_same_command_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    env = dict(os.environ)
+    baseline = subprocess.run(_command(tmp_path / "baseline"), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert baseline.returncode == 0, baseline.stderr[-3000:]
+
+    out = tmp_path / "crashed"
+    process = subprocess.Popen(_command(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-10").exists() or not is_complete_checkpoint(out / "checkpoint-10"):
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "metrics.json").exists()
+
+    resumed = subprocess.run(_command(out), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert "Resuming the unfinished run" in log
+    step = int(log.split("Resuming the unfinished run")[1].split("checkpoint-")[1].split(".")[0])
+    assert step >= 10
+    state = json.loads((out / f"checkpoint-{30}" / "trainer_state.json").read_text())
+    assert state["global_step"] == 30  # continued to the end instead of restarting
+    # Steps run by the resumed process: the train runtime covers only 30 - step of the 30 steps.
+    first_logged_losses = [e["step"] for e in state["log_history"] if "loss" in e]
+    assert first_logged_losses == [5, 10, 15, 20, 25, 30]
+
+    expected = json.loads((tmp_path / "baseline" / "metrics.json").read_text())
+    got = json.loads((out / "metrics.json").read_text())
+    # Weights, optimiser, scheduler, RNG and data order are restored, so the runs do the same arithmetic;
+    # on one CPU thread layout that is bit-for-bit, and 1e-6 leaves room for summation order only.
+    for split in ("validation", "test"):
+        assert got[split]["accuracy"] == pytest.approx(expected[split]["accuracy"], abs=1e-6)
+        assert got[split]["cross_entropy"] == pytest.approx(expected[split]["cross_entropy"], rel=1e-4)
+
+
+def _fake_checkpoint(tmp_path, source: Path, name: str) -> Path:
+    target = tmp_path / name
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "out"
+    run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(out), "--max_train_samples", "64",
+                     "--max_eval_samples", "32", "--num_train_epochs", "1"])  # fmt: skip
+    (checkpoint,) = out.glob("checkpoint-*")
+    return out, checkpoint
+
+
+def test_half_written_checkpoint_is_skipped_for_the_previous_one(tmp_path, trained_checkpoint):
+    _, checkpoint = trained_checkpoint
+    good = _fake_checkpoint(tmp_path, checkpoint, "checkpoint-2")
+    cut_weights = _fake_checkpoint(tmp_path, checkpoint, "checkpoint-4")
+    data = (cut_weights / "model.safetensors").read_bytes()
+    (cut_weights / "model.safetensors").write_bytes(data[: len(data) // 2])
+    cut_optimizer = _fake_checkpoint(tmp_path, checkpoint, "checkpoint-6")
+    (cut_optimizer / "optimizer.pt").write_bytes((cut_optimizer / "optimizer.pt").read_bytes()[:100])
+    no_state = _fake_checkpoint(tmp_path, checkpoint, "checkpoint-8")
+    (no_state / "trainer_state.json").unlink()
+    assert is_complete_checkpoint(good)
+    assert not any(map(is_complete_checkpoint, (cut_weights, cut_optimizer, no_state)))
+    assert last_complete_checkpoint(tmp_path) == good
+
+
+def test_finished_run_is_not_overwritten_without_the_flag(trained_checkpoint):
+    out, _ = trained_checkpoint
+    before = (out / "metrics.json").read_text()
+    with pytest.raises(RecipeError, match=r"already holds a finished run.*--overwrite_output_dir true"):
+        run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(out), "--num_train_epochs", "1"])
+    assert (out / "metrics.json").read_text() == before
+
+
+def test_checkpoints_of_another_recipe_are_not_resumed(tmp_path, trained_checkpoint):
+    out, _ = trained_checkpoint
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "metrics.json").unlink()  # now it looks like a crashed run...
+    with pytest.raises(RecipeError, match=r"different recipe \(keys that differ: learning_rate"):
+        run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(copy), "--max_train_samples", "64",
+                         "--max_eval_samples", "32", "--num_train_epochs", "1", "--learning_rate", "0.1"])  # fmt: skip
+
+
+def test_overwrite_starts_afresh(tmp_path, trained_checkpoint):
+    out, _ = trained_checkpoint
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    metrics = run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(copy), "--max_train_samples", "64",
+                               "--max_eval_samples", "32", "--num_train_epochs", "1", "--overwrite_output_dir"])  # fmt: skip
+    assert metrics["train"]["epoch"] == pytest.approx(1.0)
+
+
+def _bad_image_dataset(root: Path) -> tuple[Path, dict[str, str]]:
+    """A small imagefolder in which the train split holds one file of every awkward kind."""
+    write_imagefolder(root, {"train": 6, "validation": 3})
+    red = root / "train" / "red"
+    good = Image.new("RGB", (40, 30), (220, 30, 30))
+    good.save(red / "ok_template.jpg", quality=90)
+    jpeg = (red / "ok_template.jpg").read_bytes()
+    (red / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (red / "empty.jpg").write_bytes(b"")
+    (red / "not_an_image.jpg").write_text("<html>404 Not Found</html>")
+    bomb = Image.new("1", (10_000, 10_000))  # 100 M pixels: over Pillow's 89 M bomb limit, tiny as PNG
+    bomb.save(red / "bomb.png")
+    # Awkward but readable: these must train normally.
+    palette = good.convert("P")
+    palette.info["transparency"] = 0
+    palette.save(red / "palette_transparent.png")
+    Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)).save(red / "sixteen_bit.png")
+    good.convert("CMYK").save(red / "cmyk.jpg")
+    rotated = good.copy()
+    exif = rotated.getexif()
+    exif[0x0112] = 8
+    rotated.save(red / "exif_rotated.jpg", exif=exif.tobytes())
+    Image.new("RGB", (1, 1), (220, 30, 30)).save(red / "one_pixel.png")
+    frames = [Image.new("RGB", (40, 30), c) for c in ((220, 30, 30), (0, 0, 0))]
+    frames[0].save(red / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    bad = {"truncated.jpg": "OSError", "empty.jpg": "", "not_an_image.jpg": "", "bomb.png": "DecompressionBomb"}
+    return root, bad
+
+
+def _tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "recipes/smoke.yaml", "--dataset_name", str(data), "--output_dir", str(out), "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "8", "--train_augmentation", "random_resized_crop", *extra,
+    ]  # fmt: skip
+
+
+def test_bad_images_are_left_out_counted_and_named(tmp_path):
+    data, bad = _bad_image_dataset(tmp_path / "data")
+    metrics = run_snacks.main(_tiny_args(data, tmp_path / "out", "--max_bad_images", "10"))
+    named = {Path(f).name for f in metrics["bad_images"]["train"]}
+    assert named == set(bad)
+    assert metrics["validation"]["samples"] == 9
+    log = [json.loads(line) for line in (tmp_path / "out" / "bad_images.jsonl").read_text().splitlines()]
+    assert {Path(e["file"]).name for e in log} == set(bad)
+    assert any("DecompressionBomb" in e["error"] for e in log if e["file"].endswith("bomb.png"))
+
+
+def test_too_many_bad_images_stop_the_run_with_a_clear_message(tmp_path):
+    data, _ = _bad_image_dataset(tmp_path / "data")
+    result = run_cli(*_tiny_args(data, tmp_path / "out", "--max_bad_images", "2"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "Too many unreadable images in the train split" in result.stderr
+    assert "--verify_images true" in result.stderr
+    assert (tmp_path / "out" / "resolved_recipe.yaml").exists()  # what was written stays
+
+
+def test_verify_images_lists_and_leaves_out_bad_files_before_training(tmp_path, caplog):
+    data, bad = _bad_image_dataset(tmp_path / "data")
+    metrics = run_snacks.main(_tiny_args(data, tmp_path / "out", "--verify_images", "--max_bad_images", "0"))
+    assert "verify_images: 4 unreadable image(s) left out of train" in caplog.text
+    for name in bad:
+        assert name in caplog.text
+    assert metrics["train"]["samples"] == 3 * 6 + 11 - 4  # generated + the 11 written here - the 4 bad ones
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    # Warm-up from 0 to an absurd learning rate: the first steps are fine, then the weights blow up.
+    result = run_cli(
+        "recipes/smoke.yaml", "--output_dir", out, "--learning_rate", "1e12", "--warmup_steps", "30",
+        "--lr_scheduler_type", "linear", "--save_strategy", "steps", "--save_steps", "1", "--eval_strategy", "no",
+        "--load_best_model_at_end", "false", "--save_total_limit", "2", "--max_train_samples", "640",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "The training loss became nan" in result.stderr or "The training loss became inf" in result.stderr
+    assert "at step" in result.stderr and "learning rate" in result.stderr
+    kept = sorted(out.glob("checkpoint-*"))
+    assert kept and all(is_complete_checkpoint(p) for p in kept)
+    assert str(kept[-1]) in result.stderr
+
+
+def test_unpickled_weights_are_refused(tmp_path, tiny_checkpoint):
+    import torch
+
+    folder = tmp_path / "bin-only"
+    shutil.copytree(tiny_checkpoint, folder)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(RecipeError, match=r"holds no model.safetensors.*pickled weights"):
+        build_model(ModelArguments(model_name_or_path=str(folder)), ["a", "b"])
+
+
+def test_yaml_is_read_with_the_safe_loader(tmp_path):
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text("seed: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        parse_recipe([str(recipe)])
+
+
+def test_trust_remote_code_is_off_by_default():
+    assert ModelArguments().trust_remote_code is False
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset_name", "/no/such/folder"], r"the folder /no/such/folder does not exist"),
+        (["--dataset_name", "nobody/offline-dataset"], r"HF_HUB_OFFLINE is set.*local copy"),
+        (["--label_column_name", "category"], r"label_column_name: column 'category'.*Its columns are: image, label"),
+        (["--validation_split", "dev", "--train_split", "training"], r"no split 'training'"),
+        (
+            ["--model_name_or_path", "/no/such/model", "--model_type", "null", "--config_overrides", "null"],
+            r"the folder /no/such/model",
+        ),
+        (["--per_device_train_batch_size", "eight"], r"per_device_train_batch_size: expected a number"),
+    ],
+)
+def test_data_and_model_mistakes_are_one_paragraph(tmp_path, args, message):
+    with pytest.raises(RecipeError, match=message) as raised:
+        run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(tmp_path / "out"), *args])
+    assert "\n" not in str(raised.value)
+    yaml.safe_load("a: 1")
