@@ -17,7 +17,7 @@ from vitrecipes.data import load_splits
 from vitrecipes.modeling import build_model
 from vitrecipes.report import compute_report_metrics, write_report
 from vitrecipes.training import SplitPredictions, attach_transforms, build_trainer, evaluate_splits
-from vitrecipes.transforms import Preprocessing
+from vitrecipes.transforms import BadImageLog, Preprocessing
 
 SNACK_NAMES = [
     "apple", "banana", "cake", "candy", "carrot", "cookie", "doughnut", "grape", "hot dog", "ice cream",
@@ -38,7 +38,7 @@ def _splits(root, classes, per_class):
     data_args = DataArguments(dataset_name=str(root), test_split=None)
     raw = load_splits(data_args)
     prep = Preprocessing.build(ViTImageProcessor(size={"height": 32, "width": 32}), data_args)
-    return raw, attach_transforms(raw, prep, "image", "label")
+    return raw, attach_transforms(raw, prep, data_args, BadImageLog(None))
 
 
 def _planted_logits(labels, names, rng):
@@ -181,7 +181,7 @@ def test_report_from_a_real_model_evaluation(tmp_path, imagefolder, tiny_checkpo
     data_args = DataArguments(dataset_name=str(imagefolder))
     raw = load_splits(data_args)
     processor = ViTImageProcessor.from_pretrained(tiny_checkpoint)
-    splits = attach_transforms(raw, Preprocessing.build(processor, data_args), "image", "label")
+    splits = attach_transforms(raw, Preprocessing.build(processor, data_args), data_args, BadImageLog(None))
     model = build_model(ModelArguments(model_name_or_path=str(tiny_checkpoint)), splits.class_names)
     args = TrainingArguments(
         output_dir=str(tmp_path / "run"),

@@ -121,8 +121,8 @@ def test_overwrite_starts_afresh(tmp_path, trained_checkpoint):
     out, _ = trained_checkpoint
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    metrics = run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(copy), "--max_train_samples", "64",
-                               "--max_eval_samples", "32", "--num_train_epochs", "1", "--overwrite_output_dir"])  # fmt: skip
+    args = ["recipes/smoke.yaml", "--output_dir", str(copy), "--max_train_samples", "64", "--max_eval_samples", "32"]
+    metrics = run_snacks.main([*args, "--num_train_epochs", "1", "--overwrite_output_dir"])
     assert metrics["train"]["epoch"] == pytest.approx(1.0)
 
 
