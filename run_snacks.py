@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(model_args, splits.class_names)
     hub = take_hub_settings(training_args)  # we push once at the end; Trainer must not push or pickle the token
 
-    trainer = build_trainer(model, processor, training_args, splits)
+    trainer = build_trainer(model, processor, training_args, splits, prep)
     metrics: dict = {"effective_batch_size": effective_batch_size(training_args)}
     logger.info(
         "Effective batch size %d = %d per device x %d processes x %d accumulation steps",

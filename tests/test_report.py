@@ -181,7 +181,8 @@ def test_report_from_a_real_model_evaluation(tmp_path, imagefolder, tiny_checkpo
     data_args = DataArguments(dataset_name=str(imagefolder))
     raw = load_splits(data_args)
     processor = ViTImageProcessor.from_pretrained(tiny_checkpoint)
-    splits = attach_transforms(raw, Preprocessing.build(processor, data_args), data_args, BadImageLog(None))
+    prep = Preprocessing.build(processor, data_args)
+    splits = attach_transforms(raw, prep, data_args, BadImageLog(None))
     model = build_model(ModelArguments(model_name_or_path=str(tiny_checkpoint)), splits.class_names)
     args = TrainingArguments(
         output_dir=str(tmp_path / "run"),
@@ -192,7 +193,7 @@ def test_report_from_a_real_model_evaluation(tmp_path, imagefolder, tiny_checkpo
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    split_metrics, predictions = evaluate_splits(build_trainer(model, processor, args, splits), splits)
+    split_metrics, predictions = evaluate_splits(build_trainer(model, processor, args, splits, prep), splits)
 
     for split in ("validation", "test"):
         out = tmp_path / "run" / f"eval_{split}"

@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import ViTImageProcessor
 
 from vitrecipes.config import DataArguments
-from vitrecipes.transforms import Preprocessing, collate, image_size_from_processor, load_rgb
+from vitrecipes.transforms import Preprocessing, image_size_from_processor, load_rgb
 
 
 def _save(tmp_path, image: Image.Image, name: str, **kwargs):
@@ -77,7 +77,8 @@ def test_pipelines_give_normalised_model_sized_tensors(tmp_path, augmentation):
     batch = {"image": list(_modes(tmp_path).values()), "label": list(range(10))}
     for train in (True, False):
         out = prep.batch_transform(train, "image", "label")(batch)
-        tensors = collate([{"pixel_values": p, "labels": y} for p, y in zip(out["pixel_values"], out["labels"])])
+        assert all(p.dtype == torch.uint8 for p in out["pixel_values"])  # normalised per batch, in collate
+        tensors = prep.collate([{"pixel_values": p, "labels": y} for p, y in zip(out["pixel_values"], out["labels"])])
         assert tensors["pixel_values"].shape == (10, 3, 32, 32)
         assert tensors["pixel_values"].dtype == torch.float32
         assert -1.0 - 1e-6 <= tensors["pixel_values"].min() and tensors["pixel_values"].max() <= 1.0 + 1e-6
@@ -100,3 +101,30 @@ def test_size_comes_from_the_processor():
         do_center_crop = True
 
     assert image_size_from_processor(ShortestEdge()) == (224, 224)
+
+
+def test_batch_path_and_single_image_path_agree(tmp_path):
+    """Evaluation (batched, normalised in collate) and predict.py (one image at a time) see the same tensor."""
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2] * 3)
+    prep = Preprocessing.build(processor, DataArguments(eval_crop_pct=0.875))
+    paths = list(_modes(tmp_path).values())
+    out = prep.batch_transform(False, "image", "label")({"image": paths, "label": [0] * len(paths)})
+    batch = prep.collate([{"pixel_values": p, "labels": 0} for p in out["pixel_values"]])
+    single = torch.stack([prep.eval(prep.decode(p, train=False)) for p in paths])
+    assert torch.equal(batch["pixel_values"], single)
+
+
+def test_jpeg_draft_decodes_large_photos_smaller_but_never_below_the_target(tmp_path):
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (800, 1000, 3), dtype=np.uint8))
+    path = _save(tmp_path, photo, "big.jpg", quality=90)
+    processor = ViTImageProcessor(size={"height": 112, "width": 112})
+    prep = Preprocessing.build(processor, DataArguments(eval_crop_pct=0.875))
+    assert prep.resize_to == 128
+    drafted = prep.decode(path, train=False)
+    assert 128 <= min(drafted.size) < 800 and drafted.size == (250, 200)  # 1/4 scale covers 128
+    assert min(prep.decode(path, train=True).size) >= 112
+    full = Preprocessing.build(processor, DataArguments(eval_crop_pct=0.875, jpeg_draft=False))
+    assert full.decode(path, train=False).size == (1000, 800)
+    # Same picture either way: the drafted eval input differs from the full decode only by resampling noise.
+    difference = (prep.eval(drafted) - full.eval(full.decode(path, train=False))).abs().mean()
+    assert difference < 0.15

@@ -116,6 +116,13 @@ class DataArguments:
         metadata={"help": "Area range of RandomResizedCrop, as a fraction of the image."},
     )
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips while training."})
+    jpeg_draft: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode JPEGs at 1/2, 1/4 or 1/8 scale when the result still covers the model input "
+            "(eval: the resize target). Several times less decoding work for large photos."
+        },
+    )
     max_bad_images: float = field(
         default=0.01,
         metadata={
@@ -188,9 +195,7 @@ class RecipeTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "DDP's search for unused parameters; classifiers use them all, so it is off (faster)."},
     )
-    hub_license: str = field(
-        default="apache-2.0", metadata={"help": "License written into the model card's metadata."}
-    )
+    hub_license: str = field(default="apache-2.0", metadata={"help": "License written into the model card's metadata."})
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Always false: the image column is consumed by the lazy transform, not the model."},

@@ -10,6 +10,7 @@ that cannot be read becomes a result with an "error" key; the other inputs are s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -51,20 +52,20 @@ def expand_inputs(items: Iterable[Any]) -> list[Any]:
     return expanded
 
 
-def read_image(item: Any) -> Image.Image:
+def read_image(item: Any, decode=load_rgb) -> Image.Image:
     """An RGB image from a path, a URL or a PIL image, decoded as the training data was."""
     if isinstance(item, Image.Image):
-        return load_rgb(item)
+        return decode(item)
     if is_url(item):
         request = urllib.request.Request(item, headers={"User-Agent": "vitrecipes-predict"})
         with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
-            return load_rgb(response.read())
+            return decode(response.read())
     path = Path(item)
     if path.is_dir():
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
     if not path.exists():
         raise FileNotFoundError("no such file")
-    image = load_rgb(path)
+    image = decode(path)
     image.load()  # decode now, so a truncated file fails here and is reported for this file only
     return image
 
@@ -126,6 +127,7 @@ class Classifier:
     labels: list[str]
     device: torch.device
     source: str
+    decode: Any = load_rgb  # the evaluation's decoding (reduced-size JPEG decoding included)
 
     @classmethod
     def load(cls, model: str | os.PathLike, device: str | None = None) -> Classifier:
@@ -146,7 +148,8 @@ class Classifier:
         target = _pick_device(device)
         id2label = network.config.id2label
         labels = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(network.config.num_labels)]
-        return cls(network.to(target).eval(), prep.eval, labels, target, str(model_dir))
+        decode = functools.partial(prep.decode, train=False)
+        return cls(network.to(target).eval(), prep.eval, labels, target, str(model_dir), decode)
 
     @torch.inference_mode()
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
@@ -183,7 +186,7 @@ def iter_predictions(
         for offset, item in enumerate(batch):
             name = _display_name(item, start + offset)
             try:
-                loaded.append(read_image(item))
+                loaded.append(read_image(item, classifier.decode))
                 where.append(offset)
             except Exception as error:  # noqa: BLE001 - one bad input must not stop the others
                 results[offset] = {"input": name, "error": f"{type(error).__name__}: {error}"}

@@ -16,7 +16,7 @@ from .config import DataArguments
 from .data import Splits
 from .errors import RecipeError
 from .metrics import compute_metrics
-from .transforms import IGNORE_INDEX, BadImageLog, Preprocessing, bad_image_limit, collate
+from .transforms import IGNORE_INDEX, BadImageLog, Preprocessing, bad_image_limit
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +109,13 @@ def _last_checkpoint_name(output_dir: str) -> str | None:
     return str(steps[-1]) if steps else None
 
 
-def build_trainer(model, processor, args: TrainingArguments, splits: Splits) -> Trainer:
+def build_trainer(model, processor, args: TrainingArguments, splits: Splits, prep: Preprocessing) -> Trainer:
     return RecipeTrainer(
         model=model,
         args=args,
         train_dataset=splits.train if args.do_train else None,
         eval_dataset=splits.validation,
-        data_collator=collate,
+        data_collator=prep.collate,
         processing_class=processor,
         compute_metrics=compute_metrics,
     )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torchvision.transforms import v2
+from torchvision.transforms import RandomResizedCrop
 
 from .config import DataArguments
 from .errors import BadImagesError
@@ -172,32 +172,102 @@ def image_size_from_processor(processor) -> tuple[int, int]:
 
 @dataclass
 class Preprocessing:
-    """The train and eval pipelines for one model, as callables on a single RGB image."""
+    """Decoding, resizing and normalisation for one model.
 
-    size: tuple[int, int]
+    The per-image work is kept to what each image needs (profiled in benchmarks/): JPEGs are decoded
+    at a reduced scale when the model input is smaller (`jpeg_draft`); the crop and the resize are a
+    single Pillow call on uint8 pixels; flips act on the small result; and the conversion to float
+    and the normalisation happen once per batch, in `collate`.
+    """
+
+    size: tuple[int, int]  # (height, width) of the model input
     mean: list[float]
     std: list[float]
-    train: v2.Compose
-    eval: v2.Compose
+    random_crop: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    horizontal_flip: bool = True
+    resize_to: int = 224  # eval: the shorter side is resized to this, then centre-cropped to `size`
+    jpeg_draft: bool = True
 
     @classmethod
     def build(cls, processor, data_args: DataArguments, mean=None, std=None) -> Preprocessing:
         size = image_size_from_processor(processor)
-        mean = list(mean or getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5])
-        std = list(std or getattr(processor, "image_std", None) or [0.5, 0.5, 0.5])
-        finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=mean, std=std)]
-        resize_to = int(round(max(size) / data_args.eval_crop_pct))
-        eval_steps = [v2.PILToTensor(), v2.Resize(resize_to, antialias=True), v2.CenterCrop(size)]
-        if data_args.train_augmentation == "random_resized_crop":
-            train_steps = [
-                v2.PILToTensor(),
-                v2.RandomResizedCrop(size, scale=tuple(data_args.random_resized_crop_scale), antialias=True),
-            ]
-        else:
-            train_steps = list(eval_steps)
-        if data_args.horizontal_flip:
-            train_steps.append(v2.RandomHorizontalFlip())
-        return cls(size, mean, std, v2.Compose(train_steps + finish), v2.Compose(eval_steps + finish))
+        return cls(
+            size=size,
+            mean=list(mean or getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5]),
+            std=list(std or getattr(processor, "image_std", None) or [0.5, 0.5, 0.5]),
+            random_crop=data_args.train_augmentation == "random_resized_crop",
+            crop_scale=tuple(data_args.random_resized_crop_scale),
+            horizontal_flip=data_args.horizontal_flip,
+            resize_to=int(round(max(size) / data_args.eval_crop_pct)),
+            jpeg_draft=data_args.jpeg_draft,
+        )
+
+    def decode(self, value: Any, train: bool, max_pixels: int | None = None) -> Image.Image:
+        """Open an image-column value as RGB, decoding a JPEG at the smallest scale that loses nothing.
+
+        A JPEG can be decoded at 1/2, 1/4 or 1/8 scale for a fraction of the work. The requested
+        size keeps the shorter side at least as large as what the transform will sample from it:
+        `resize_to` for eval, and the model input for training (so a random crop of a drafted image
+        is at most upsampled by the crop factor, as it would be from a small original).
+        """
+        image = open_image(value)
+        if max_pixels and image.width * image.height > max_pixels:
+            raise Image.DecompressionBombError(
+                f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
+            )
+        if self.jpeg_draft and image.format == "JPEG":
+            side = max(self.size) if train else self.resize_to
+            image.draft("RGB", (side, side))
+        return to_rgb(image)
+
+    def _to_uint8(self, image: Image.Image, box: tuple[float, float, float, float], flip: bool) -> torch.Tensor:
+        height, width = self.size
+        # One call crops and resizes; reducing_gap first shrinks by whole factors, which is much cheaper.
+        out = image.resize((width, height), Image.BILINEAR, box=box, reducing_gap=2.0)
+        if flip:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.array(out, dtype=np.uint8)).permute(2, 0, 1)
+
+    def eval_box(self, image: Image.Image) -> tuple[float, float, float, float]:
+        """The centre crop, in the image's own pixels, of 'resize the shorter side, then crop'."""
+        scale = self.resize_to / min(image.size)
+        crop_w, crop_h = self.size[1] / scale, self.size[0] / scale
+        left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+        return (max(left, 0.0), max(top, 0.0), min(left + crop_w, image.width), min(top + crop_h, image.height))
+
+    def train_box(self, image: Image.Image) -> tuple[float, float, float, float]:
+        top, left, h, w = RandomResizedCrop.get_params(image, list(self.crop_scale), list(self.crop_ratio))
+        return (left, top, left + w, top + h)
+
+    def train_uint8(self, image: Image.Image) -> torch.Tensor:
+        box = self.train_box(image) if self.random_crop else self.eval_box(image)
+        flip = self.horizontal_flip and bool(torch.rand(()) < 0.5)
+        return self._to_uint8(image, box, flip)
+
+    def eval_uint8(self, image: Image.Image) -> torch.Tensor:
+        return self._to_uint8(image, self.eval_box(image), flip=False)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, H, W) -> normalised float32, in one pass."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return pixels.to(torch.float32).mul_(1.0 / 255.0).sub_(mean).div_(std)
+
+    def eval(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image -> the normalised tensor evaluation gives the model."""
+        return self.normalize(self.eval_uint8(image))
+
+    def train(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(self.train_uint8(image))
+
+    def collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Stack a batch and normalise it once (uint8 inputs); float inputs pass through unchanged."""
+        batch = collate(examples)
+        if batch["pixel_values"].dtype == torch.uint8:
+            batch["pixel_values"] = self.normalize(batch["pixel_values"])
+        return batch
 
     def batch_transform(
         self,
@@ -208,20 +278,21 @@ class Preprocessing:
         bad_images: BadImageLog | None = None,
         max_pixels: int | None = None,
     ):
-        """A function for `Dataset.with_transform` that turns a batch of rows into model inputs.
+        """A function for `Dataset.with_transform` that turns a batch of rows into uint8 model inputs.
 
-        An unreadable image becomes a zero tensor with label IGNORE_INDEX: the loss and the metrics
+        An unreadable image becomes a blank image with label IGNORE_INDEX: the loss and the metrics
         skip it, batch shapes stay intact (so several processes stay in step), and it is logged.
+        Normalisation follows in `collate`.
         """
-        pipeline = self.train if train else self.eval
+        to_tensor = self.train_uint8 if train else self.eval_uint8
         bad_images = bad_images or BadImageLog(None)
-        placeholder = torch.zeros(3, *self.size)
+        placeholder = torch.zeros(3, *self.size, dtype=torch.uint8)
 
         def transform(batch: dict[str, list]) -> dict[str, list]:
             pixels, labels = [], []
             for value, label in zip(batch[image_column], batch[label_column]):
                 try:
-                    pixels.append(pipeline(load_rgb(value, max_pixels)))
+                    pixels.append(to_tensor(self.decode(value, train, max_pixels)))
                     labels.append(label)
                 except DECODE_ERRORS as error:
                     bad_images.record(split, describe(value), error)
