@@ -8,9 +8,10 @@
 Every measurement is a real Trainer run of the same model, batch size and optimiser step, timed
 between two optimiser steps after a warm-up, in this one process:
 
-- limit:    synthetic tensors already in memory (no decoding, no augmentation); run first and last,
-            and averaged, so drift of a noisy machine hits both sides of the ratio alike;
+- limit:    synthetic tensors already in memory (no decoding, no augmentation);
 - project:  the recipe's own data path (vitrecipes.transforms, its workers and decoding options);
+- limit and project alternate for --rounds rounds, ending with a limit run, and their medians are
+            compared, so that drift of a noisy machine hits both sides of the ratio alike;
 - baseline: a naive pipeline like the transformers example script: datasets decodes each image to
             PIL, per-sample torchvision PIL transforms, no workers.
 
@@ -26,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -128,15 +130,19 @@ def timed_training(name, model_args, training_args, class_names, dataset, prep, 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="Also accepted as the first argument.")
     parser.add_argument("--dataset_name", default=None, help="Override the recipe's dataset.")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=150, help="Timed optimiser steps per pipeline.")
     parser.add_argument("--warmup_steps", type=int, default=15, help="Untimed steps first (workers, caches).")
     parser.add_argument("--eval_samples", type=int, default=400)
     parser.add_argument("--predict_samples", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2, help="Interleaved limit/project rounds (medians).")
     parser.add_argument("--skip_baseline", action="store_true")
     # Anything else is a recipe override: --dataloader_num_workers 2, --jpeg_draft false, ...
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--recipe", *argv]
     opts, overrides = parser.parse_known_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -163,35 +169,26 @@ def main(argv=None) -> dict:
     )
     common = (model_args, training_args, splits.class_names)
     synthetic = SyntheticImages(prep.size, len(splits.class_names), length)
-    limit_first, _ = timed_training("limit", *common, synthetic, prep, processor, opts)
-
     project_splits = attach_transforms(splits, prep, data_args, BadImageLog(None))
-    train_ips, trainer = timed_training("project", *common, project_splits.train, prep, processor, opts)
+    # Interleaved rounds (limit, project, ..., limit) and medians: a noisy machine's drift and warm-up
+    # effects hit both sides of the ratio alike.
+    limits, projects = [], []
+    for _ in range(opts.rounds):
+        limits.append(timed_training("limit", *common, synthetic, prep, processor, opts)[0])
+        train_ips, trainer = timed_training("project", *common, project_splits.train, prep, processor, opts)
+        projects.append(train_ips)
+    limits.append(timed_training("limit", *common, synthetic, prep, processor, opts)[0])
+    limit_ips, train_ips = statistics.median(limits), statistics.median(projects)
 
     baseline_ips = None
     if not opts.skip_baseline:
         image_column = data_args.image_column_name
         decoded = splits.train.cast_column(image_column, datasets.Image(decode=True))
         decoded = decoded.with_transform(naive_transform(prep, image_column, data_args.label_column_name))
-        naive_args = dataclasses.replace(
-            training_args,
-            dataloader_num_workers=0,
-            dataloader_persistent_workers=False,
-            dataloader_prefetch_factor=None,
-        )
-        baseline_ips, _ = timed_training(
-            "baseline",
-            model_args,
-            naive_args,
-            splits.class_names,
-            decoded,
-            prep,
-            processor,
-            opts,
-            trainer_class=Trainer,
-        )
-    limit_last, _ = timed_training("limit", *common, synthetic, prep, processor, opts)
-    limit_ips = (limit_first + limit_last) / 2
+        no_workers = {"dataloader_num_workers": 0, "dataloader_persistent_workers": False}
+        naive_args = dataclasses.replace(training_args, dataloader_prefetch_factor=None, **no_workers)
+        naive = (model_args, naive_args, splits.class_names, decoded, prep, processor, opts)
+        baseline_ips, _ = timed_training("baseline", *naive, trainer_class=Trainer)
 
     validation = project_splits.validation.select(range(min(opts.eval_samples, len(project_splits.validation))))
     start = time.perf_counter()
@@ -218,7 +215,8 @@ def main(argv=None) -> dict:
         "input_size": list(prep.size),
         "steps": opts.steps,
         "limit_ips": round(limit_ips, 1),
-        "limit_ips_first_last": [round(limit_first, 1), round(limit_last, 1)],
+        "limit_ips_runs": [round(x, 1) for x in limits],
+        "train_ips_runs": [round(x, 1) for x in projects],
         "train_ips": round(train_ips, 1),
         "efficiency": round(train_ips / limit_ips, 3),
         "baseline_ips": round(baseline_ips, 1) if baseline_ips else None,

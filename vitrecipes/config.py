@@ -123,6 +123,13 @@ class DataArguments:
             "(eval: the resize target). Several times less decoding work for large photos."
         },
     )
+    dataloader_worker_niceness: int = field(
+        default=10,
+        metadata={
+            "help": "Lower the scheduling priority of DataLoader workers by this much (Unix nice), so that "
+            "decoding fills idle core time instead of pre-empting the training threads. 0 keeps it equal."
+        },
+    )
     max_bad_images: float = field(
         default=0.01,
         metadata={

@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
+import random
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torchvision.transforms import RandomResizedCrop
 
 from .config import DataArguments
 from .errors import BadImagesError
@@ -170,6 +171,25 @@ def image_size_from_processor(processor) -> tuple[int, int]:
     raise ValueError(f"Cannot tell the input size from image processor {type(processor).__name__}.")
 
 
+_niceness_applied = False
+
+
+def _lower_worker_priority(niceness: int) -> None:
+    """In a DataLoader worker process, lower its scheduling priority once.
+
+    The training step runs on every core with synchronised threads; a worker competing at equal
+    priority delays all of them. At a lower priority it still gets every idle moment of a core
+    (the Python parts of the step, the optimiser), which is where the decoding then hides.
+    """
+    global _niceness_applied
+    if niceness and not _niceness_applied and torch.utils.data.get_worker_info() is not None:
+        _niceness_applied = True
+        try:
+            os.nice(niceness)
+        except OSError:  # not permitted on this system: run at normal priority
+            pass
+
+
 @dataclass
 class Preprocessing:
     """Decoding, resizing and normalisation for one model.
@@ -189,6 +209,7 @@ class Preprocessing:
     horizontal_flip: bool = True
     resize_to: int = 224  # eval: the shorter side is resized to this, then centre-cropped to `size`
     jpeg_draft: bool = True
+    worker_niceness: int = 0
 
     @classmethod
     def build(cls, processor, data_args: DataArguments, mean=None, std=None) -> Preprocessing:
@@ -202,6 +223,7 @@ class Preprocessing:
             horizontal_flip=data_args.horizontal_flip,
             resize_to=int(round(max(size) / data_args.eval_crop_pct)),
             jpeg_draft=data_args.jpeg_draft,
+            worker_niceness=data_args.dataloader_worker_niceness,
         )
 
     def decode(self, value: Any, train: bool, max_pixels: int | None = None) -> Image.Image:
@@ -228,7 +250,7 @@ class Preprocessing:
         out = image.resize((width, height), Image.BILINEAR, box=box, reducing_gap=2.0)
         if flip:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.array(out, dtype=np.uint8)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(out, dtype=np.uint8))  # (H, W, 3): stacks with one memcpy
 
     def eval_box(self, image: Image.Image) -> tuple[float, float, float, float]:
         """The centre crop, in the image's own pixels, of 'resize the shorter side, then crop'."""
@@ -238,22 +260,45 @@ class Preprocessing:
         return (max(left, 0.0), max(top, 0.0), min(left + crop_w, image.width), min(top + crop_h, image.height))
 
     def train_box(self, image: Image.Image) -> tuple[float, float, float, float]:
-        top, left, h, w = RandomResizedCrop.get_params(image, list(self.crop_scale), list(self.crop_ratio))
-        return (left, top, left + w, top + h)
+        """RandomResizedCrop's sampling (area fraction and log-uniform aspect ratio), 10 tries then centre.
+
+        Python's `random` rather than torch: a dozen tiny torch calls cost more than the resize itself.
+        DataLoader workers, `set_seed` and checkpoint resumption seed and restore it like torch's.
+        """
+        width, height = image.size
+        area = width * height
+        log_ratio = (math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
+        for _ in range(10):
+            target = area * random.uniform(*self.crop_scale)
+            ratio = math.exp(random.uniform(*log_ratio))
+            w, h = math.sqrt(target * ratio), math.sqrt(target / ratio)
+            if 0 < w <= width and 0 < h <= height:
+                left, top = random.uniform(0, width - w), random.uniform(0, height - h)
+                return (left, top, left + w, top + h)
+        return self.eval_box(image)
 
     def train_uint8(self, image: Image.Image) -> torch.Tensor:
+        _lower_worker_priority(self.worker_niceness)
         box = self.train_box(image) if self.random_crop else self.eval_box(image)
-        flip = self.horizontal_flip and bool(torch.rand(()) < 0.5)
+        flip = self.horizontal_flip and random.random() < 0.5
         return self._to_uint8(image, box, flip)
 
     def eval_uint8(self, image: Image.Image) -> torch.Tensor:
+        _lower_worker_priority(self.worker_niceness)
         return self._to_uint8(image, self.eval_box(image), flip=False)
 
+    def __post_init__(self):
+        # (x / 255 - mean) / std == x * scale + shift, precomputed once
+        std = torch.tensor(self.std, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std)).view(3, 1, 1)
+        self._shift = (-torch.tensor(self.mean, dtype=torch.float32) / std).view(3, 1, 1)
+
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (..., 3, H, W) -> normalised float32, in one pass."""
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        return pixels.to(torch.float32).mul_(1.0 / 255.0).sub_(mean).div_(std)
+        """uint8 (..., H, W, 3) -> normalised float32 (..., 3, H, W), contiguous."""
+        channels_first = pixels.movedim(-1, -3)
+        out = torch.empty(channels_first.shape, dtype=torch.float32)
+        out.copy_(channels_first)  # converts and transposes in one pass
+        return out.mul_(self._scale).add_(self._shift)
 
     def eval(self, image: Image.Image) -> torch.Tensor:
         """One RGB image -> the normalised tensor evaluation gives the model."""
@@ -286,7 +331,7 @@ class Preprocessing:
         """
         to_tensor = self.train_uint8 if train else self.eval_uint8
         bad_images = bad_images or BadImageLog(None)
-        placeholder = torch.zeros(3, *self.size, dtype=torch.uint8)
+        placeholder = torch.zeros(*self.size, 3, dtype=torch.uint8)
 
         def transform(batch: dict[str, list]) -> dict[str, list]:
             pixels, labels = [], []
