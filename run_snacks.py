@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args, recipe_path = parse_recipe(argv)
     _setup_logging(training_args)
     set_seed(training_args.seed)
+    for note in training_args.gpu_settings_switched_off:
+        logger.warning(note)
     logger.info("Recipe %s -> %s", recipe_path or "(command line)", training_args.output_dir)
 
     resume_from = None
@@ -62,7 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     processor = build_image_processor(model_args)
-    prep = Preprocessing.build(processor, data_args, mean=model_args.image_mean, std=model_args.image_std)
+    prep = Preprocessing.build(
+        processor,
+        data_args,
+        mean=model_args.image_mean,
+        std=model_args.image_std,
+        workers=training_args.dataloader_num_workers,
+    )
     splits = attach_transforms(splits, prep, data_args, bad_images)
     model = build_model(model_args, splits.class_names)
     hub = take_hub_settings(training_args)  # we push once at the end; Trainer must not push or pickle the token

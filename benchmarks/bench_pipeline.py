@@ -5,18 +5,21 @@
     python benchmarks/bench_pipeline.py recipes/vit-base-patch16-224-in21k/snacks/config_tuned.yaml \
         --dataset_name ../shared/data/snacks --batch_size 64                 # unchanged on a GPU
 
-Every measurement is a real Trainer run of the same model, batch size and optimiser step, timed
-between two optimiser steps after a warm-up, in this one process:
+Every measurement is a real Trainer run of the same model, batch size and optimiser step, in this one
+process, timed from the end of a warm-up step:
 
-- limit:    synthetic tensors already in memory (no decoding, no augmentation);
-- project:  the recipe's own data path (vitrecipes.transforms, its workers and decoding options);
-- limit and project alternate for --rounds rounds, ending with a limit run, and their medians are
-            compared, so that drift of a noisy machine hits both sides of the ratio alike;
+- limit:    synthetic tensors already in memory (no decoding, no augmentation), --steps steps;
+- project:  the recipe's own data path (vitrecipes.transforms, its workers, decoding and cache
+            options) for --epochs full epochs of the training split, timed per epoch: the first epoch
+            decodes every JPEG, later ones find them in the decoded-image cache;
+- limit runs before and after each project run (--rounds), and the median limit is used, so that
+            drift of a noisy machine hits both sides of the ratio alike;
 - baseline: a naive pipeline like the transformers example script: datasets decodes each image to
-            PIL, per-sample torchvision PIL transforms, no workers.
+            PIL, per-sample torchvision PIL transforms, no workers; --steps steps.
 
-pipeline efficiency = project images/s / limit images/s. Evaluation and prediction images/s and peak
-memory are measured on the project path. Prints a table, then one JSON line.
+pipeline efficiency = project images/s over all its timed epochs / limit images/s, printed also for
+the first epoch alone and the later epochs. Evaluation and prediction images/s and peak memory are
+measured on the project path. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -51,23 +55,17 @@ DEFAULT_RECIPE = "recipes/vit-tiny-scratch/snacks/config_cpu.yaml"
 
 
 class StepTimer(TrainerCallback):
-    """Wall time between the end of optimiser step `start` and the end of step `stop`."""
+    """Wall-clock time at the end of chosen optimiser steps."""
 
-    def __init__(self, start: int, stop: int):
-        self.start, self.stop = start, stop
-        self.t0 = self.t1 = None
-
-    def _sync(self):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+    def __init__(self, marks):
+        self.marks = set(marks)
+        self.times: dict[int, float] = {}
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.start:
-            self._sync()
-            self.t0 = time.perf_counter()
-        elif state.global_step == self.stop:
-            self._sync()
-            self.t1 = time.perf_counter()
+        if state.global_step in self.marks:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times[state.global_step] = time.perf_counter()
 
 
 class SyntheticImages(torch.utils.data.Dataset):
@@ -106,10 +104,14 @@ def naive_transform(prep: Preprocessing, image_column: str, label_column: str):
     return transform
 
 
-def timed_training(name, model_args, training_args, class_names, dataset, prep, processor, opts, **trainer_kwargs):
+def timed_training(name, model_args, training_args, class_names, dataset, prep, processor, marks, **trainer_kwargs):
+    """Train for `training_args`' length, noting the time at each step in `marks`.
+
+    Returns `ips(first, last)`, the images/s between two marks, and the Trainer.
+    """
     set_seed(training_args.seed)
     model = build_model(model_args, class_names)
-    timer = StepTimer(opts.warmup_steps, opts.warmup_steps + opts.steps)
+    timer = StepTimer(marks)
     trainer_class = trainer_kwargs.pop("trainer_class", RecipeTrainer)
     trainer = trainer_class(
         model=model,
@@ -121,10 +123,17 @@ def timed_training(name, model_args, training_args, class_names, dataset, prep, 
         **trainer_kwargs,
     )
     trainer.train()
-    seconds = timer.t1 - timer.t0
-    images = opts.steps * training_args.per_device_train_batch_size * training_args.world_size
-    ips = images / seconds
-    print(f"  {name:<9} {ips:8.1f} images/s  ({opts.steps} steps in {seconds:.2f} s)", flush=True)
+    per_step = training_args.per_device_train_batch_size * training_args.world_size
+
+    def ips(first: int, last: int) -> float:
+        """Images/s from the end of step `first` to the end of step `last`."""
+        return (last - first) * per_step / (timer.times[last] - timer.times[first])
+
+    whole = ips(marks[0], marks[-1])
+    detail = ""
+    if len(marks) > 2:
+        detail = "  (per epoch: " + ", ".join(f"{ips(a, b):.1f}" for a, b in zip(marks, marks[1:])) + ")"
+    print(f"  {name:<9} {whole:8.1f} images/s over steps {marks[0]}-{marks[-1]}{detail}", flush=True)
     return ips, trainer
 
 
@@ -133,11 +142,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="Also accepted as the first argument.")
     parser.add_argument("--dataset_name", default=None, help="Override the recipe's dataset.")
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=150, help="Timed optimiser steps per pipeline.")
+    parser.add_argument("--steps", type=int, default=200, help="Timed optimiser steps of the limit and baseline.")
     parser.add_argument("--warmup_steps", type=int, default=15, help="Untimed steps first (workers, caches).")
     parser.add_argument("--eval_samples", type=int, default=400)
     parser.add_argument("--predict_samples", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=2, help="Interleaved limit/project rounds (medians).")
+    parser.add_argument("--epochs", type=int, default=3, help="Epochs of the project run (0: --steps steps).")
+    parser.add_argument("--rounds", type=int, default=1, help="Project runs, each between two limit runs.")
     parser.add_argument("--skip_baseline", action="store_true")
     # Anything else is a recipe override: --dataloader_num_workers 2, --jpeg_draft false, ...
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -148,37 +158,71 @@ def main(argv=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     if opts.dataset_name:
         overrides += ["--dataset_name", opts.dataset_name]
-    total_steps = opts.warmup_steps + opts.steps
+    fixed_steps = opts.warmup_steps + opts.steps
     model_args, data_args, training_args, _ = parse_recipe(
         [opts.recipe, "--output_dir", str(work / "run"), "--per_device_train_batch_size", str(opts.batch_size),
-         "--max_steps", str(total_steps), "--eval_strategy", "no", "--save_strategy", "no",
+         "--max_steps", str(fixed_steps), "--eval_strategy", "no", "--save_strategy", "no",
          "--load_best_model_at_end", "false", "--logging_steps", "100000", "--disable_tqdm", "true",
          "--report_to", "none", "--log_level", "warning", *overrides]
     )  # fmt: skip
     datasets.disable_progress_bars()
     splits = load_splits(data_args, seed=training_args.seed)
     processor = build_image_processor(model_args)
-    prep = Preprocessing.build(processor, data_args, mean=model_args.image_mean, std=model_args.image_std)
-    length = total_steps * opts.batch_size * training_args.world_size
+    per_step = opts.batch_size * training_args.world_size
     device = "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu"
+
+    fixed_marks = [opts.warmup_steps, fixed_steps]
+    project_args, project_marks = training_args, fixed_marks
+    if opts.epochs:
+        steps_per_epoch = math.ceil(len(splits.train) / per_step)
+        if steps_per_epoch <= opts.warmup_steps:
+            parser.error(f"an epoch has {steps_per_epoch} steps, not more than --warmup_steps {opts.warmup_steps}")
+        project_args = dataclasses.replace(training_args, max_steps=-1, num_train_epochs=opts.epochs)
+        project_marks = [opts.warmup_steps] + [steps_per_epoch * (e + 1) for e in range(opts.epochs)]
     print(
-        f"Benchmark: {opts.recipe} on {data_args.dataset_name}, input {prep.size}, batch {opts.batch_size}, "
-        f"device {device} ({torch.get_num_threads()} CPU threads), dataloader_num_workers "
-        f"{training_args.dataloader_num_workers}, {opts.steps} timed steps after {opts.warmup_steps}",
+        f"Benchmark: {opts.recipe} on {data_args.dataset_name}, batch {opts.batch_size}, device {device} "
+        f"({torch.get_num_threads()} CPU threads), dataloader_num_workers {training_args.dataloader_num_workers}; "
+        f"limit and baseline: {opts.steps} steps after {opts.warmup_steps}; project: "
+        + (f"{opts.epochs} epochs of {len(splits.train)} images" if opts.epochs else f"{opts.steps} steps"),
         flush=True,
     )
-    common = (model_args, training_args, splits.class_names)
-    synthetic = SyntheticImages(prep.size, len(splits.class_names), length)
-    project_splits = attach_transforms(splits, prep, data_args, BadImageLog(None))
-    # Interleaved rounds (limit, project, ..., limit) and medians: a noisy machine's drift and warm-up
-    # effects hit both sides of the ratio alike.
-    limits, projects = [], []
+
+    # A fresh Preprocessing (and so an empty decoded-image cache) for every project run.
+    def fresh_prep():
+        return Preprocessing.build(
+            processor,
+            data_args,
+            mean=model_args.image_mean,
+            std=model_args.image_std,
+            workers=training_args.dataloader_num_workers,
+        )
+
+    prep = fresh_prep()
+    synthetic = SyntheticImages(prep.size, len(splits.class_names), fixed_steps * per_step)
+    limits = []
+
+    def limit_run():
+        limits.append(timed_training("limit", model_args, training_args, splits.class_names, synthetic, prep,
+                                     processor, fixed_marks)[0](*fixed_marks))  # fmt: skip
+
+    limit_run()
+    whole_runs, first_epoch_runs, later_epochs_runs = [], [], []
     for _ in range(opts.rounds):
-        limits.append(timed_training("limit", *common, synthetic, prep, processor, opts)[0])
-        train_ips, trainer = timed_training("project", *common, project_splits.train, prep, processor, opts)
-        projects.append(train_ips)
-    limits.append(timed_training("limit", *common, synthetic, prep, processor, opts)[0])
-    limit_ips, train_ips = statistics.median(limits), statistics.median(projects)
+        prep = fresh_prep()
+        project_splits = attach_transforms(splits, prep, data_args, BadImageLog(None))
+        ips, trainer = timed_training(
+            "project", model_args, project_args, splits.class_names, project_splits.train, prep, processor,
+            project_marks,
+        )  # fmt: skip
+        whole_runs.append(ips(project_marks[0], project_marks[-1]))
+        first_epoch_runs.append(ips(project_marks[0], project_marks[1]))
+        if opts.epochs > 1:
+            later_epochs_runs.append(ips(project_marks[1], project_marks[-1]))
+        limit_run()
+    limit_ips = statistics.median(limits)
+    train_ips = statistics.median(whole_runs)
+    first_epoch_ips = statistics.median(first_epoch_runs)
+    later_epochs_ips = statistics.median(later_epochs_runs) if later_epochs_runs else None
 
     baseline_ips = None
     if not opts.skip_baseline:
@@ -187,8 +231,8 @@ def main(argv=None) -> dict:
         decoded = decoded.with_transform(naive_transform(prep, image_column, data_args.label_column_name))
         no_workers = {"dataloader_num_workers": 0, "dataloader_persistent_workers": False}
         naive_args = dataclasses.replace(training_args, dataloader_prefetch_factor=None, **no_workers)
-        naive = (model_args, naive_args, splits.class_names, decoded, prep, processor, opts)
-        baseline_ips, _ = timed_training("baseline", *naive, trainer_class=Trainer)
+        naive = (model_args, naive_args, splits.class_names, decoded, prep, processor, fixed_marks)
+        baseline_ips = timed_training("baseline", *naive, trainer_class=Trainer)[0](*fixed_marks)
 
     validation = project_splits.validation.select(range(min(opts.eval_samples, len(project_splits.validation))))
     start = time.perf_counter()
@@ -216,9 +260,14 @@ def main(argv=None) -> dict:
         "steps": opts.steps,
         "limit_ips": round(limit_ips, 1),
         "limit_ips_runs": [round(x, 1) for x in limits],
-        "train_ips_runs": [round(x, 1) for x in projects],
+        "epochs": opts.epochs,
+        "train_ips_runs": [round(x, 1) for x in whole_runs],
         "train_ips": round(train_ips, 1),
         "efficiency": round(train_ips / limit_ips, 3),
+        "train_ips_first_epoch": round(first_epoch_ips, 1),
+        "efficiency_first_epoch": round(first_epoch_ips / limit_ips, 3),
+        "train_ips_later_epochs": round(later_epochs_ips, 1) if later_epochs_ips else None,
+        "efficiency_later_epochs": round(later_epochs_ips / limit_ips, 3) if later_epochs_ips else None,
         "baseline_ips": round(baseline_ips, 1) if baseline_ips else None,
         "baseline_efficiency": round(baseline_ips / limit_ips, 3) if baseline_ips else None,
         "speedup_vs_baseline": round(train_ips / baseline_ips, 3) if baseline_ips else None,
@@ -235,6 +284,9 @@ def main(argv=None) -> dict:
     if baseline_ips:
         print(f"{'baseline (naive PIL)':<26}{baseline_ips:>10.1f}{baseline_ips / limit_ips:>12.3f}")
     print(f"{'project':<26}{train_ips:>10.1f}{train_ips / limit_ips:>12.3f}")
+    if later_epochs_ips:
+        print(f"{'  first epoch (decoding)':<26}{first_epoch_ips:>10.1f}{first_epoch_ips / limit_ips:>12.3f}")
+        print(f"{'  later epochs (cached)':<26}{later_epochs_ips:>10.1f}{later_epochs_ips / limit_ips:>12.3f}")
     if baseline_ips:
         print(f"project / baseline: {train_ips / baseline_ips:.2f}x")
     print(f"evaluation {eval_ips:.1f} images/s, prediction {predict_ips:.1f} images/s, "

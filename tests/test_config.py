@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import ROOT, run_cli
 
@@ -142,11 +143,34 @@ def test_resolved_recipe_round_trips_without_secrets(tmp_path):
 
 @pytest.mark.parametrize("recipe", SHIPPED, ids=[str(p.relative_to(ROOT)) for p in SHIPPED])
 def test_every_shipped_recipe_parses(recipe):
-    gpu_only = {"bf16": "false", "tf32": "false"}  # GPU recipes; this machine has no GPU
-    text = recipe.read_text()
-    overrides = [a for k, v in gpu_only.items() if f"{k}: true" in text for a in (f"--{k}", v)]
-    model, data, training, _ = parse_recipe([str(recipe), *overrides])
+    # Unchanged, on this GPU-less machine too: GPU-only settings are switched off, not errors.
+    model, data, training, _ = parse_recipe([str(recipe)])
     assert training.output_dir
+    assert model.attn_implementation == "sdpa"
+
+
+def test_gpu_settings_are_switched_off_without_a_gpu_and_recorded(tmp_path):
+    recipe = write(tmp_path, "bf16: true\ntf32: true\ntorch_compile: true\noptim: adamw_torch_fused\nuse_cpu: true\n")
+    args = parse_recipe([recipe, "--output_dir", str(tmp_path / "out")])[:3]
+    training = args[2]
+    assert (training.bf16, training.tf32, training.torch_compile) == (False, None, False)
+    assert training.optim == "adamw_torch_fused"  # PyTorch has a fused AdamW for CPUs too: kept
+    notes = training.gpu_settings_switched_off
+    assert [n.split(":")[0] for n in notes] == ["bf16", "tf32", "torch_compile"]
+    saved = save_resolved_recipe(tmp_path / "out", *args).read_text()
+    assert "# bf16: switched off, no CUDA GPU here" in saved
+    assert yaml.safe_load(saved)["bf16"] is False
+    # A compile mode alone implies torch_compile, so it is switched off as well.
+    training = parse_recipe([recipe, "--torch_compile", "false", "--torch_compile_mode", "max-autotune"])[2]
+    assert training.torch_compile is False and training.torch_compile_mode is None
+
+
+def test_attention_kernel_is_checked(tmp_path):
+    with pytest.raises(RecipeError, match="attn_implementation: 'fastest' is not known; use one of sdpa"):
+        parse_recipe([write(tmp_path, "attn_implementation: fastest\n")])
+    if not torch.cuda.is_available():
+        with pytest.raises(RecipeError, match="flash_attention_2 needs a CUDA GPU.*Use attn_implementation: sdpa"):
+            parse_recipe([write(tmp_path, "attn_implementation: flash_attention_2\n")])
 
 
 def test_help_lists_every_key_with_its_help():

@@ -107,10 +107,25 @@ def test_fine_tunes_a_checkpoint_with_a_new_head_and_no_test_split(tmp_path, tin
             "--use_cpu",
             "--eval_crop_pct",
             "0.875",
+            # The GPU recipes' speed settings run unchanged here: fused AdamW and an explicit attention
+            # kernel work on a CPU, bf16 and tf32 are switched off with a warning.
+            "--bf16",
+            "--tf32",
+            "--optim",
+            "adamw_torch_fused",
+            "--attn_implementation",
+            "eager",
         ]
     )
     assert "test" not in metrics and "validation" in metrics
     assert "test step will be skipped" in caplog.text
+    assert "bf16: switched off, no CUDA GPU here" in caplog.text and "tf32: switched off" in caplog.text
+    resolved = yaml.safe_load((out / "resolved_recipe.yaml").read_text())
+    assert (resolved["bf16"], resolved["optim"], resolved["attn_implementation"]) == (
+        False,
+        "adamw_torch_fused",
+        "eager",
+    )
     model = AutoModelForImageClassification.from_pretrained(out)
     assert model.config.num_labels == 3 and model.config.id2label[2] == "red"
 

@@ -128,3 +128,52 @@ def test_jpeg_draft_decodes_large_photos_smaller_but_never_below_the_target(tmp_
     # Same picture either way: the drafted eval input differs from the full decode only by resampling noise.
     difference = (prep.eval(drafted) - full.eval(full.decode(path, train=False))).abs().mean()
     assert difference < 0.15
+
+
+def _photos(tmp_path, count=4):
+    rng = np.random.default_rng(1)
+    return [
+        _save(tmp_path, Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)), f"{i}.jpg")
+        for i in range(count)
+    ]
+
+
+def test_decoded_image_cache_serves_the_same_pixels_without_decoding_again(tmp_path, monkeypatch):
+    import pickle
+
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    prep = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
+    paths = _photos(tmp_path)
+    rows = {"image": [{"path": p, "bytes": None} for p in paths], "label": [0, 1, 2, 3]}
+    first = prep.batch_transform(False, "image", "label")(rows)["pixel_values"]
+    assert len(prep._cache.images) == 4 and prep._cache.used > 0
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(prep, "decode", no_decoding)
+    second = prep.batch_transform(False, "image", "label")(rows)["pixel_values"]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    # The random crop still differs from epoch to epoch: only the decoding is cached.
+    torch.manual_seed(0)
+    crops = [prep.batch_transform(True, "image", "label")(rows)["pixel_values"][0] for _ in range(2)]
+    assert not torch.equal(crops[0], crops[1])
+    # A copy sent to a DataLoader worker starts with an empty cache and the same budget.
+    monkeypatch.undo()
+    copy = pickle.loads(pickle.dumps(prep))
+    assert copy._cache.images == {} and copy._cache.budget == prep._cache.budget
+
+
+def test_decoded_image_cache_keeps_to_its_budget(tmp_path):
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    paths = _photos(tmp_path)
+    off = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=0))
+    off.batch_transform(False, "image", "label")({"image": paths, "label": [0] * 4})
+    assert off._cache.images == {}
+    small = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
+    small._cache.budget = 80 * 60 * 4 * 2 + 1  # room for two decoded 80x60 images
+    small.batch_transform(False, "image", "label")({"image": paths, "label": [0] * 4})
+    assert len(small._cache.images) == 2 and small._cache.used <= small._cache.budget
+    # DataLoader workers of one training process share its budget.
+    shared = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1024), workers=4)
+    assert shared._cache.budget == 256 * 2**20

@@ -94,7 +94,12 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
     labels = {"num_labels": len(class_names), "label2id": label2id, "id2label": id2label}
     if model_args.model_name_or_path is None:
         config = scratch_config(model_args, **labels)
-        return _as_classifier(lambda: AutoModelForImageClassification.from_config(config), model_args.model_type)
+        return _as_classifier(
+            lambda: AutoModelForImageClassification.from_config(
+                config, attn_implementation=model_args.attn_implementation
+            ),
+            model_args.model_type,
+        )
 
     name = model_args.model_name_or_path
     try:
@@ -108,6 +113,7 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
                 config=config,
                 ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
                 use_safetensors=True,  # never unpickle weights
+                attn_implementation=model_args.attn_implementation,
                 **_hub_kwargs(model_args),
             ),
             name,
@@ -124,5 +130,10 @@ def _as_classifier(make, what: str):
             raise RecipeError(
                 f"{what} is not an image-classification architecture: AutoModelForImageClassification has no "
                 "class for it. Use a vision checkpoint such as google/vit-base-patch16-224-in21k."
+            ) from None
+        if "attn_implementation" in str(error) or "attention implementation" in str(error):
+            raise RecipeError(
+                f"attn_implementation: {what} cannot use this attention kernel ({str(error).splitlines()[0]}). "
+                "Set attn_implementation: eager, which every architecture supports."
             ) from None
         raise

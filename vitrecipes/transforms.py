@@ -190,6 +190,44 @@ def _lower_worker_priority(niceness: int) -> None:
             pass
 
 
+class DecodedImageCache:
+    """Decoded RGB images kept in memory up to a byte budget, so that later epochs skip decoding.
+
+    Decoding is the largest per-image cost left (see benchmarks/), and it gives the same pixels every
+    epoch; the random crop and flip are applied afterwards, so augmentation is unchanged. Entries are
+    never evicted: with random sampling every image is equally likely next, so once the budget is
+    full the first images simply stay. Each process keeps its own cache; a copy sent to a DataLoader
+    worker starts empty.
+    """
+
+    def __init__(self, budget_mib: int):
+        self.budget = budget_mib * 2**20
+        self.used = 0
+        self.images: dict[Any, Image.Image] = {}
+
+    def __getstate__(self):
+        return {"budget": self.budget, "used": 0, "images": {}}
+
+    @staticmethod
+    def key(value: Any, draft_side: int):
+        if isinstance(value, dict):
+            data = value.get("bytes")
+            return (draft_side, value.get("path"), len(data), hash(data)) if data else (draft_side, value.get("path"))
+        if isinstance(value, str | Path):
+            return (draft_side, str(value))
+        return None  # decoded PIL images or raw bytes: nothing to gain
+
+    def get(self, key) -> Image.Image | None:
+        return self.images.get(key) if key is not None else None
+
+    def put(self, key, image: Image.Image) -> None:
+        cost = image.width * image.height * 4  # Pillow stores RGB as 4 bytes a pixel
+        if key is not None and self.used + cost <= self.budget:
+            image.load()
+            self.images[key] = image
+            self.used += cost
+
+
 @dataclass
 class Preprocessing:
     """Decoding, resizing and normalisation for one model.
@@ -210,9 +248,11 @@ class Preprocessing:
     resize_to: int = 224  # eval: the shorter side is resized to this, then centre-cropped to `size`
     jpeg_draft: bool = True
     worker_niceness: int = 0
+    cache_mib: int = 0  # per process; see DecodedImageCache
 
     @classmethod
-    def build(cls, processor, data_args: DataArguments, mean=None, std=None) -> Preprocessing:
+    def build(cls, processor, data_args: DataArguments, mean=None, std=None, workers: int = 0) -> Preprocessing:
+        """`workers`: DataLoader worker processes per training process; they share the cache budget."""
         size = image_size_from_processor(processor)
         return cls(
             size=size,
@@ -224,6 +264,7 @@ class Preprocessing:
             resize_to=int(round(max(size) / data_args.eval_crop_pct)),
             jpeg_draft=data_args.jpeg_draft,
             worker_niceness=data_args.dataloader_worker_niceness,
+            cache_mib=data_args.decoded_image_cache_mib // max(1, workers),
         )
 
     def decode(self, value: Any, train: bool, max_pixels: int | None = None) -> Image.Image:
@@ -240,9 +281,21 @@ class Preprocessing:
                 f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
             )
         if self.jpeg_draft and image.format == "JPEG":
-            side = max(self.size) if train else self.resize_to
+            side = self.draft_side(train)
             image.draft("RGB", (side, side))
         return to_rgb(image)
+
+    def draft_side(self, train: bool) -> int:
+        return max(self.size) if train else self.resize_to
+
+    def decode_cached(self, value: Any, train: bool, max_pixels: int | None = None) -> Image.Image:
+        """`decode`, served from memory when this process has decoded the same image before."""
+        key = self._cache.key(value, self.draft_side(train))
+        image = self._cache.get(key)
+        if image is None:
+            image = self.decode(value, train, max_pixels)
+            self._cache.put(key, image)
+        return image
 
     def _to_uint8(self, image: Image.Image, box: tuple[float, float, float, float], flip: bool) -> torch.Tensor:
         height, width = self.size
@@ -292,6 +345,7 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=torch.float32)
         self._scale = (1.0 / (255.0 * std)).view(3, 1, 1)
         self._shift = (-torch.tensor(self.mean, dtype=torch.float32) / std).view(3, 1, 1)
+        self._cache = DecodedImageCache(self.cache_mib)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (..., H, W, 3) -> normalised float32 (..., 3, H, W), contiguous."""
@@ -337,7 +391,7 @@ class Preprocessing:
             pixels, labels = [], []
             for value, label in zip(batch[image_column], batch[label_column]):
                 try:
-                    pixels.append(to_tensor(self.decode(value, train, max_pixels)))
+                    pixels.append(to_tensor(self.decode_cached(value, train, max_pixels)))
                     labels.append(label)
                 except DECODE_ERRORS as error:
                     bad_images.record(split, describe(value), error)
