@@ -88,6 +88,11 @@ def run_cli(*args, cwd=ROOT, timeout=600) -> subprocess.CompletedProcess:
     )
 
 
+def evaluate_only(output_dir: Path, *extra) -> subprocess.CompletedProcess:
+    """The documented evaluation-only command for a finished run: its resolved recipe, --do_train false."""
+    return run_cli(output_dir / "resolved_recipe.yaml", "--do_train", "false", *extra)
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """`python run_snacks.py recipes/smoke.yaml`, run once as a user would, shared by many tests."""

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, evaluate_only
 
 EVAL_SAMPLES = 299  # odd: the distributed sampler must pad one split, and the padding must not be counted
 
@@ -37,17 +37,7 @@ def test_training_completes_with_full_sample_counts(two_process_run):
 def test_accuracy_equals_a_single_process_evaluation(two_process_run):
     out, _ = two_process_run
     distributed = json.loads((out / "metrics.json").read_text())
-    result = run_cli(
-        out / "resolved_recipe.yaml",
-        "--do_train",
-        "false",
-        "--model_name_or_path",
-        out,
-        "--model_type",
-        "null",
-        "--config_overrides",
-        "null",
-    )
+    result = evaluate_only(out)
     assert result.returncode == 0, result.stderr[-3000:]
     single = json.loads((out / "eval_only_metrics.json").read_text())
     for split in ("validation", "test"):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SNACKS, run_cli
+from conftest import SNACKS, evaluate_only, run_cli
 from transformers import AutoModelForImageClassification, pipeline
 
 import run_snacks
@@ -66,17 +66,7 @@ def test_pipeline_reloads_the_output_folder_and_names_the_classes(smoke_run):
 def test_evaluation_only_reproduces_the_metrics_without_touching_the_run(smoke_run):
     out, _ = smoke_run
     before = (out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()
-    result = run_cli(
-        out / "resolved_recipe.yaml",
-        "--do_train",
-        "false",
-        "--model_name_or_path",
-        out,
-        "--model_type",
-        "null",
-        "--config_overrides",
-        "null",
-    )
+    result = evaluate_only(out)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((out / "eval_only_metrics.json").read_text())
     trained = json.loads(before[0])

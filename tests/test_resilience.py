@@ -245,6 +245,7 @@ def test_trust_remote_code_is_off_by_default():
             r"the folder /no/such/model",
         ),
         (["--per_device_train_batch_size", "eight"], r"per_device_train_batch_size: expected a number"),
+        (["--do_train", "false"], r"--do_train false evaluates the model saved in output_dir .*holds no saved model"),
     ],
 )
 def test_data_and_model_mistakes_are_one_paragraph(tmp_path, args, message):

@@ -200,7 +200,13 @@ class RecipeTrainingArguments(TrainingArguments):
             "(its checkpoints are deleted). Without it such a folder is an error, and an unfinished run resumes."
         },
     )
-    do_train: bool = field(default=True, metadata={"help": "Train; set false to only evaluate the checkpoint."})
+    do_train: bool = field(
+        default=True,
+        metadata={
+            "help": "Train; set false to only evaluate the model in output_dir (or the one given with "
+            "--model_name_or_path on the command line) on validation and test."
+        },
+    )
     eval_strategy: str = field(default="epoch", metadata={"help": "When to validate: 'no', 'steps' or 'epoch'."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
     save_total_limit: int | None = field(
@@ -473,11 +479,14 @@ def parse_recipe(argv: list[str] | None = None):
     if argv and not argv[0].startswith("--"):
         recipe_path = Path(argv.pop(0))
         recipe = read_yaml(recipe_path)
-    values = _merge(recipe, parse_overrides(argv))
+    overrides = parse_overrides(argv)
+    values = _merge(recipe, overrides)
     if values.get("output_dir") in (None, "") and recipe_path is not None:
         values["output_dir"] = str(Path("outputs") / recipe_path.stem)
     if values.get("output_dir") in (None, ""):
         raise RecipeError("No output_dir: give a recipe file or pass --output_dir PATH.")
+    if not _coerce(values.get("do_train", True), bool, "do_train"):
+        _evaluate_the_trained_model(values, model_given="model_name_or_path" in overrides)
     source = f"recipe {recipe_path}" if recipe_path else "the command line"
     model_args, data_args, training_args = build_arguments(values, source)
     check_consistency(model_args, training_args)
@@ -487,6 +496,22 @@ def parse_recipe(argv: list[str] | None = None):
         )
         training_args.remove_unused_columns = False
     return model_args, data_args, training_args, recipe_path
+
+
+def _evaluate_the_trained_model(values: dict[str, Any], model_given: bool) -> None:
+    """`--do_train false` evaluates the model the recipe trained (in its output_dir), unless the command
+    line names another with --model_name_or_path. The recipe's from-scratch architecture keys no longer
+    apply: the checkpoint carries its own config."""
+    if not model_given:
+        output_dir = Path(str(values["output_dir"]))
+        if not (output_dir / "config.json").is_file():
+            raise RecipeError(
+                f"--do_train false evaluates the model saved in output_dir ({output_dir}), but that folder holds "
+                "no saved model (config.json). Train it first, point --output_dir at a finished run, or name "
+                "the checkpoint with --model_name_or_path."
+            )
+        values["model_name_or_path"] = str(output_dir)
+    values["model_type"] = values["config_overrides"] = None
 
 
 def check_consistency(model_args: ModelArguments, training_args: TrainingArguments) -> None:
