@@ -146,7 +146,7 @@ def test_every_shipped_recipe_parses(recipe):
     # Unchanged, on this GPU-less machine too: GPU-only settings are switched off, not errors.
     model, data, training, _ = parse_recipe([str(recipe)])
     assert training.output_dir
-    assert model.attn_implementation == "sdpa"
+    assert model.attn_implementation == ("sdpa" if "config_tuned" in recipe.name else None)
 
 
 def test_gpu_settings_are_switched_off_without_a_gpu_and_recorded(tmp_path):
@@ -163,6 +163,11 @@ def test_gpu_settings_are_switched_off_without_a_gpu_and_recorded(tmp_path):
     # A compile mode alone implies torch_compile, so it is switched off as well.
     training = parse_recipe([recipe, "--torch_compile", "false", "--torch_compile_mode", "max-autotune"])[2]
     assert training.torch_compile is False and training.torch_compile_mode is None
+
+
+def test_cache_budget_must_not_be_negative(tmp_path):
+    with pytest.raises(RecipeError, match="decoded_image_cache_mib must be 0 \\(off\\) or more, got -1"):
+        parse_recipe([write(tmp_path, "decoded_image_cache_mib: -1\n")])
 
 
 def test_attention_kernel_is_checked(tmp_path):

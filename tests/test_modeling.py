@@ -84,3 +84,16 @@ def test_load_weights_restores_every_tensor(tiny_checkpoint, tmp_path):
     load_weights(target, str(tmp_path))
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_attention_kernel_defaults_to_the_library_choice_and_an_unsupported_one_is_explained():
+    # ConvNeXt has no attention: the default must build it, an explicit 'sdpa' must say what to do.
+    convnext = ModelArguments(model_name_or_path=None, model_type="convnext")
+    assert build_model(convnext, ["a", "b"]).config.num_labels == 2
+    convnext.attn_implementation = "sdpa"
+    with pytest.raises(RecipeError, match="attn_implementation: convnext cannot use this attention kernel.*eager"):
+        build_model(convnext, ["a", "b"])
+    vit = ModelArguments(model_name_or_path=None, model_type="vit", attn_implementation="eager",
+                         config_overrides={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                           "intermediate_size": 64, "image_size": 32})  # fmt: skip
+    assert build_model(vit, ["a", "b"]).config._attn_implementation == "eager"

@@ -71,12 +71,13 @@ class ModelArguments:
             "repositories whose code you have read."
         },
     )
-    attn_implementation: str = field(
-        default="sdpa",
+    attn_implementation: str | None = field(
+        default=None,
         metadata={
-            "help": f"Attention kernel: one of {', '.join(ATTENTION_KERNELS)}. 'sdpa' (PyTorch's "
-            "scaled_dot_product_attention) picks flash or memory-efficient attention on a GPU and is "
-            "fast on CPUs too; 'eager' is the plain reference implementation."
+            "help": f"Attention kernel: one of {', '.join(ATTENTION_KERNELS)}, or null for the library's choice "
+            "(sdpa where the architecture supports it, else eager; convolutional models have none). 'sdpa' "
+            "(PyTorch's scaled_dot_product_attention) picks flash or memory-efficient attention on a GPU "
+            "and is fast on CPUs too; 'eager' is the plain reference implementation."
         },
     )
     ignore_mismatched_sizes: bool = field(
@@ -85,7 +86,8 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        check_attention_kernel(self.attn_implementation)
+        if self.attn_implementation is not None:
+            check_attention_kernel(self.attn_implementation)
 
 
 @dataclass

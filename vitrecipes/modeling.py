@@ -47,6 +47,11 @@ def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:
     )
 
 
+def _attention_kwargs(model_args: ModelArguments) -> dict:
+    """Only an explicit choice is passed: left out, transformers picks sdpa where the architecture has it."""
+    return {} if model_args.attn_implementation is None else {"attn_implementation": model_args.attn_implementation}
+
+
 def scratch_config(model_args: ModelArguments, **extra):
     """The config of a from-scratch model: the architecture's defaults plus `config_overrides`."""
     overrides = model_args.config_overrides or {}
@@ -95,9 +100,7 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
     if model_args.model_name_or_path is None:
         config = scratch_config(model_args, **labels)
         return _as_classifier(
-            lambda: AutoModelForImageClassification.from_config(
-                config, attn_implementation=model_args.attn_implementation
-            ),
+            lambda: AutoModelForImageClassification.from_config(config, **_attention_kwargs(model_args)),
             model_args.model_type,
         )
 
@@ -113,7 +116,7 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
                 config=config,
                 ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
                 use_safetensors=True,  # never unpickle weights
-                attn_implementation=model_args.attn_implementation,
+                **_attention_kwargs(model_args),
                 **_hub_kwargs(model_args),
             ),
             name,
