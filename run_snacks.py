@@ -21,6 +21,7 @@ from vitrecipes.checkpoints import plan_output_dir
 from vitrecipes.config import parse_recipe, resolved_recipe, save_resolved_recipe
 from vitrecipes.data import drop_unreadable, load_splits
 from vitrecipes.errors import RecipeError, user_message
+from vitrecipes.hardware import reuse_freed_memory
 from vitrecipes.hub import finish_for_hub, take_hub_settings
 from vitrecipes.modeling import build_image_processor, build_model
 from vitrecipes.report import write_report
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
     for note in training_args.gpu_settings_switched_off:
         logger.warning(note)
+    if training_args.reuse_freed_memory and reuse_freed_memory():
+        logger.info("Freed memory is kept for reuse (reuse_freed_memory): fewer page faults a step.")
     logger.info("Recipe %s -> %s", recipe_path or "(command line)", training_args.output_dir)
 
     resume_from = None

@@ -6,16 +6,21 @@
         --dataset_name ../shared/data/snacks --batch_size 64                 # unchanged on a GPU
 
 Every measurement is a real Trainer run of the same model, batch size and optimiser step, in this one
-process, timed from the end of a warm-up step:
+process, timed from the end of its --warmup_steps:
 
-- limit:    synthetic tensors already in memory (no decoding, no augmentation), --steps steps;
+- limit:    synthetic tensors already in memory (no decoding, no augmentation);
 - project:  the recipe's own data path (vitrecipes.transforms, its workers, decoding and cache
             options) for --epochs full epochs of the training split, timed per epoch: the first epoch
             decodes every JPEG, later ones find them in the decoded-image cache;
-- limit runs before and after each project run (--rounds), and the median limit is used, so that
-            drift of a noisy machine hits both sides of the ratio alike;
 - baseline: a naive pipeline like the transformers example script: datasets decodes each image to
             PIL, per-sample torchvision PIL transforms, no workers; --steps steps.
+
+The runs take turns of --interleave_steps optimiser steps each (one runs while the others wait), and
+the limit keeps running for as long as the project does, so that the drift of a shared machine
+(its speed moves by 10-20 % within minutes) falls on both sides of every ratio alike; each run's
+clock stops while it waits. With DataLoader workers, which would go on preparing batches while their
+run waits, the runs go one after the other instead (limit --steps, project, limit --steps, baseline),
+as they do with --interleave_steps 0.
 
 pipeline efficiency = project images/s over all its timed epochs / limit images/s, printed also for
 the first epoch alone and the later epochs. Evaluation and prediction images/s and peak memory are
@@ -31,9 +36,9 @@ import math
 import os
 import platform
 import resource
-import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,10 +48,11 @@ sys.path.insert(0, str(ROOT))
 import datasets  # noqa: E402
 import torch  # noqa: E402
 from torchvision import transforms as v1  # noqa: E402
-from transformers import Trainer, TrainerCallback, set_seed  # noqa: E402
+from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed  # noqa: E402
 
 from vitrecipes.config import parse_recipe  # noqa: E402
 from vitrecipes.data import load_splits  # noqa: E402
+from vitrecipes.hardware import reuse_freed_memory  # noqa: E402
 from vitrecipes.modeling import build_image_processor, build_model  # noqa: E402
 from vitrecipes.training import RecipeTrainer, attach_transforms  # noqa: E402
 from vitrecipes.transforms import BadImageLog, Preprocessing  # noqa: E402
@@ -54,18 +60,106 @@ from vitrecipes.transforms import BadImageLog, Preprocessing  # noqa: E402
 DEFAULT_RECIPE = "recipes/vit-tiny-scratch/snacks/config_cpu.yaml"
 
 
-class StepTimer(TrainerCallback):
-    """Wall-clock time at the end of chosen optimiser steps."""
+class Turns:
+    """Lets training runs in separate threads use the machine one at a time, in a fixed rotation."""
 
-    def __init__(self, marks):
-        self.marks = set(marks)
+    def __init__(self):
+        self.order: list[str] = []
+        self.turn: str | None = None
+        self.changed = threading.Condition()
+
+    def begin(self, names: list[str]) -> None:
+        with self.changed:
+            self.order, self.turn = list(names), names[0]
+            self.changed.notify_all()
+
+    def wait(self, name: str) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.turn == name)
+
+    def pass_on(self, name: str, retire: bool = False) -> None:
+        with self.changed:
+            following = self.order[(self.order.index(name) + 1) % len(self.order)]
+            if retire:
+                self.order.remove(name)
+            self.turn = None if retire and following == name else following
+            self.changed.notify_all()
+
+
+class TimedRun(TrainerCallback):
+    """One training run: its step-end times on a clock that stops while it waits for its turn."""
+
+    def __init__(self, name, trainer_factory, turns: Turns, turn_steps: int, warmup_steps: int, background=None):
+        """`background`: an Event that lets the run's background work go on; cleared while the run waits."""
+        self.name, self.turns, self.turn_steps, self.warmup_steps = name, turns, turn_steps, warmup_steps
+        self.trainer_factory = trainer_factory
+        self.background = background
         self.times: dict[int, float] = {}
+        self.waited = 0.0
+        self.stop = threading.Event()  # set from outside: stop at the next step end
+        self.trainer = None
+        self.error: BaseException | None = None
+
+    def clock(self) -> float:
+        return time.perf_counter() - self.waited
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step in self.marks:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.times[state.global_step] = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times[state.global_step] = self.clock()
+        if self.stop.is_set():
+            control.should_training_stop = True
+        elif self.turn_steps and state.global_step % self.turn_steps == 0:
+            started = time.perf_counter()
+            self._pause_background()
+            self.turns.pass_on(self.name)
+            self.turns.wait(self.name)
+            if self.background is not None:
+                self.background.set()
+            self.waited += time.perf_counter() - started
+
+    def _pause_background(self) -> None:
+        if self.background is not None:
+            self.background.clear()
+
+    def run(self) -> None:
+        self.turns.wait(self.name)
+        try:
+            self.trainer = self.trainer_factory(self)
+            self.trainer.train()
+        except BaseException as error:  # reported by the main thread
+            self.error = error
+        finally:
+            self._pause_background()
+            self.turns.pass_on(self.name, retire=True)
+
+    def ips(self, first: int | None = None, last: int | None = None) -> float:
+        """Images/s from the end of step `first` (default: the warm-up) to the end of step `last` (the last)."""
+        first = self.warmup_steps if first is None else first
+        last = max(self.times) if last is None else last
+        per_step = self.trainer.args.per_device_train_batch_size * self.trainer.args.world_size
+        return (last - first) * per_step / (self.times[last] - self.times[first])
+
+    def timed(self) -> tuple[int, float]:
+        """(steps, seconds) after the warm-up."""
+        last = max(self.times)
+        return last - self.warmup_steps, self.times[last] - self.times[self.warmup_steps]
+
+
+def run_in_turns(runs: list[TimedRun], until_done: list[TimedRun] = ()) -> None:
+    """Run every run in its own thread, taking turns; `until_done` runs are stopped once the others end."""
+    threads = {run.name: threading.Thread(target=run.run, name=run.name) for run in runs}
+    for thread in threads.values():
+        thread.start()
+    for run in runs:
+        if run not in until_done:
+            threads[run.name].join()
+    for run in until_done:
+        run.stop.set()
+        threads[run.name].join()
+    for run in runs:
+        if run.error is not None:
+            raise RuntimeError(f"the {run.name} run failed") from run.error
 
 
 class SyntheticImages(torch.utils.data.Dataset):
@@ -104,50 +198,22 @@ def naive_transform(prep: Preprocessing, image_column: str, label_column: str):
     return transform
 
 
-def timed_training(name, model_args, training_args, class_names, dataset, prep, processor, marks, **trainer_kwargs):
-    """Train for `training_args`' length, noting the time at each step in `marks`.
-
-    Returns `ips(first, last)`, the images/s between two marks, and the Trainer.
-    """
-    set_seed(training_args.seed)
-    model = build_model(model_args, class_names)
-    timer = StepTimer(marks)
-    trainer_class = trainer_kwargs.pop("trainer_class", RecipeTrainer)
-    trainer = trainer_class(
-        model=model,
-        args=training_args,
-        train_dataset=dataset,
-        data_collator=prep.collate,
-        processing_class=processor,
-        callbacks=[timer],
-        **trainer_kwargs,
-    )
-    trainer.train()
-    per_step = training_args.per_device_train_batch_size * training_args.world_size
-
-    def ips(first: int, last: int) -> float:
-        """Images/s from the end of step `first` to the end of step `last`."""
-        return (last - first) * per_step / (timer.times[last] - timer.times[first])
-
-    whole = ips(marks[0], marks[-1])
-    detail = ""
-    if len(marks) > 2:
-        detail = "  (per epoch: " + ", ".join(f"{ips(a, b):.1f}" for a, b in zip(marks, marks[1:])) + ")"
-    print(f"  {name:<9} {whole:8.1f} images/s over steps {marks[0]}-{marks[-1]}{detail}", flush=True)
-    return ips, trainer
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="Also accepted as the first argument.")
     parser.add_argument("--dataset_name", default=None, help="Override the recipe's dataset.")
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=200, help="Timed optimiser steps of the limit and baseline.")
-    parser.add_argument("--warmup_steps", type=int, default=15, help="Untimed steps first (workers, caches).")
+    parser.add_argument("--steps", type=int, default=200, help="Timed optimiser steps of the baseline.")
+    parser.add_argument("--warmup_steps", type=int, default=15, help="Untimed steps at the start of each run.")
     parser.add_argument("--eval_samples", type=int, default=400)
     parser.add_argument("--predict_samples", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=3, help="Epochs of the project run (0: --steps steps).")
-    parser.add_argument("--rounds", type=int, default=1, help="Project runs, each between two limit runs.")
+    parser.add_argument("--epochs", type=int, default=3, help="Epochs of the project run.")
+    parser.add_argument(
+        "--interleave_steps",
+        type=int,
+        default=None,
+        help="Optimiser steps per turn; 0: one run after the other. Default: 25, or 0 with DataLoader workers.",
+    )
     parser.add_argument("--skip_baseline", action="store_true")
     # Anything else is a recipe override: --dataloader_num_workers 2, --jpeg_draft false, ...
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -158,82 +224,98 @@ def main(argv=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     if opts.dataset_name:
         overrides += ["--dataset_name", opts.dataset_name]
-    fixed_steps = opts.warmup_steps + opts.steps
     model_args, data_args, training_args, _ = parse_recipe(
         [opts.recipe, "--output_dir", str(work / "run"), "--per_device_train_batch_size", str(opts.batch_size),
-         "--max_steps", str(fixed_steps), "--eval_strategy", "no", "--save_strategy", "no",
+         "--num_train_epochs", str(opts.epochs), "--eval_strategy", "no", "--save_strategy", "no",
          "--load_best_model_at_end", "false", "--logging_steps", "100000", "--disable_tqdm", "true",
          "--report_to", "none", "--log_level", "warning", *overrides]
     )  # fmt: skip
+    if training_args.reuse_freed_memory:
+        reuse_freed_memory()  # as run_snacks.py does; process-wide, so the same for every run
     datasets.disable_progress_bars()
     splits = load_splits(data_args, seed=training_args.seed)
     processor = build_image_processor(model_args)
     per_step = opts.batch_size * training_args.world_size
     device = "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu"
+    workers = training_args.dataloader_num_workers
+    interleave = opts.interleave_steps if opts.interleave_steps is not None else (0 if workers else 25)
 
-    fixed_marks = [opts.warmup_steps, fixed_steps]
-    project_args, project_marks = training_args, fixed_marks
-    if opts.epochs:
-        steps_per_epoch = math.ceil(len(splits.train) / per_step)
-        if steps_per_epoch <= opts.warmup_steps:
-            parser.error(f"an epoch has {steps_per_epoch} steps, not more than --warmup_steps {opts.warmup_steps}")
-        project_args = dataclasses.replace(training_args, max_steps=-1, num_train_epochs=opts.epochs)
-        project_marks = [opts.warmup_steps] + [steps_per_epoch * (e + 1) for e in range(opts.epochs)]
+    steps_per_epoch = math.ceil(len(splits.train) / per_step)
+    if steps_per_epoch <= opts.warmup_steps:
+        parser.error(f"an epoch has {steps_per_epoch} steps, not more than --warmup_steps {opts.warmup_steps}")
+    project_steps = steps_per_epoch * opts.epochs
+    epoch_marks = [opts.warmup_steps] + [steps_per_epoch * (e + 1) for e in range(opts.epochs)]
     print(
         f"Benchmark: {opts.recipe} on {data_args.dataset_name}, batch {opts.batch_size}, device {device} "
-        f"({torch.get_num_threads()} CPU threads), dataloader_num_workers {training_args.dataloader_num_workers}; "
-        f"limit and baseline: {opts.steps} steps after {opts.warmup_steps}; project: "
-        + (f"{opts.epochs} epochs of {len(splits.train)} images" if opts.epochs else f"{opts.steps} steps"),
+        f"({torch.get_num_threads()} CPU threads), dataloader_num_workers {workers}; project: {opts.epochs} epochs "
+        f"of {len(splits.train)} images; "
+        + ("" if opts.skip_baseline else f"baseline: {opts.steps} steps; ")
+        + (f"runs take turns of {interleave} steps" if interleave else "runs one after the other"),
         flush=True,
     )
 
-    # A fresh Preprocessing (and so an empty decoded-image cache) for every project run.
-    def fresh_prep():
-        return Preprocessing.build(
-            processor,
-            data_args,
-            mean=model_args.image_mean,
-            std=model_args.image_std,
-            workers=training_args.dataloader_num_workers,
-        )
+    def prep_for(args):
+        """A fresh Preprocessing, and so an empty decoded-image cache, for each run."""
+        return Preprocessing.build(processor, data_args, mean=model_args.image_mean, std=model_args.image_std,
+                                   workers=args.dataloader_num_workers)  # fmt: skip
 
-    prep = fresh_prep()
-    synthetic = SyntheticImages(prep.size, len(splits.class_names), fixed_steps * per_step)
-    limits = []
+    def trainer_factory(args, dataset, collate, trainer_class=RecipeTrainer):
+        def build(run: TimedRun):
+            set_seed(args.seed)
+            model = build_model(model_args, splits.class_names)
+            trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=collate,
+                                    processing_class=processor, callbacks=[run])  # fmt: skip
+            trainer.remove_callback(PrinterCallback)  # each run's closing log line would interleave
+            return trainer
 
-    def limit_run():
-        limits.append(timed_training("limit", model_args, training_args, splits.class_names, synthetic, prep,
-                                     processor, fixed_marks)[0](*fixed_marks))  # fmt: skip
+        return build
 
-    limit_run()
-    whole_runs, first_epoch_runs, later_epochs_runs = [], [], []
-    for _ in range(opts.rounds):
-        prep = fresh_prep()
-        project_splits = attach_transforms(splits, prep, data_args, BadImageLog(None))
-        ips, trainer = timed_training(
-            "project", model_args, project_args, splits.class_names, project_splits.train, prep, processor,
-            project_marks,
-        )  # fmt: skip
-        whole_runs.append(ips(project_marks[0], project_marks[-1]))
-        first_epoch_runs.append(ips(project_marks[0], project_marks[1]))
-        if opts.epochs > 1:
-            later_epochs_runs.append(ips(project_marks[1], project_marks[-1]))
-        limit_run()
-    limit_ips = statistics.median(limits)
-    train_ips = statistics.median(whole_runs)
-    first_epoch_ips = statistics.median(first_epoch_runs)
-    later_epochs_ips = statistics.median(later_epochs_runs) if later_epochs_runs else None
+    turns = Turns()
 
-    baseline_ips = None
+    def new_run(name, args, dataset, collate, background=None, **kwargs):
+        build = trainer_factory(args, dataset, collate, **kwargs)
+        return TimedRun(name, build, turns, interleave, opts.warmup_steps, background)
+
+    prep = prep_for(training_args)
+    project_splits = attach_transforms(splits, prep, data_args, BadImageLog(None))
+    # Its background decoding (decode_ahead) works only while the project has its turn.
+    project = new_run("project", training_args, project_splits.train, prep.collate, background=prep.background_allowed)
+
+    # The limit: same model, batch and optimiser, inputs already in memory. Interleaved, it runs for as
+    # long as the project does (stopped when the project ends); otherwise --steps before and after it.
+    limit_steps = 2 * project_steps + opts.warmup_steps if interleave else opts.warmup_steps + opts.steps
+    limit_args = dataclasses.replace(training_args, max_steps=limit_steps)
+    synthetic = SyntheticImages(prep.size, len(splits.class_names), limit_steps * per_step)
+    limits = [new_run("limit", limit_args, synthetic, prep.collate)]
+    if not interleave:
+        limits.append(new_run("limit after", limit_args, synthetic, prep.collate))
+
+    baseline = None
     if not opts.skip_baseline:
         image_column = data_args.image_column_name
         decoded = splits.train.cast_column(image_column, datasets.Image(decode=True))
         decoded = decoded.with_transform(naive_transform(prep, image_column, data_args.label_column_name))
-        no_workers = {"dataloader_num_workers": 0, "dataloader_persistent_workers": False}
-        naive_args = dataclasses.replace(training_args, dataloader_prefetch_factor=None, **no_workers)
-        naive = (model_args, naive_args, splits.class_names, decoded, prep, processor, fixed_marks)
-        baseline_ips = timed_training("baseline", *naive, trainer_class=Trainer)[0](*fixed_marks)
+        naive_args = dataclasses.replace(
+            training_args, max_steps=opts.warmup_steps + opts.steps, dataloader_num_workers=0,
+            dataloader_persistent_workers=False, dataloader_prefetch_factor=None,
+        )  # fmt: skip
+        baseline = new_run("baseline", naive_args, decoded, prep.collate, trainer_class=Trainer)
 
+    runs = [limits[0], project, *limits[1:], *([baseline] if baseline else [])]
+    turns.begin([run.name for run in runs])
+    run_in_turns(runs, until_done=limits if interleave else ())
+
+    steps, seconds = map(sum, zip(*(run.timed() for run in limits)))
+    limit_ips = steps * per_step / seconds
+    train_ips = project.ips(epoch_marks[0], epoch_marks[-1])
+    epoch_ips = [project.ips(a, b) for a, b in zip(epoch_marks, epoch_marks[1:])]
+    later_epochs_ips = project.ips(epoch_marks[1], epoch_marks[-1]) if opts.epochs > 1 else None
+    baseline_ips = baseline.ips() if baseline else None
+    for run in runs:
+        print(f"  {run.name:<12} {run.ips():8.1f} images/s over steps {run.warmup_steps}-{max(run.times)}", flush=True)
+    print("  project per epoch: " + ", ".join(f"{x:.1f}" for x in epoch_ips), flush=True)
+
+    trainer = project.trainer
     validation = project_splits.validation.select(range(min(opts.eval_samples, len(project_splits.validation))))
     start = time.perf_counter()
     trainer.evaluate(eval_dataset=validation)
@@ -257,17 +339,18 @@ def main(argv=None) -> dict:
         "machine": platform.processor() or platform.machine(),
         "batch_size": opts.batch_size,
         "input_size": list(prep.size),
-        "steps": opts.steps,
+        "interleave_steps": interleave,
         "limit_ips": round(limit_ips, 1),
-        "limit_ips_runs": [round(x, 1) for x in limits],
+        "limit_steps": steps,
         "epochs": opts.epochs,
-        "train_ips_runs": [round(x, 1) for x in whole_runs],
         "train_ips": round(train_ips, 1),
         "efficiency": round(train_ips / limit_ips, 3),
-        "train_ips_first_epoch": round(first_epoch_ips, 1),
-        "efficiency_first_epoch": round(first_epoch_ips / limit_ips, 3),
+        "train_ips_per_epoch": [round(x, 1) for x in epoch_ips],
+        "train_ips_first_epoch": round(epoch_ips[0], 1),
+        "efficiency_first_epoch": round(epoch_ips[0] / limit_ips, 3),
         "train_ips_later_epochs": round(later_epochs_ips, 1) if later_epochs_ips else None,
         "efficiency_later_epochs": round(later_epochs_ips / limit_ips, 3) if later_epochs_ips else None,
+        "baseline_steps": opts.steps if baseline else None,
         "baseline_ips": round(baseline_ips, 1) if baseline_ips else None,
         "baseline_efficiency": round(baseline_ips / limit_ips, 3) if baseline_ips else None,
         "speedup_vs_baseline": round(train_ips / baseline_ips, 3) if baseline_ips else None,
@@ -276,7 +359,7 @@ def main(argv=None) -> dict:
         "peak_rss_mib": round(rss),
         "peak_worker_rss_mib": round(workers_rss),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device != "cpu" else None,
-        "dataloader_num_workers": training_args.dataloader_num_workers,
+        "dataloader_num_workers": workers,
     }
     print()
     print(f"{'pipeline':<26}{'images/s':>10}{'efficiency':>12}")
@@ -285,7 +368,7 @@ def main(argv=None) -> dict:
         print(f"{'baseline (naive PIL)':<26}{baseline_ips:>10.1f}{baseline_ips / limit_ips:>12.3f}")
     print(f"{'project':<26}{train_ips:>10.1f}{train_ips / limit_ips:>12.3f}")
     if later_epochs_ips:
-        print(f"{'  first epoch (decoding)':<26}{first_epoch_ips:>10.1f}{first_epoch_ips / limit_ips:>12.3f}")
+        print(f"{'  first epoch (decoding)':<26}{epoch_ips[0]:>10.1f}{epoch_ips[0] / limit_ips:>12.3f}")
         print(f"{'  later epochs (cached)':<26}{later_epochs_ips:>10.1f}{later_epochs_ips / limit_ips:>12.3f}")
     if baseline_ips:
         print(f"project / baseline: {train_ips / baseline_ips:.2f}x")

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from conftest import ROOT
 
@@ -26,23 +27,70 @@ FIELDS = {
 }
 
 
-def test_benchmark_prints_table_and_json_line(tmp_path):
+def _run_benchmark(*args):
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_pipeline.py"), "recipes/smoke.yaml",
-         "--steps", "3", "--warmup_steps", "1", "--epochs", "2", "--eval_samples", "16", "--predict_samples", "8"],
+         "--warmup_steps", "1", "--eval_samples", "16", "--predict_samples", "8", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.strip().splitlines()
-    report = json.loads(lines[-1])
+    return json.loads(lines[-1]), "\n".join(lines[:-1])
+
+
+def test_benchmark_prints_table_and_json_line():
+    report, table = _run_benchmark("--steps", "3", "--epochs", "2")
     assert FIELDS <= set(report), FIELDS - set(report)
     for key in ("limit_ips", "train_ips", "train_ips_first_epoch", "train_ips_later_epochs", "baseline_ips",
                 "eval_ips", "predict_ips", "peak_rss_mib"):  # fmt: skip
         assert report[key] > 0, key
     assert report["efficiency"] == round(report["train_ips"] / report["limit_ips"], 3)
     assert report["batch_size"] == 8 and report["input_size"] == [32, 32]
-    assert len(report["limit_ips_runs"]) == 2 and len(report["train_ips_runs"]) == 1  # limit, project, limit
-    assert report["epochs"] == 2
-    table = "\n".join(lines[:-1])
+    assert report["epochs"] == 2 and len(report["train_ips_per_epoch"]) == 2
+    # Interleaved: the limit ran for as long as the project (2 epochs of 1197 digits, batch 8: 300 steps).
+    assert report["interleave_steps"] == 25
+    assert 300 - 1 <= report["limit_steps"] <= 300 + 25
     for row in ("limit (synthetic tensors)", "baseline (naive PIL)", "project"):
         assert row in table
+
+
+def test_benchmark_can_run_one_after_the_other():
+    """--interleave_steps 0 (the default with DataLoader workers): limit, project, limit, each timed alone."""
+    report, table = _run_benchmark("--steps", "4", "--epochs", "1", "--interleave_steps", "0", "--skip_baseline")
+    assert report["interleave_steps"] == 0
+    assert report["limit_steps"] == 2 * 4  # two limit runs of --steps timed steps each
+    assert report["baseline_ips"] is None and "baseline" not in table.lower()
+    assert report["efficiency"] == round(report["train_ips"] / report["limit_ips"], 3)
+
+
+def test_runs_take_turns_one_at_a_time():
+    """Turns (the benchmark's scheduler) runs one thread at a time, in rotation, until each retires."""
+    import threading
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_pipeline import Turns
+
+    turns, log, running, most_running = Turns(), [], set(), []
+
+    def work(name, chunks):
+        turns.wait(name)
+        for chunk in range(chunks):
+            running.add(name)
+            time.sleep(0.01)  # room for another thread to run now, if the scheduler let it
+            most_running.append(len(running))
+            log.append((name, chunk))
+            running.discard(name)
+            if chunk < chunks - 1:
+                turns.pass_on(name)
+                turns.wait(name)
+        turns.pass_on(name, retire=True)
+
+    threads = [threading.Thread(target=work, args=args) for args in (("a", 3), ("b", 1), ("c", 2))]
+    for thread in threads:
+        thread.start()
+    turns.begin(["a", "b", "c"])
+    for thread in threads:
+        thread.join(timeout=30)
+    assert log == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("c", 1), ("a", 2)]
+    assert max(most_running) == 1
+    assert turns.turn is None and turns.order == []

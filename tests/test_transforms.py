@@ -1,5 +1,7 @@
 """Every image mode becomes 3-channel RGB, EXIF orientation is applied, and both pipelines give model-sized tensors."""
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from PIL import Image
 from transformers import ViTImageProcessor
 
 from vitrecipes.config import DataArguments
-from vitrecipes.transforms import Preprocessing, image_size_from_processor, load_rgb
+from vitrecipes.transforms import BadImageLog, Preprocessing, image_size_from_processor, load_rgb, resize_pixels
 
 
 def _save(tmp_path, image: Image.Image, name: str, **kwargs):
@@ -162,6 +164,7 @@ def test_decoded_image_cache_serves_the_same_pixels_without_decoding_again(tmp_p
     monkeypatch.undo()
     copy = pickle.loads(pickle.dumps(prep))
     assert copy._cache.images == {} and copy._cache.budget == prep._cache.budget
+    assert copy._cache.background is None and copy.background_allowed.is_set()
 
 
 def test_decoded_image_cache_keeps_to_its_budget(tmp_path):
@@ -171,9 +174,108 @@ def test_decoded_image_cache_keeps_to_its_budget(tmp_path):
     off.batch_transform(False, "image", "label")({"image": paths, "label": [0] * 4})
     assert off._cache.images == {}
     small = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
-    small._cache.budget = 80 * 60 * 4 * 2 + 1  # room for two decoded 80x60 images
+    small._cache.budget = 80 * 60 * 3 * 2 + 1  # room for two decoded 80x60 RGB images
     small.batch_transform(False, "image", "label")({"image": paths, "label": [0] * 4})
     assert len(small._cache.images) == 2 and small._cache.used <= small._cache.budget
     # DataLoader workers of one training process share its budget.
     shared = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1024), workers=4)
     assert shared._cache.budget == 256 * 2**20
+
+
+def test_random_crops_follow_random_resized_crop_sampling():
+    prep = Preprocessing(size=(32, 32), mean=[0.5] * 3, std=[0.5] * 3, crop_scale=(0.35, 1.0))
+    random.seed(0)
+    for _ in range(300):
+        left, top, right, bottom = prep.train_box(60, 80)
+        assert 0 <= left < right <= 80 and 0 <= top < bottom <= 60
+        width, height = right - left, bottom - top
+        assert 0.3 <= width * height / (80 * 60) <= 1.0  # the scale range, give or take rounding
+        assert 0.7 <= width / height <= 1.4  # 3/4 .. 4/3, give or take rounding
+    # No crop of such an image fits the aspect-ratio range: the largest centred crop that does.
+    assert prep.train_box(10, 200) == (93, 0, 106, 10)
+    assert prep.train_box(200, 10) == (0, 93, 10, 106)
+
+
+def test_resize_matches_pillow_bilinear(tmp_path):
+    """The uint8 PyTorch resize gives Pillow's antialiased bilinear result, up and down."""
+    smooth = np.linspace(0, 255, 120 * 90 * 3).reshape(120, 90, 3)
+    image = Image.fromarray((smooth + 20 * np.sin(smooth / 7)).clip(0, 255).astype(np.uint8))
+    pixels = torch.from_numpy(np.array(image))
+    for box, size in [((5, 10, 85, 110), (32, 32)), ((20, 30, 40, 45), (64, 48)), ((0, 0, 90, 120), (90, 120))]:
+        ours = resize_pixels(pixels, box, size)
+        theirs = np.asarray(image.resize((size[1], size[0]), Image.BILINEAR, box=box))
+        assert ours.shape == (*size, 3) and ours.dtype == torch.uint8 and ours.is_contiguous()
+        assert np.abs(ours.numpy().astype(int) - theirs).mean() < 1.0, (box, size)
+    flipped = resize_pixels(pixels, (5, 10, 85, 110), (32, 32), flip=True)
+    assert torch.equal(flipped, resize_pixels(pixels, (5, 10, 85, 110), (32, 32)).flip(1))
+    assert flipped.is_contiguous()
+
+
+def test_train_augmentation_is_reproducible_from_the_seed_and_flips(tmp_path):
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    paths = _photos(tmp_path)
+    rows = {"image": paths, "label": [0, 1, 2, 3]}
+    prep = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
+    outputs = []
+    for _ in range(2):
+        random.seed(7)
+        outputs.append(prep.batch_transform(True, "image", "label")(rows)["pixel_values"])
+    assert all(torch.equal(a, b) for a, b in zip(*outputs))
+    no_flip = Preprocessing.build(processor, DataArguments(horizontal_flip=False))
+    flips = set()
+    for seed in range(40):
+        random.seed(seed)
+        plain = no_flip.train_uint8(no_flip.decode(paths[0], train=True))
+        random.seed(seed)
+        maybe_flipped = prep.train_uint8(prep.decode(paths[0], train=True))
+        flips.add(not torch.equal(plain, maybe_flipped))
+        assert torch.equal(plain, maybe_flipped) or torch.equal(plain.flip(1), maybe_flipped)
+    assert flips == {True, False}
+
+
+def test_decode_ahead_fills_the_cache_in_the_background_and_can_be_paused(tmp_path):
+    import datasets
+
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    paths = _photos(tmp_path, count=6)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    rows = datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in [*paths, str(broken)]]})
+    prep = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
+    log = BadImageLog(None)
+    transform = prep.batch_transform(True, "image", "label", bad_images=log, decode_ahead_from=rows)
+    prep.background_allowed.clear()  # paused: only the loader's own image gets decoded
+    first = {"image": [{"path": paths[0], "bytes": None}], "label": [0]}
+    transform(first)
+    thread = prep._cache.background
+    assert thread is not None and thread.is_alive() and thread.daemon
+    assert len(prep._cache.images) == 1
+    prep.background_allowed.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    # Every readable training image is in; the unreadable one is left for the loader to report.
+    assert len(prep._cache.images) == 6 and log.seen == {}
+    for path in paths:
+        cached = prep._cache.get(prep._cache.key({"path": path, "bytes": None}, prep.draft_side(True)))
+        assert torch.equal(cached, torch.from_numpy(np.array(prep.decode(path, train=True))))
+    out = transform({"image": [{"path": str(broken), "bytes": None}], "label": [3]})
+    assert out["labels"] == [-100] and str(broken) in log.seen["train"]
+    # Once per process: a later batch starts nothing new.
+    transform(first)
+    assert prep._cache.background is thread
+
+
+def test_decode_ahead_keeps_to_the_budget_and_is_off_without_a_cache(tmp_path):
+    import datasets
+
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    paths = _photos(tmp_path, count=6)
+    rows = datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths]})
+    small = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
+    small._cache.budget = 80 * 60 * 3 * 3  # room for three decoded 80x60 RGB images
+    small.decode_ahead(rows, "image")
+    small._cache.background.join(timeout=30)
+    assert len(small._cache.images) == 3 and small._cache.used <= small._cache.budget
+    off = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=0))
+    off.decode_ahead(rows, "image")
+    assert off._cache.background is None

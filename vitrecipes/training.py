@@ -41,6 +41,7 @@ def attach_transforms(splits: Splits, prep: Preprocessing, data_args: DataArgume
             split=name,
             bad_images=bad_images,
             max_pixels=data_args.max_image_pixels,
+            decode_ahead_from=dataset if name == "train" and data_args.decode_ahead else None,
         )
         transformed[name] = dataset.with_transform(transform)
     return Splits(
