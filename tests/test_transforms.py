@@ -279,3 +279,19 @@ def test_decode_ahead_keeps_to_the_budget_and_is_off_without_a_cache(tmp_path):
     off = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=0))
     off.decode_ahead(rows, "image")
     assert off._cache.background is None
+
+
+def test_dataloader_workers_transform_batches_and_start_no_decode_ahead_thread(tmp_path):
+    """With workers, each worker decodes for itself; the main process starts no background thread."""
+    import datasets
+
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    paths = _photos(tmp_path, count=8)
+    raw = datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths], "label": list(range(8))})
+    prep = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=64), workers=2)
+    dataset = raw.with_transform(prep.batch_transform(True, "image", "label", decode_ahead_from=raw))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=prep.collate)
+    batches = list(loader)
+    assert [b["pixel_values"].shape for b in batches] == [(4, 3, 32, 32)] * 2
+    assert sorted(torch.cat([b["labels"] for b in batches]).tolist()) == list(range(8))
+    assert prep._cache.background is None and prep._cache.images == {}
