@@ -22,9 +22,12 @@ clock stops while it waits. With DataLoader workers, which would go on preparing
 run waits, the runs go one after the other instead (limit --steps, project, limit --steps, baseline),
 as they do with --interleave_steps 0.
 
-pipeline efficiency = project images/s over all its timed epochs / limit images/s, printed also for
-the first epoch alone and the later epochs. Evaluation and prediction images/s and peak memory are
-measured on the project path. Prints a table, then one JSON line.
+pipeline efficiency = project images/s over all its timed epochs / limit images/s over the limit's
+steps of the same minutes (with turns; otherwise of all its steps), printed also for the first epoch
+alone and for the later epochs, each against the limit of its own minutes. The baseline is compared
+in the same way, and project / baseline is the ratio of the two efficiencies. Evaluation and
+prediction images/s and peak memory are measured on the project path. Prints a table, then one
+JSON line.
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ class TimedRun(TrainerCallback):
         self.name, self.turns, self.turn_steps, self.warmup_steps = name, turns, turn_steps, warmup_steps
         self.trainer_factory = trainer_factory
         self.background = background
-        self.times: dict[int, float] = {}
+        self.times: dict[int, float] = {}  # step -> end, on the run's own clock
+        self.wall: dict[int, float] = {}  # step -> end, on the shared clock
         self.waited = 0.0
         self.stop = threading.Event()  # set from outside: stop at the next step end
         self.trainer = None
@@ -107,6 +111,7 @@ class TimedRun(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.times[state.global_step] = self.clock()
+        self.wall[state.global_step] = time.perf_counter()
         if self.stop.is_set():
             control.should_training_stop = True
         elif self.turn_steps and state.global_step % self.turn_steps == 0:
@@ -140,10 +145,28 @@ class TimedRun(TrainerCallback):
         per_step = self.trainer.args.per_device_train_batch_size * self.trainer.args.world_size
         return (last - first) * per_step / (self.times[last] - self.times[first])
 
+    def step_seconds_between(self, start: float, end: float) -> list[float]:
+        """Own-clock durations of the timed steps that ended between shared-clock times `start` and `end`."""
+        return [
+            self.times[step] - self.times[step - 1]
+            for step in self.times
+            if step > self.warmup_steps and step - 1 in self.times and start < self.wall[step] <= end
+        ]
+
     def timed(self) -> tuple[int, float]:
         """(steps, seconds) after the warm-up."""
         last = max(self.times)
         return last - self.warmup_steps, self.times[last] - self.times[self.warmup_steps]
+
+
+def limit_ips_during(limits: list[TimedRun], run: TimedRun, first: int, last: int, per_step: int):
+    """(images/s, steps) of the limit over its steps that ended while `run` went from step `first` to `last`.
+
+    Taking turns, the limit ran alongside every stretch of the other runs, so each of their numbers
+    is compared with the limit of its own minutes. (None, 0) when no limit step ended then.
+    """
+    seconds = [s for limit in limits for s in limit.step_seconds_between(run.wall[first], run.wall[last])]
+    return (len(seconds) * per_step / sum(seconds), len(seconds)) if seconds else (None, 0)
 
 
 def run_in_turns(runs: list[TimedRun], until_done: list[TimedRun] = ()) -> None:
@@ -306,14 +329,27 @@ def main(argv=None) -> dict:
     run_in_turns(runs, until_done=limits if interleave else ())
 
     steps, seconds = map(sum, zip(*(run.timed() for run in limits)))
-    limit_ips = steps * per_step / seconds
+    whole_limit_ips = steps * per_step / seconds
+
+    def limit_for(run: TimedRun, first: int, last: int) -> tuple[float, int]:
+        """The limit to compare `run`'s steps `first`..`last` with: of the same minutes when taking turns."""
+        ips, count = limit_ips_during(limits, run, first, last, per_step) if interleave else (None, 0)
+        return (ips, count) if ips else (whole_limit_ips, steps)
+
     train_ips = project.ips(epoch_marks[0], epoch_marks[-1])
+    limit_ips, limit_steps = limit_for(project, epoch_marks[0], epoch_marks[-1])
     epoch_ips = [project.ips(a, b) for a, b in zip(epoch_marks, epoch_marks[1:])]
+    epoch_limits = [limit_for(project, a, b)[0] for a, b in zip(epoch_marks, epoch_marks[1:])]
     later_epochs_ips = project.ips(epoch_marks[1], epoch_marks[-1]) if opts.epochs > 1 else None
+    later_limit = limit_for(project, epoch_marks[1], epoch_marks[-1])[0] if opts.epochs > 1 else None
     baseline_ips = baseline.ips() if baseline else None
+    baseline_limit = limit_for(baseline, baseline.warmup_steps, max(baseline.times))[0] if baseline else None
     for run in runs:
         print(f"  {run.name:<12} {run.ips():8.1f} images/s over steps {run.warmup_steps}-{max(run.times)}", flush=True)
-    print("  project per epoch: " + ", ".join(f"{x:.1f}" for x in epoch_ips), flush=True)
+    print(
+        "  project per epoch: " + ", ".join(f"{x:.1f} (limit {y:.1f})" for x, y in zip(epoch_ips, epoch_limits)),
+        flush=True,
+    )
 
     trainer = project.trainer
     validation = project_splits.validation.select(range(min(opts.eval_samples, len(project_splits.validation))))
@@ -341,19 +377,22 @@ def main(argv=None) -> dict:
         "input_size": list(prep.size),
         "interleave_steps": interleave,
         "limit_ips": round(limit_ips, 1),
-        "limit_steps": steps,
+        "limit_steps": limit_steps,
+        "limit_ips_per_epoch": [round(x, 1) for x in epoch_limits],
         "epochs": opts.epochs,
         "train_ips": round(train_ips, 1),
         "efficiency": round(train_ips / limit_ips, 3),
         "train_ips_per_epoch": [round(x, 1) for x in epoch_ips],
         "train_ips_first_epoch": round(epoch_ips[0], 1),
-        "efficiency_first_epoch": round(epoch_ips[0] / limit_ips, 3),
+        "efficiency_first_epoch": round(epoch_ips[0] / epoch_limits[0], 3),
         "train_ips_later_epochs": round(later_epochs_ips, 1) if later_epochs_ips else None,
-        "efficiency_later_epochs": round(later_epochs_ips / limit_ips, 3) if later_epochs_ips else None,
+        "efficiency_later_epochs": round(later_epochs_ips / later_limit, 3) if later_epochs_ips else None,
         "baseline_steps": opts.steps if baseline else None,
         "baseline_ips": round(baseline_ips, 1) if baseline_ips else None,
-        "baseline_efficiency": round(baseline_ips / limit_ips, 3) if baseline_ips else None,
-        "speedup_vs_baseline": round(train_ips / baseline_ips, 3) if baseline_ips else None,
+        "baseline_limit_ips": round(baseline_limit, 1) if baseline else None,
+        "baseline_efficiency": round(baseline_ips / baseline_limit, 3) if baseline else None,
+        # efficiency over efficiency: each run against the limit of its own minutes
+        "speedup_vs_baseline": round(train_ips / limit_ips / (baseline_ips / baseline_limit), 3) if baseline else None,
         "eval_ips": round(eval_ips, 1),
         "predict_ips": round(predict_ips, 1),
         "peak_rss_mib": round(rss),
@@ -364,14 +403,14 @@ def main(argv=None) -> dict:
     print()
     print(f"{'pipeline':<26}{'images/s':>10}{'efficiency':>12}")
     print(f"{'limit (synthetic tensors)':<26}{limit_ips:>10.1f}{1.0:>12.3f}")
-    if baseline_ips:
-        print(f"{'baseline (naive PIL)':<26}{baseline_ips:>10.1f}{baseline_ips / limit_ips:>12.3f}")
+    if baseline:
+        print(f"{'baseline (naive PIL)':<26}{baseline_ips:>10.1f}{baseline_ips / baseline_limit:>12.3f}")
     print(f"{'project':<26}{train_ips:>10.1f}{train_ips / limit_ips:>12.3f}")
     if later_epochs_ips:
-        print(f"{'  first epoch (decoding)':<26}{epoch_ips[0]:>10.1f}{epoch_ips[0] / limit_ips:>12.3f}")
-        print(f"{'  later epochs (cached)':<26}{later_epochs_ips:>10.1f}{later_epochs_ips / limit_ips:>12.3f}")
-    if baseline_ips:
-        print(f"project / baseline: {train_ips / baseline_ips:.2f}x")
+        print(f"{'  first epoch (decoding)':<26}{epoch_ips[0]:>10.1f}{epoch_ips[0] / epoch_limits[0]:>12.3f}")
+        print(f"{'  later epochs (cached)':<26}{later_epochs_ips:>10.1f}{later_epochs_ips / later_limit:>12.3f}")
+    if baseline:
+        print(f"project / baseline: {result['speedup_vs_baseline']:.2f}x (efficiency over efficiency)")
     print(f"evaluation {eval_ips:.1f} images/s, prediction {predict_ips:.1f} images/s, "
           f"peak memory {rss:.0f} MiB (+ workers {workers_rss:.0f} MiB)")  # fmt: skip
     print(json.dumps(result), flush=True)

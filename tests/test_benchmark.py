@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT
 
 FIELDS = {
@@ -49,7 +50,12 @@ def test_benchmark_prints_table_and_json_line():
     assert report["epochs"] == 2 and len(report["train_ips_per_epoch"]) == 2
     # Interleaved: the limit ran for as long as the project (2 epochs of 1197 digits, batch 8: 300 steps).
     assert report["interleave_steps"] == 25
-    assert 300 - 1 <= report["limit_steps"] <= 300 + 25
+    assert 300 - 1 - 25 <= report["limit_steps"] <= 300 + 25
+    # Each epoch and the baseline are compared with the limit of their own minutes.
+    assert len(report["limit_ips_per_epoch"]) == 2 and all(x > 0 for x in report["limit_ips_per_epoch"])
+    first_epoch = report["train_ips_per_epoch"][0] / report["limit_ips_per_epoch"][0]
+    assert report["efficiency_first_epoch"] == pytest.approx(first_epoch, abs=2e-3)
+    assert report["baseline_efficiency"] == round(report["baseline_ips"] / report["baseline_limit_ips"], 3)
     for row in ("limit (synthetic tensors)", "baseline (naive PIL)", "project"):
         assert row in table
 
