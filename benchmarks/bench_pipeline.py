@@ -243,6 +243,10 @@ def main(argv=None) -> dict:
     if argv and not argv[0].startswith("-"):
         argv = ["--recipe", *argv]
     opts, overrides = parser.parse_known_args(argv)
+    if opts.epochs < 1:
+        parser.error(f"--epochs must be 1 or more (the project run trains whole epochs), got {opts.epochs}")
+    if opts.interleave_steps is not None and opts.interleave_steps < 0:
+        parser.error(f"--interleave_steps must be 0 (one run after the other) or more, got {opts.interleave_steps}")
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     if opts.dataset_name:

@@ -102,3 +102,12 @@ def test_runs_take_turns_one_at_a_time():
     assert log == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("c", 1), ("a", 2)]
     assert max(most_running) == 1
     assert turns.turn is None and turns.order == []
+
+
+@pytest.mark.parametrize("args, message", [(["--epochs", "0"], "--epochs must be 1 or more"),
+                                           (["--interleave_steps", "-5"], "--interleave_steps must be 0")])  # fmt: skip
+def test_benchmark_rejects_bad_options_before_any_work(args, message):
+    script = str(ROOT / "benchmarks" / "bench_pipeline.py")
+    result = subprocess.run([sys.executable, script, "recipes/smoke.yaml", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
