@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 
 import transformers
+from torch.utils.data import DataLoader
 from transformers import set_seed
 
+from vitrecipes.adaptation import feature_cache_file, fit_linear_head, merge_lora, prepare_for_adaptation
 from vitrecipes.checkpoints import plan_output_dir
 from vitrecipes.config import parse_recipe, resolved_recipe, save_resolved_recipe
-from vitrecipes.data import drop_unreadable, load_splits
+from vitrecipes.data import cache_root, drop_unreadable, load_splits
 from vitrecipes.errors import RecipeError, user_message
 from vitrecipes.hardware import reuse_freed_memory
 from vitrecipes.hub import finish_for_hub, take_hub_settings
@@ -30,6 +32,7 @@ from vitrecipes.training import (
     attach_transforms,
     build_trainer,
     effective_batch_size,
+    eval_view,
     evaluate_splits,
     format_summary,
     write_metrics,
@@ -66,19 +69,23 @@ def main(argv: list[str] | None = None) -> dict:
         ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()),
     )
 
-    processor = build_image_processor(model_args)
     prep = Preprocessing.build(
-        processor,
+        build_image_processor(model_args),
         data_args,
         mean=model_args.image_mean,
         std=model_args.image_std,
         workers=training_args.dataloader_num_workers,
+        image_size=model_args.image_size,
     )
+    untransformed_train = splits.train
     splits = attach_transforms(splits, prep, data_args, bad_images)
     model = build_model(model_args, splits.class_names)
+    if training_args.do_train:
+        model = prepare_for_adaptation(model, model_args)
     hub = take_hub_settings(training_args)  # we push once at the end; Trainer must not push or pickle the token
 
-    trainer = build_trainer(model, processor, training_args, splits, prep)
+    # The saved processor applies the evaluation transform, so pipeline() sees what evaluation saw.
+    trainer = build_trainer(model, prep.serving_processor(), training_args, splits, prep, data_args)
     metrics: dict = {"effective_batch_size": effective_batch_size(training_args)}
     logger.info(
         "Effective batch size %d = %d per device x %d processes x %d accumulation steps",
@@ -91,9 +98,32 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("Wrote %s", save_resolved_recipe(training_args.output_dir, model_args, data_args, training_args))
 
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        if model_args.adaptation in ("linear_probe", "lp_ft") and resume_from is None:
+            # Every process fits the same head on all the images (not on its shard), so replicas agree;
+            # with the feature cache on, the main process computes the features and the others read them.
+            probe_images = DataLoader(
+                eval_view(untransformed_train, prep, data_args, bad_images),
+                batch_size=training_args.per_device_eval_batch_size,
+                collate_fn=prep.collate,
+                num_workers=training_args.dataloader_num_workers,
+            )
+            cache = feature_cache_file(cache_root(), model_args, prep, untransformed_train)
+            with training_args.main_process_first(desc="linear probe"):
+                metrics["probe"] = fit_linear_head(
+                    model,
+                    probe_images,
+                    model_args.probe_regularization,
+                    cache if model_args.probe_feature_cache else None,
+                )
+        if model_args.adaptation == "linear_probe":
+            probe = metrics["probe"]
+            metrics["train"] = {"train_runtime": probe["probe_feature_seconds"] + probe["probe_fit_seconds"]}
+        else:
+            result = trainer.train(resume_from_checkpoint=resume_from)
+            metrics["train"] = dict(result.metrics, global_step=result.global_step)
+        metrics["train"]["samples"] = len(splits.train)
+        trainer.model = trainer.model_wrapped = merge_lora(trainer.model)
         trainer.save_model()
-        metrics["train"] = dict(result.metrics, samples=len(splits.train))
 
     split_metrics, predictions = evaluate_splits(trainer, splits)
     metrics.update(split_metrics)

@@ -100,3 +100,35 @@ def smoke_run(tmp_path_factory):
     result = run_cli("recipes/smoke.yaml", "--output_dir", out)
     assert result.returncode == 0, result.stderr[-4000:]
     return out, result
+
+
+DINOV2 = (ROOT.parent / "shared" / "models" / "dinov2-small").resolve()
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory) -> Path:
+    """A random DINOv2 backbone (no head), saved like the shared pretrained one."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("tiny-dinov2")
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2, patch_size=8, image_size=32
+    )
+    Dinov2Model(config).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def jpeg_folder(tmp_path) -> Path:
+    """Non-square JPEG photos (the eval resize and centre crop matter), 3 colour classes."""
+    seed = 100
+    for split, per_class in {"train": 10, "validation": 4, "test": 4}.items():
+        for name, colour in CLASS_COLOURS.items():
+            folder = tmp_path / "jpegs" / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                seed += 1
+                size = (72, 48) if i % 2 else (45, 70)  # landscape and portrait
+                class_image(colour, seed, size=size).save(folder / f"{i}.jpg", quality=85)
+    return tmp_path / "jpegs"

@@ -65,7 +65,11 @@ def is_complete_checkpoint(path: Path) -> bool:
         state = json.loads((path / "trainer_state.json").read_text())
         if "global_step" not in state:
             return False
-        weights = path / "model.safetensors"
+        # LoRA runs checkpoint their adapters (and trained head) only.
+        weights = next(
+            (path / n for n in ("model.safetensors", "adapter_model.safetensors") if (path / n).exists()),
+            path / "model.safetensors",
+        )
         with weights.open("rb") as handle:
             header_size = int.from_bytes(handle.read(8), "little")
             header = json.loads(handle.read(header_size))

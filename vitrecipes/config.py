@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from transformers import TrainingArguments
 
+from .adaptation import ADAPTATIONS
 from .errors import RecipeError
 from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_only_settings
 
@@ -84,10 +85,69 @@ class ModelArguments:
         default=True,
         metadata={"help": "Replace a classification head whose size differs from the number of classes."},
     )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Model input side in pixels (e.g. 112 for fast CPU runs); null keeps the image processor's. "
+            "DINOv2 interpolates its position embeddings to any size; for ViT-style checkpoints they are "
+            "resampled once, and the saved model and processor use the new size."
+        },
+    )
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={"help": "Stochastic depth for checkpoints whose config has drop_path_rate (DINOv2, BEiT...)."},
+    )
+    adaptation: str = field(
+        default="full",
+        metadata={
+            "help": "How the pretrained backbone is adapted: 'full' (every weight trains), 'linear_probe' (frozen "
+            "backbone; the head is a logistic regression fitted on features computed once), 'lp_ft' (that probe, "
+            "then full fine-tuning from it), 'freeze' (the first freeze_blocks blocks stay frozen) or 'lora' "
+            "(peft adapters, merged into the saved model)."
+        },
+    )
+    freeze_blocks: int = field(
+        default=0, metadata={"help": "adaptation 'freeze': freeze the embeddings and this many encoder blocks."}
+    )
+    probe_regularization: float = field(
+        default=0.1,
+        metadata={
+            "help": "linear_probe / lp_ft: inverse L2 strength C of the logistic regression on standardised features."
+        },
+    )
+    probe_feature_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "linear_probe / lp_ft: keep the training features on disk (VITRECIPES_CACHE, default "
+            "~/.cache/vitrecipes) and reuse them in later runs with the same backbone, images and transform "
+            "(other seeds, other hyper-parameters)."
+        },
+    )
+    lora_rank: int = field(default=16, metadata={"help": "adaptation 'lora': rank of the adapters."})
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "adaptation 'lora': scale of the adapters (alpha / rank)."}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "adaptation 'lora': dropout on the adapter input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "adaptation 'lora': names of the linear layers that get adapters."},
+    )
 
     def __post_init__(self):
         if self.attn_implementation is not None:
             check_attention_kernel(self.attn_implementation)
+        if self.adaptation not in ADAPTATIONS:
+            raise RecipeError(f"adaptation: {self.adaptation!r} is not known; use one of {', '.join(ADAPTATIONS)}.")
+        if self.adaptation == "freeze" and self.freeze_blocks < 1:
+            raise RecipeError(
+                "adaptation 'freeze' needs freeze_blocks: the number of encoder blocks to freeze (1 or more)."
+            )
+        if self.image_size is not None and self.image_size < 8:
+            raise RecipeError(f"image_size must be a side in pixels (8 or more), got {self.image_size}.")
+        if self.adaptation != "full" and self.model_name_or_path is None:
+            raise RecipeError(
+                f"adaptation '{self.adaptation}' adapts a pretrained checkpoint; from scratch, use 'full'."
+            )
 
 
 @dataclass
@@ -131,10 +191,30 @@ class DataArguments:
     )
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips while training."})
     jpeg_draft: bool = field(
-        default=True,
+        default=False,
         metadata={
-            "help": "Decode JPEGs at 1/2, 1/4 or 1/8 scale when the result still covers the model input "
-            "(eval: the resize target). Several times less decoding work for large photos."
+            "help": "Training only: decode JPEGs at 1/2, 1/4 or 1/8 scale when the result still covers the model "
+            "input. Several times less decoding work for large photos, but small random crops of a drafted image "
+            "are blurrier; worth it only when decoding, not the model, limits the speed (tiny models on a CPU). "
+            "Evaluation always decodes in full, as pipeline() does."
+        },
+    )
+    auto_augment: str = field(
+        default="none",
+        metadata={"help": "After crop and flip: 'trivial' (TrivialAugmentWide), 'rand' (RandAugment) or 'none'."},
+    )
+    random_erasing: float = field(
+        default=0.0, metadata={"help": "Probability of torchvision's RandomErasing per training image (0: off)."}
+    )
+    mixup_alpha: float = field(
+        default=0.0,
+        metadata={"help": "MixUp (torchvision v2) with this Beta(alpha, alpha) on training batches; 0 is off."},
+    )
+    cutmix_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "CutMix (torchvision v2) with this alpha; 0 is off. With both on, each batch uses one of them "
+            "at random. Either switches the loss to cross-entropy on the mixed (soft) targets."
         },
     )
     decoded_image_cache_mib: int = field(
@@ -182,6 +262,13 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        if self.auto_augment not in ("none", "trivial", "rand"):
+            raise RecipeError(f"auto_augment: {self.auto_augment!r} is not known; use 'none', 'trivial' or 'rand'.")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key) < 0:
+                raise RecipeError(f"{key} must be 0 (off) or positive, got {getattr(self, key)}.")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise RecipeError(f"random_erasing is a probability in [0, 1], got {self.random_erasing}.")
         if self.train_augmentation not in ("random_resized_crop", "none"):
             raise RecipeError(
                 f"train_augmentation: {self.train_augmentation!r} is not known; use 'random_resized_crop' or 'none'."
@@ -249,6 +336,25 @@ class RecipeTrainingArguments(TrainingArguments):
             "system (mallopt M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB). Otherwise every training step "
             "page-faults its activations and batches back in (about 3,000 faults a step for the tiny CPU "
             "recipe, 5% of its time). Peak memory can be somewhat higher."
+        },
+    )
+    head_learning_rate_multiplier: float = field(
+        default=1.0,
+        metadata={"help": "The new classification head trains at learning_rate times this."},
+    )
+    layer_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning-rate decay: encoder block i of L trains at learning_rate * layer_decay ** "
+            "(L - i), the embeddings at layer_decay ** (L + 1). 1.0 is off."
+        },
+    )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); 0 is "
+            "off. When on, the final evaluation and the saved model use the averaged weights, so it needs "
+            "load_best_model_at_end: false."
         },
     )
     remove_unused_columns: bool = field(
@@ -542,6 +648,19 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
         )
     if not model_args.model_name_or_path and not model_args.model_type:
         raise RecipeError("Neither model_name_or_path nor model_type is set: the recipe must name a model.")
+    if not 0.0 <= training_args.ema_decay < 1.0:
+        raise RecipeError(f"ema_decay must lie in [0, 1) (0 is off), got {training_args.ema_decay}.")
+    if training_args.ema_decay and training_args.load_best_model_at_end and training_args.do_train:
+        raise RecipeError(
+            "ema_decay: the averaged weights become the final model, so the best checkpoint cannot be reloaded "
+            "over them. Set load_best_model_at_end: false (or ema_decay: 0)."
+        )
+    if not 0.0 < training_args.layer_decay <= 1.0:
+        raise RecipeError(f"layer_decay must lie in (0, 1] (1 is off), got {training_args.layer_decay}.")
+    if training_args.head_learning_rate_multiplier <= 0:
+        raise RecipeError(
+            f"head_learning_rate_multiplier must be positive, got {training_args.head_learning_rate_multiplier}."
+        )
     if model_args.config_overrides and model_args.model_name_or_path:
         raise RecipeError(
             "config_overrides only applies to from-scratch models (model_type). To change a checkpoint's "

@@ -42,7 +42,7 @@ class Splits:
         return [(name, ds) for name, ds in pairs if ds is not None]
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     base = os.environ.get("VITRECIPES_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vitrecipes"
     )
@@ -60,7 +60,7 @@ def materialize_digits(root: Path | None = None, image_size: int = 32) -> Path:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    target = (root or _cache_root()) / f"digits-{image_size}px-v1"
+    target = (root or cache_root()) / f"digits-{image_size}px-v1"
     if (target / "COMPLETE").exists():
         return target
     digits = load_digits()

@@ -50,7 +50,12 @@ _HIDDEN = "***"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MAX_LISTED_LABELS = 100
 _HYPERPARAMETERS = [
+    ("adaptation", "adaptation mode (how the pretrained backbone was adapted)"),
+    ("freeze_blocks", "frozen encoder blocks"),
+    ("lora_rank", "LoRA rank (merged into the weights)"),
     ("learning_rate", "learning rate"),
+    ("head_learning_rate_multiplier", "head learning-rate multiplier"),
+    ("layer_decay", "layer-wise learning-rate decay"),
     ("lr_scheduler_type", "learning-rate schedule"),
     ("warmup_steps", "warm-up steps (below 1: fraction of all steps)"),
     ("num_train_epochs", "epochs"),
@@ -66,6 +71,12 @@ _HYPERPARAMETERS = [
     ("train_augmentation", "train augmentation"),
     ("random_resized_crop_scale", "random-resized-crop scale"),
     ("horizontal_flip", "horizontal flip"),
+    ("auto_augment", "auto-augment policy"),
+    ("random_erasing", "random erasing probability"),
+    ("mixup_alpha", "MixUp alpha"),
+    ("cutmix_alpha", "CutMix alpha"),
+    ("drop_path_rate", "stochastic depth (drop path rate)"),
+    ("ema_decay", "weight EMA decay (the saved weights are the average)"),
     ("eval_crop_pct", "eval crop fraction"),
     ("seed", "seed"),
 ]
@@ -264,6 +275,10 @@ def _training_section(run: RunFiles) -> str:
             continue
         if key == "random_resized_crop_scale" and run.recipe.get("train_augmentation") != "random_resized_crop":
             continue
+        if key == "freeze_blocks" and run.recipe.get("adaptation") != "freeze":
+            continue
+        if key == "lora_rank" and run.recipe.get("adaptation") != "lora":
+            continue
         rows.append(f"| {label} | {_fmt(run.recipe[key])} |")
     train = run.metrics.get("train") or {}
     extra = [
@@ -303,9 +318,10 @@ classifier = pipeline("image-classification", model="{model_ref}")
 classifier("photo.jpg", top_k=3)
 ```
 
-The pipeline resizes the whole image with the image processor. Evaluation resized the shorter side
-to {resize} and centre-cropped; `predict.py` from the recipe repository applies exactly that
-transform, takes files, folders and URLs, and batches on the GPU when there is one:
+The saved image processor applies exactly the evaluation transform (shorter side resized to
+{resize}, bilinear, then centre-cropped), so the pipeline reproduces the reported accuracy.
+`predict.py` from the recipe repository does the same, takes files, folders and URLs, and batches on
+the GPU when there is one:
 
 ```bash
 python predict.py --model {model_ref} photo.jpg more_photos/ --top_k 3

@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
 from .config import ModelArguments
@@ -109,8 +110,15 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         config = AutoConfig.from_pretrained(name, **labels, **_hub_kwargs(model_args))
     except OSError as error:
         raise _missing_checkpoint_error(name, error) from None
+    if model_args.drop_path_rate is not None:
+        if not hasattr(config, "drop_path_rate"):
+            raise RecipeError(
+                f"drop_path_rate: {config.model_type} models have no stochastic depth (their config has no "
+                "drop_path_rate). Remove the key."
+            )
+        config.drop_path_rate = model_args.drop_path_rate
     try:
-        return _as_classifier(
+        model = _as_classifier(
             lambda: AutoModelForImageClassification.from_pretrained(
                 name,
                 config=config,
@@ -123,6 +131,37 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         )
     except OSError as error:
         raise _missing_checkpoint_error(name, error) from None
+    if model_args.image_size:
+        resize_position_embeddings(model, model_args.image_size)
+    return model
+
+
+def resize_position_embeddings(model, image_size: int) -> None:
+    """Make a fixed-size ViT-style checkpoint native at `image_size`, so that it (and pipeline()) needs no flag.
+
+    The model's own `interpolate_pos_encoding` resamples the position grid once; the config then records
+    the new size. Models that interpolate on every call (DINOv2: no `image_size` check) are left as they are.
+    """
+    embeddings = getattr(getattr(model, model.base_model_prefix, None), "embeddings", None)
+    native = getattr(model.config, "image_size", None)
+    if native == image_size or embeddings is None or model.config.model_type == "dinov2":
+        return
+    if not (hasattr(embeddings, "interpolate_pos_encoding") and hasattr(embeddings, "position_embeddings")):
+        raise RecipeError(
+            f"image_size: {type(model).__name__} cannot change its input size from {native}. Remove image_size, "
+            "or use a checkpoint that interpolates position embeddings (ViT, DeiT, DINOv2)."
+        )
+    patch = model.config.patch_size
+    with torch.no_grad():
+        tokens = torch.zeros(1, 1 + (image_size // patch) ** 2, model.config.hidden_size)
+        table = embeddings.interpolate_pos_encoding(tokens, image_size, image_size)
+    embeddings.position_embeddings = torch.nn.Parameter(table.detach().clone())
+    model.config.image_size = image_size
+    for module in (embeddings, embeddings.patch_embeddings):  # where the size checks read it
+        if hasattr(module, "image_size"):
+            module.image_size = (image_size, image_size)
+    embeddings.patch_embeddings.num_patches = (image_size // patch) ** 2
+    logger.info("Position embeddings resampled from %s px to %d px.", native, image_size)
 
 
 def _as_classifier(make, what: str):

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .adaptation import parameter_groups
 from .config import DataArguments
 from .data import Splits
 from .errors import RecipeError
@@ -34,22 +35,31 @@ def attach_transforms(splits: Splits, prep: Preprocessing, data_args: DataArgume
     transformed = {}
     for name, dataset in splits.items():
         bad_images.limits[name] = bad_image_limit(data_args.max_bad_images, len(dataset))
-        transform = prep.batch_transform(
-            train=name == "train",
-            image_column=data_args.image_column_name,
-            label_column=data_args.label_column_name,
-            split=name,
-            bad_images=bad_images,
-            max_pixels=data_args.max_image_pixels,
-            decode_ahead_from=dataset if name == "train" and data_args.decode_ahead else None,
-        )
-        transformed[name] = dataset.with_transform(transform)
+        transformed[name] = _with_transform(dataset, name, name == "train", prep, data_args, bad_images)
     return Splits(
         train=transformed["train"],
         validation=transformed["validation"],
         test=transformed.get("test"),
         class_names=splits.class_names,
     )
+
+
+def eval_view(train: Dataset, prep: Preprocessing, data_args: DataArguments, bad_images: BadImageLog) -> Dataset:
+    """The (untransformed) training split through the evaluation transform: what a linear probe fits on."""
+    return _with_transform(train, "train", False, prep, data_args, bad_images)
+
+
+def _with_transform(dataset, split, train, prep, data_args, bad_images) -> Dataset:
+    transform = prep.batch_transform(
+        train=train,
+        image_column=data_args.image_column_name,
+        label_column=data_args.label_column_name,
+        split=split,
+        bad_images=bad_images,
+        max_pixels=data_args.max_image_pixels,
+        decode_ahead_from=dataset if train and data_args.decode_ahead else None,
+    )
+    return dataset.with_transform(transform)
 
 
 def load_weights(model, checkpoint_dir: str) -> None:
@@ -70,7 +80,41 @@ class NonFiniteLossError(RecipeError):
 
 
 class RecipeTrainer(Trainer):
-    """Trainer whose checkpoint reloads keep every weight (see `load_weights`) and that stops on a NaN loss."""
+    """Trainer whose checkpoint reloads keep every weight (see `load_weights`) and that stops on a NaN loss.
+
+    It also gives the head and the encoder blocks their own learning rates (`head_learning_rate_multiplier`,
+    `layer_decay`) and mixes training batches with MixUp / CutMix (`batch_mixing`) under a soft-target loss.
+    """
+
+    def __init__(self, *args, batch_mixing=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_mixing = batch_mixing
+
+    def create_optimizer(self, model=None):
+        args = self.args
+        if self.optimizer is None and (args.head_learning_rate_multiplier != 1.0 or args.layer_decay != 1.0):
+            model = self.model if model is None else model
+            groups = parameter_groups(
+                model,
+                set(self.get_decay_parameter_names(model)),
+                args.learning_rate,
+                args.weight_decay,
+                args.head_learning_rate_multiplier,
+                args.layer_decay,
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return super().create_optimizer(model)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.batch_mixing is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        pixels, targets = self.batch_mixing(inputs["pixel_values"], inputs["labels"])
+        outputs = model(pixel_values=pixels)
+        smoothing = self.args.label_smoothing_factor
+        targets = targets * (1.0 - smoothing) + smoothing / targets.shape[-1]
+        loss = -(targets * torch.log_softmax(outputs.logits.float(), dim=-1)).sum(-1).mean()
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -88,7 +132,8 @@ class RecipeTrainer(Trainer):
         return loss
 
     def _plain_reload(self) -> bool:
-        return not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        # Trainer's own reload is right for these (a LoRA checkpoint holds only the adapters and the head).
+        return not (self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(self.model, "peft_config"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if not self._plain_reload():
@@ -110,7 +155,67 @@ def _last_checkpoint_name(output_dir: str) -> str | None:
     return str(steps[-1]) if steps else None
 
 
-def build_trainer(model, processor, args: TrainingArguments, splits: Splits, prep: Preprocessing) -> Trainer:
+class BatchMixing:
+    """MixUp and/or CutMix from torchvision v2 on a normalised batch; labels become soft (n, classes) targets.
+
+    A batch holding an unreadable-image placeholder (label IGNORE_INDEX) is left unmixed with one-hot
+    targets whose placeholder rows are zero, so that image still counts for nothing.
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float):
+        from torchvision.transforms import v2
+
+        choices = []
+        if mixup_alpha > 0:
+            choices.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            choices.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        self.num_classes = num_classes
+        self.mix = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+    def __call__(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        readable = labels != IGNORE_INDEX
+        if readable.all():
+            return self.mix(pixels, labels)
+        targets = torch.nn.functional.one_hot(labels.clamp(min=0), self.num_classes).to(pixels.dtype)
+        return pixels, targets * readable.unsqueeze(1)
+
+
+class WeightAverage(TrainerCallback):
+    """An exponential moving average of the weights (torch's AveragedModel), copied into the model at the end.
+
+    The per-epoch validation during training sees the raw weights; the final evaluation and the saved
+    model use the average.
+    """
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.average = None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        if self.average is None:
+            self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+        self.average.update_parameters(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.average is not None:
+            model.load_state_dict(self.average.module.state_dict())
+            logger.info("The final model holds the moving average of the weights (ema_decay %g).", self.decay)
+
+
+def build_trainer(
+    model,
+    processor,
+    args: TrainingArguments,
+    splits: Splits,
+    prep: Preprocessing,
+    data_args: DataArguments | None = None,
+) -> Trainer:
+    mixing = None
+    if data_args is not None and (data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0):
+        mixing = BatchMixing(len(splits.class_names), data_args.mixup_alpha, data_args.cutmix_alpha)
     return RecipeTrainer(
         model=model,
         args=args,
@@ -119,6 +224,8 @@ def build_trainer(model, processor, args: TrainingArguments, splits: Splits, pre
         data_collator=prep.collate,
         processing_class=processor,
         compute_metrics=compute_metrics,
+        callbacks=[WeightAverage(args.ema_decay)] if args.ema_decay else None,
+        batch_mixing=mixing,
     )
 
 

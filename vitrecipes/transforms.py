@@ -23,6 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as tvF
+from transformers import BitImageProcessor
+from transformers.image_utils import PILImageResampling
 
 from .config import DataArguments
 from .errors import BadImagesError
@@ -259,19 +263,14 @@ def as_pixels(image: Image.Image) -> torch.Tensor:
 def resize_pixels(pixels: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int], flip: bool = False):
     """Crop `box` (left, top, right, bottom) out of (H, W, 3) uint8 pixels and resize it to `size` (h, w).
 
-    Bilinear with antialiasing when shrinking, as Pillow's resize does, but through PyTorch's
-    vectorised uint8 kernel: about 4x faster than Pillow on this work (see benchmarks/). That kernel
-    takes channels-last memory, which is what (H, W, 3) pixels already are.
+    torchvision's `resized_crop` on uint8: bilinear with antialiasing, PyTorch's vectorised kernel
+    (about 4x faster than Pillow's resize, see benchmarks/), the same one the eval transform and the
+    saved image processor use.
     """
     left, top, right, bottom = box
-    region = pixels[top:bottom, left:right].permute(2, 0, 1).unsqueeze(0)
-    if tuple(region.shape[-2:]) == tuple(size):
-        out = region.contiguous(memory_format=torch.channels_last)
-    else:
-        region = region.contiguous(memory_format=torch.channels_last)
-        out = torch.nn.functional.interpolate(region, size=size, mode="bilinear", antialias=True, align_corners=False)
-    out = out[0].permute(1, 2, 0)  # (h, w, 3)
-    return out.flip(1) if flip else out.contiguous()  # contiguous, so a batch stacks with one copy each
+    out = tvF.resized_crop(pixels.permute(2, 0, 1), top, left, bottom - top, right - left, list(size), antialias=True)
+    out = tvF.horizontal_flip(out) if flip else out
+    return out.permute(1, 2, 0).contiguous()  # contiguous, so a batch stacks with one copy each
 
 
 @dataclass
@@ -296,11 +295,15 @@ class Preprocessing:
     jpeg_draft: bool = True
     worker_niceness: int = 0
     cache_mib: int = 0  # per process; see DecodedImageCache
+    augment: Any = None  # a torchvision v2 transform on (3, H, W) uint8 after crop and flip, or None
 
     @classmethod
-    def build(cls, processor, data_args: DataArguments, mean=None, std=None, workers: int = 0) -> Preprocessing:
-        """`workers`: DataLoader worker processes per training process; they share the cache budget."""
-        size = image_size_from_processor(processor)
+    def build(
+        cls, processor, data_args: DataArguments, mean=None, std=None, workers: int = 0, image_size: int | None = None
+    ) -> Preprocessing:
+        """`workers`: DataLoader worker processes per training process; they share the cache budget.
+        `image_size`: the model input side, instead of the processor's."""
+        size = (image_size, image_size) if image_size else image_size_from_processor(processor)
         return cls(
             size=size,
             mean=list(mean or getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5]),
@@ -312,6 +315,7 @@ class Preprocessing:
             jpeg_draft=data_args.jpeg_draft,
             worker_niceness=data_args.dataloader_worker_niceness,
             cache_mib=data_args.decoded_image_cache_mib // max(1, workers),
+            augment=image_augmentation(data_args, mean or getattr(processor, "image_mean", None)),
         )
 
     def decode(self, value: Any, train: bool, max_pixels: int | None = None) -> Image.Image:
@@ -327,13 +331,14 @@ class Preprocessing:
             raise Image.DecompressionBombError(
                 f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
             )
-        if self.jpeg_draft and image.format == "JPEG":
+        if self.jpeg_draft and train and image.format == "JPEG":
             side = self.draft_side(train)
             image.draft("RGB", (side, side))
         return to_rgb(image)
 
     def draft_side(self, train: bool) -> int:
-        return max(self.size) if train else self.resize_to
+        """The side a drafted JPEG keeps at least (0: decoded in full, as evaluation always is)."""
+        return max(self.size) if train and self.jpeg_draft else 0
 
     def decode_pixels(self, value: Any, train: bool, max_pixels: int | None = None) -> torch.Tensor:
         """`decode` as (H, W, 3) uint8 pixels, served from memory when this process has decoded them before."""
@@ -418,18 +423,41 @@ class Preprocessing:
         _lower_worker_priority(self.worker_niceness)
         box = self.train_box(pixels.shape[0], pixels.shape[1])
         flip = self.horizontal_flip and random.random() < 0.5
-        return resize_pixels(pixels, box, self.size, flip)
+        out = resize_pixels(pixels, box, self.size, flip)
+        if self.augment is not None:  # torchvision's v2 transforms work on (3, H, W) uint8
+            out = self.augment(out.permute(2, 0, 1)).permute(1, 2, 0).contiguous()
+        return out
 
     def eval_uint8(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        """Resize the shorter side to `resize_to`, then take the centre crop of the model's size."""
+        """Resize the shorter side to `resize_to`, then take the centre crop of the model's size.
+
+        The same torchvision operations, output-size rounding and crop offsets as the image processor
+        saved with the model (`serving_processor`), so `pipeline()` sees exactly these pixels.
+        """
         pixels = image if isinstance(image, torch.Tensor) else as_pixels(image)
         _lower_worker_priority(self.worker_niceness)
-        height, width = pixels.shape[:2]
-        scale = self.resize_to / min(height, width)
-        resized = (max(round(height * scale), self.size[0]), max(round(width * scale), self.size[1]))
-        pixels = resize_pixels(pixels, (0, 0, width, height), resized)
-        top, left = (resized[0] - self.size[0]) // 2, (resized[1] - self.size[1]) // 2
-        return pixels[top : top + self.size[0], left : left + self.size[1]].contiguous()
+        resized = tvF.resize(
+            pixels.permute(2, 0, 1), self.resize_to, interpolation=tvF.InterpolationMode.BILINEAR, antialias=True
+        )
+        height, width = resized.shape[-2:]  # the shorter side is resize_to >= either side of the crop
+        top, left = (height - self.size[0]) // 2, (width - self.size[1]) // 2
+        return resized[:, top : top + self.size[0], left : left + self.size[1]].permute(1, 2, 0).contiguous()
+
+    def serving_processor(self):
+        """An image processor that gives `pipeline()` exactly the evaluation transform's pixels."""
+        return BitImageProcessor(
+            do_resize=True,
+            size={"shortest_edge": self.resize_to},
+            resample=PILImageResampling.BILINEAR,
+            do_center_crop=True,
+            crop_size={"height": self.size[0], "width": self.size[1]},
+            do_rescale=True,
+            rescale_factor=1 / 255,
+            do_normalize=True,
+            image_mean=list(self.mean),
+            image_std=list(self.std),
+            do_convert_rgb=True,
+        )
 
     def __post_init__(self):
         # (x / 255 - mean) / std == x * scale + shift, precomputed once
@@ -497,6 +525,22 @@ class Preprocessing:
             return {"pixel_values": pixels, "labels": labels}
 
         return transform
+
+
+def image_augmentation(data_args: DataArguments, mean=None):
+    """TrivialAugment / RandAugment and random erasing from torchvision, or None when both are off.
+
+    Erased areas take the normalisation mean, so they become zeros at the model input.
+    """
+    steps = []
+    if data_args.auto_augment == "trivial":
+        steps.append(v2.TrivialAugmentWide())
+    elif data_args.auto_augment == "rand":
+        steps.append(v2.RandAugment())
+    if data_args.random_erasing > 0:
+        fill = [round(255 * m) for m in (mean or [0.5, 0.5, 0.5])]
+        steps.append(v2.RandomErasing(p=data_args.random_erasing, value=fill))
+    return v2.Compose(steps) if steps else None
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

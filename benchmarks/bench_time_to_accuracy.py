@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Test accuracy against wall-clock time, for each way of adapting a pretrained model.
+
+    python benchmarks/bench_time_to_accuracy.py                          # every pipeline, 3 seeds (hours on 2 cores)
+    python benchmarks/bench_time_to_accuracy.py --pipelines example recipe --seeds 42 43 44
+
+Each run is the command a user types, `python run_snacks.py RECIPE --seed S --output_dir ...`, timed
+from start to exit: loading, training and the validation and test evaluation all count. Accuracy is
+read from the run's metrics.json. The pipelines share the model, the data and the machine:
+
+- example:      the transformers image-classification example's set-up run through run_snacks.py
+                (full fine-tuning, RandomResizedCrop(0.08-1) + flip, Trainer defaults: lr 5e-5, linear
+                decay, no warm-up, no weight decay or label smoothing), 1 epoch, batch 16: the baseline;
+- recipe:       the CPU recipe as it is;
+- linear_probe, full, freeze, lora: the recipe with another `adaptation` mode.
+
+The probe-feature cache is off, so every run pays for its own features, as a user's first run does.
+Finished runs found in --out are read back instead of rerun, so an interrupted benchmark resumes.
+Writes <out>/time_to_accuracy.json, a markdown table (time_to_accuracy.md) and a plot (.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "dinov2-small" / "snacks" / "config_cpu.yaml"
+
+EXAMPLE = {
+    "adaptation": "full",
+    "num_train_epochs": 1,
+    "max_steps": -1,
+    "per_device_train_batch_size": 16,
+    "learning_rate": 5.0e-5,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "label_smoothing_factor": 0.0,
+    "layer_decay": 1.0,
+    "random_resized_crop_scale": "0.08,1.0",
+    "eval_crop_pct": 1.0,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "load_best_model_at_end": True,
+}
+PIPELINES = {
+    "example": EXAMPLE,
+    "recipe": {},
+    "linear_probe": {"adaptation": "linear_probe"},
+    "full": {"adaptation": "full", "head_learning_rate_multiplier": 10},
+    "freeze": {"adaptation": "freeze", "freeze_blocks": 6, "head_learning_rate_multiplier": 10},
+    "lora": {"adaptation": "lora", "learning_rate": 5.0e-4},
+}
+
+
+def run_once(name: str, seed: int, out: Path, recipe: Path, extra: list[str]) -> dict:
+    folder = out / f"{name}-seed{seed}"
+    record = folder / "benchmark_run.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    overrides = [f"--{k}={v}" for k, v in PIPELINES[name].items()]
+    command = [sys.executable, str(ROOT / "run_snacks.py"), str(recipe), *overrides, f"--seed={seed}",
+               f"--output_dir={folder}", "--overwrite_output_dir", "--probe_feature_cache=false", *extra]  # fmt: skip
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{name} seed {seed} failed:\n{result.stderr[-3000:]}")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    entry = {
+        "pipeline": name,
+        "seed": seed,
+        "wall_s": round(wall, 1),
+        "train_s": round(metrics["train"].get("train_runtime", 0.0), 1),
+        "validation_accuracy": metrics["validation"]["accuracy"],
+        "test_accuracy": metrics["test"]["accuracy"],
+        "command": " ".join(command[1:]),
+    }
+    record.write_text(json.dumps(entry, indent=2) + "\n")
+    print(f"{name:>13} seed {seed}: test {entry['test_accuracy']:.4f}  wall {wall:7.1f} s", flush=True)
+    return entry
+
+
+def summarise(entries: list[dict]) -> list[dict]:
+    rows = []
+    for name in dict.fromkeys(e["pipeline"] for e in entries):
+        runs = [e for e in entries if e["pipeline"] == name]
+
+        def stats(key, runs=runs):
+            values = [r[key] for r in runs]
+            return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+        rows.append({"pipeline": name, "seeds": [r["seed"] for r in runs], **{
+            f"{key}_{part}": value
+            for key in ("test_accuracy", "validation_accuracy", "wall_s", "train_s")
+            for part, value in zip(("mean", "std"), stats(key))
+        }})  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| pipeline | seeds | test accuracy | validation accuracy | whole command (s) | training (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['pipeline']} | {len(r['seeds'])} | {r['test_accuracy_mean']:.3f} ± {r['test_accuracy_std']:.3f} | "
+            f"{r['validation_accuracy_mean']:.3f} ± {r['validation_accuracy_std']:.3f} | "
+            f"{r['wall_s_mean']:.0f} ± {r['wall_s_std']:.0f} | {r['train_s_mean']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(entries: list[dict], rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    for r in rows:
+        runs = [e for e in entries if e["pipeline"] == r["pipeline"]]
+        points = axes.scatter([e["wall_s"] for e in runs], [e["test_accuracy"] for e in runs], alpha=0.4)
+        axes.errorbar(r["wall_s_mean"], r["test_accuracy_mean"], xerr=r["wall_s_std"], yerr=r["test_accuracy_std"],
+                      fmt="o", color=points.get_facecolor()[0][:3], capsize=3, label=r["pipeline"])  # fmt: skip
+    axes.set_xlabel("whole command, wall-clock seconds (training and evaluation)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title("Time to accuracy (mean ± std over seeds; dots are single runs)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_time_to_accuracy")
+    args, extra = parser.parse_known_args(argv)  # anything else is passed on as recipe overrides
+    if not args.recipe.is_file():
+        parser.error(f"--recipe {args.recipe} does not exist.")
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    entries = [run_once(name, seed, args.out, args.recipe, extra) for name in args.pipelines for seed in args.seeds]
+    rows = summarise(entries)
+    table = markdown(rows)
+    (args.out / "time_to_accuracy.md").write_text(table)
+    (args.out / "time_to_accuracy.json").write_text(json.dumps({"runs": entries, "summary": rows}, indent=2) + "\n")
+    plot(entries, rows, args.out / "time_to_accuracy.png")
+    print(table + f"\nWrote {args.out / 'time_to_accuracy.md'}, .json and .png", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

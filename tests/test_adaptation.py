@@ -1,0 +1,232 @@
+"""Adaptation modes and fine-tuning techniques: real Trainer runs on tiny checkpoints and real images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+
+import run_snacks
+from vitrecipes.adaptation import fit_linear_head, freeze_first_blocks, head_features, parameter_groups
+from vitrecipes.errors import RecipeError
+from vitrecipes.training import BatchMixing, RecipeTrainer
+
+
+def _run(tmp_path, checkpoint, data, *extra, name="out"):
+    out = tmp_path / name
+    argv = [
+        "--model_name_or_path", str(checkpoint), "--dataset_name", str(data), "--output_dir", str(out),
+        "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--learning_rate", "1.0e-3",
+        "--logging_steps", "1", "--use_cpu", "--report_to", "none", *map(str, extra),
+    ]  # fmt: skip
+    return out, run_snacks.main(argv)
+
+
+def _tiny_vit(**config) -> ViTForImageClassification:
+    return ViTForImageClassification(
+        ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
+                  image_size=16, patch_size=8, **config)
+    )  # fmt: skip
+
+
+def _weights(folder) -> dict:
+    """Parameters as the model names them (the file may use legacy names that from_pretrained renames)."""
+    return AutoModelForImageClassification.from_pretrained(folder).state_dict()
+
+
+def _backbone(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith("classifier")}
+
+
+def test_linear_probe_keeps_the_backbone_fits_the_head_and_reuses_its_features(
+    tmp_path, tiny_dinov2, jpeg_folder, monkeypatch
+):
+    monkeypatch.setenv("VITRECIPES_CACHE", str(tmp_path / "cache"))
+    out, metrics = _run(tmp_path, tiny_dinov2, jpeg_folder, "--adaptation", "linear_probe")
+    saved = _weights(out)
+    original = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=3).state_dict()
+    for key, value in _backbone(saved).items():
+        assert torch.equal(value, original[key]), key  # the backbone did not move
+    assert metrics["probe"]["probe_samples"] == 30 and not metrics["probe"]["probe_features_cached"]
+    # Colour classes are linearly separable in any random feature space that keeps colour.
+    assert metrics["validation"]["accuracy"] == 1.0 and metrics["test"]["accuracy"] == 1.0
+    assert not list(out.glob("checkpoint-*"))  # no Trainer loop: the head is fitted directly
+    card = (out / "README.md").read_text()
+    assert "| adaptation mode (how the pretrained backbone was adapted) | linear_probe |" in card
+    assert len(list((tmp_path / "cache" / "probe-features").glob("*.npz"))) == 1
+
+    _, again = _run(tmp_path, tiny_dinov2, jpeg_folder, "--adaptation", "linear_probe", name="again")
+    assert again["probe"]["probe_features_cached"]
+    assert again["validation"]["accuracy"] == metrics["validation"]["accuracy"]
+
+
+def test_fitted_head_reproduces_the_logistic_regression_exactly(tiny_dinov2, jpeg_folder):
+    """The standardisation folded into the head gives scikit-learn's decisions, as logits."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    model = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=3)
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        {"pixel_values": torch.randn(6, 3, 32, 32, generator=generator), "labels": torch.tensor([0, 1, 2] * 2)}
+        for _ in range(3)
+    ]
+    fit_linear_head(model, batches, regularization=0.5)
+    features, labels = head_features(model, batches)
+    scaler = StandardScaler().fit(features)
+    reference = LogisticRegression(C=0.5, max_iter=1000).fit(scaler.transform(features), labels)
+    with torch.no_grad():
+        logits = torch.cat([model(pixel_values=b["pixel_values"]).logits for b in batches]).numpy()
+    expected = reference.decision_function(scaler.transform(features))
+    np.testing.assert_allclose(
+        logits - logits.mean(1, keepdims=True), expected - expected.mean(1, keepdims=True), atol=1e-3
+    )
+
+
+def test_lp_ft_starts_from_the_probe_then_trains_everything(tmp_path, tiny_dinov2, jpeg_folder, monkeypatch):
+    monkeypatch.setenv("VITRECIPES_CACHE", str(tmp_path / "cache"))
+    out, metrics = _run(tmp_path, tiny_dinov2, jpeg_folder, "--adaptation", "lp_ft", "--learning_rate", "1.0e-3")
+    assert metrics["probe"]["probe_samples"] == 30 and metrics["train"]["global_step"] == 8
+    saved = _weights(out)
+    original = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=3).state_dict()
+    moved = [k for k, v in _backbone(saved).items() if not torch.equal(v, original[k])]
+    assert any("encoder.layer.0." in k for k in moved)  # the whole backbone trained after the probe
+
+
+def test_lora_output_is_a_plain_merged_checkpoint(tmp_path, tiny_dinov2, jpeg_folder):
+    out, metrics = _run(tmp_path, tiny_dinov2, jpeg_folder, "--adaptation", "lora", "--lora_rank", "4")
+    names = {p.name for p in out.iterdir()}
+    assert "model.safetensors" in names and "adapter_config.json" not in names
+    assert "adapter_model.safetensors" not in names
+    assert not any("lora" in k for k in load_file(out / "model.safetensors"))
+    saved = _weights(out)
+    original = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=3).state_dict()
+    moved = {k for k, v in _backbone(saved).items() if not torch.equal(v, original[k])}
+    assert moved and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in moved)  # merged adapters only
+    reloaded = AutoModelForImageClassification.from_pretrained(out)  # no peft needed
+    assert type(reloaded).__name__ == "Dinov2ForImageClassification"
+    assert metrics["validation"]["samples"] == 12
+
+
+def test_lora_merge_gives_the_adapted_model_outputs(tiny_dinov2):
+    from vitrecipes.adaptation import add_lora, merge_lora
+
+    torch.manual_seed(0)
+    model = add_lora(
+        AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=3), 4, 8.0, 0.0, ["q_proj"]
+    )
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter)  # B starts at zero: make the adapters do something
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        adapted = model(pixel_values=x).logits
+        merged = merge_lora(model)
+        assert not hasattr(merged, "peft_config")
+        np.testing.assert_allclose(merged(pixel_values=x).logits.numpy(), adapted.numpy(), atol=1e-5)
+
+
+def test_freeze_keeps_the_first_blocks_and_trains_the_rest(tmp_path, tiny_dinov2, jpeg_folder):
+    out, _ = _run(tmp_path, tiny_dinov2, jpeg_folder, "--adaptation", "freeze", "--freeze_blocks", "2")
+    saved = _weights(out)
+    original = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=3).state_dict()
+    moved = {k for k, v in _backbone(saved).items() if not torch.equal(v, original[k])}
+    assert not any("embeddings" in k or ".layer.0." in k or ".layer.1." in k for k in moved)
+    assert any(".layer.2." in k for k in moved)
+
+
+def test_freeze_blocks_out_of_range_is_named():
+    model = _tiny_vit()
+    with pytest.raises(RecipeError, match="freeze_blocks: 3 is not between 1 and the model's 2 blocks"):
+        freeze_first_blocks(model, 3)
+
+
+def test_head_multiplier_and_layer_decay_set_each_group_rate():
+    model = _tiny_vit(num_labels=3)
+    decay = {n for n, _ in model.named_parameters() if not n.endswith("bias")}
+    groups = parameter_groups(model, decay, 1.0, 0.1, head_multiplier=10.0, layer_decay=0.5)
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert rate[id(params["classifier.weight"])] == 10.0
+    assert rate[id(params["vit.layernorm.weight"])] == 1.0  # after the last block
+    assert rate[id(params["vit.layers.1.mlp.fc2.weight"])] == 0.5
+    assert rate[id(params["vit.layers.0.mlp.fc2.weight"])] == 0.25
+    assert rate[id(params["vit.embeddings.cls_token"])] == 0.125
+    wd = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert wd[id(params["classifier.bias"])] == 0.0 and wd[id(params["classifier.weight"])] == 0.1
+    assert sum(len(g["params"]) for g in groups) == len(params)
+
+
+def test_trainer_optimizer_uses_the_groups(tmp_path, tiny_checkpoint):
+    from vitrecipes.config import RecipeTrainingArguments
+
+    args = RecipeTrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-3, head_learning_rate_multiplier=5.0, use_cpu=True,
+        report_to="none", eval_strategy="no", load_best_model_at_end=False,
+    )  # fmt: skip
+    model = AutoModelForImageClassification.from_pretrained(tiny_checkpoint)
+    optimizer = RecipeTrainer(model=model, args=args).create_optimizer()
+    rates = sorted({group["lr"] for group in optimizer.param_groups})
+    assert rates == pytest.approx([1e-3, 5e-3])
+
+
+def test_batch_mixing_gives_soft_targets_and_spares_placeholders():
+    torch.manual_seed(0)
+    mixing = BatchMixing(num_classes=4, mixup_alpha=0.4, cutmix_alpha=1.0)
+    pixels, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    mixed, targets = mixing(pixels, labels)
+    assert targets.shape == (6, 4) and torch.allclose(targets.sum(1), torch.ones(6))
+    assert (targets > 0).sum() > 6  # two classes per row after mixing
+    _, targets = mixing(pixels, torch.tensor([0, 1, -100, 3, 0, 1]))
+    assert targets[2].sum() == 0 and torch.equal(targets[0], torch.tensor([1.0, 0, 0, 0]))
+
+
+def test_every_technique_together_trains_and_saves_the_weight_average(tmp_path, tiny_dinov2, jpeg_folder):
+    out, metrics = _run(
+        tmp_path, tiny_dinov2, jpeg_folder,
+        "--auto_augment", "trivial", "--random_erasing", "0.25", "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0",
+        "--label_smoothing_factor", "0.1", "--drop_path_rate", "0.1", "--layer_decay", "0.75",
+        "--head_learning_rate_multiplier", "10", "--ema_decay", "0.5", "--load_best_model_at_end", "false",
+        "--save_strategy", "no", "--lr_scheduler_type", "cosine", "--warmup_steps", "0.25",
+    )  # fmt: skip
+    assert np.isfinite(metrics["train"]["train_loss"])
+    assert AutoModelForImageClassification.from_pretrained(out).config.drop_path_rate == 0.1
+    # The saved weights are the average: evaluating them again gives the reported numbers.
+    _, again = _run(tmp_path, out, jpeg_folder, "--do_train", "false", name="eval")
+    assert again["validation"]["accuracy"] == metrics["validation"]["accuracy"]
+    assert again["validation"]["cross_entropy"] == pytest.approx(metrics["validation"]["cross_entropy"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--adaptation", "probe"], "adaptation: 'probe' is not known"),
+        (["--adaptation", "freeze"], "needs freeze_blocks"),
+        (["--ema_decay", "0.99"], "Set load_best_model_at_end: false"),
+        (["--layer_decay", "1.5"], "layer_decay must lie in"),
+        (["--drop_path_rate", "0.1"], "vit models have no stochastic depth"),
+        (["--adaptation", "lora", "--lora_target_modules", "qkv"], "lora_target_modules: ['qkv']"),
+        (["--auto_augment", "autoaugment"], "auto_augment: 'autoaugment' is not known"),
+        (["--mixup_alpha", "-1"], "mixup_alpha must be 0"),
+    ],
+)
+def test_bad_adaptation_settings_are_named(tmp_path, tiny_checkpoint, imagefolder, extra, message):
+    with pytest.raises(RecipeError) as error:
+        _run(tmp_path, tiny_checkpoint, imagefolder, *extra)
+    assert message in str(error.value)
+
+
+def test_image_size_makes_a_vit_checkpoint_native_at_the_new_size(tmp_path, tiny_checkpoint, jpeg_folder):
+    out, metrics = _run(tmp_path, tiny_checkpoint, jpeg_folder, "--image_size", "48", "--num_train_epochs", "1")
+    config = json.loads((out / "config.json").read_text())
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert config["image_size"] == 48 and processor["crop_size"] == {"height": 48, "width": 48}
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.vit.embeddings.position_embeddings.shape[1] == 1 + (48 // 8) ** 2
+    model(pixel_values=torch.zeros(1, 3, 48, 48))  # no interpolate_pos_encoding flag needed
+    assert metrics["validation"]["samples"] == 12

@@ -1,0 +1,233 @@
+"""How a pretrained backbone is adapted: which weights train, at which learning rate, from which head.
+
+Modes (recipe key `adaptation`):
+- `full`: every weight trains (with optional head multiplier and layer-wise decay);
+- `linear_probe`: the backbone stays frozen; the head is fitted by scikit-learn's logistic regression on
+  features computed once, in seconds, instead of by Trainer;
+- `lp_ft`: that probe first, then full fine-tuning starting from the fitted head;
+- `freeze`: the embeddings and the first `freeze_blocks` encoder blocks stay frozen;
+- `lora`: low-rank adapters through `peft` on the attention projections, head trained fully; the adapters
+  are merged before saving, so the output is a plain checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import RecipeError
+
+logger = logging.getLogger(__name__)
+
+ADAPTATIONS = ("full", "linear_probe", "lp_ft", "freeze", "lora")
+_BLOCK_INDEX = re.compile(r"\.(?:layer|layers|blocks)\.(\d+)\.")
+
+
+def feature_cache_file(root: Path, model_args, prep, train_dataset) -> Path:
+    """Where the probe features of this backbone, transform and training split are kept."""
+    source = model_args.model_name_or_path
+    weights = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    identity = {
+        "model": str(Path(source).resolve()) if weights else source,
+        "revision": model_args.model_revision,
+        "weights": [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
+        "transform": [list(prep.size), prep.resize_to, list(prep.mean), list(prep.std)],
+        "images": train_dataset._fingerprint,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    return root / "probe-features" / f"{digest}.npz"
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The single linear layer that turns the backbone's features into class logits."""
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Linear):
+        raise RecipeError(
+            f"{type(model).__name__} has no single linear `classifier` head, which the adaptation modes "
+            "linear_probe and lp_ft fit. Use adaptation: full, freeze or lora with this model."
+        )
+    return head
+
+
+def encoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The Transformer blocks in order (`vit.layers`, `dinov2.encoder.layer`, ...)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.endswith(("layer", "layers", "blocks")):
+            return module
+    raise RecipeError(
+        f"{type(model).__name__}: no list of encoder blocks (`layers`, `encoder.layer`) was found, so "
+        "freeze_blocks and layer_decay cannot tell the depth of a parameter. Use adaptation: full and layer_decay: 1.0."
+    )
+
+
+def block_depth(name: str, num_blocks: int) -> int:
+    """0 for the embeddings, i + 1 for block i, num_blocks + 1 for what comes after (final norm, head)."""
+    if "embeddings" in name:
+        return 0
+    found = _BLOCK_INDEX.search(f".{name}")
+    return int(found.group(1)) + 1 if found else num_blocks + 1
+
+
+def freeze_first_blocks(model: nn.Module, count: int) -> int:
+    """Stop gradients to the embeddings and the first `count` blocks; return the parameters left trainable."""
+    blocks = encoder_blocks(model)
+    if not 0 < count <= len(blocks):
+        raise RecipeError(f"freeze_blocks: {count} is not between 1 and the model's {len(blocks)} blocks.")
+    for name, parameter in model.named_parameters():
+        if block_depth(name, len(blocks)) <= count:
+            parameter.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def parameter_groups(
+    model: nn.Module,
+    decay_names: set[str],
+    learning_rate: float,
+    weight_decay: float,
+    head_multiplier: float,
+    layer_decay: float,
+) -> list[dict]:
+    """Optimiser groups: the head at `head_multiplier` x the rate, block d at layer_decay ** (depth - d)."""
+    num_blocks = len(encoder_blocks(model)) if layer_decay != 1.0 else 0
+    groups: dict[tuple[float, float], list] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if "classifier" in name.split("."):
+            scale = head_multiplier
+        else:
+            scale = layer_decay ** (num_blocks + 1 - block_depth(name, num_blocks)) if num_blocks else 1.0
+        key = (learning_rate * scale, weight_decay if name in decay_names else 0.0)
+        groups.setdefault(key, []).append(parameter)
+    return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
+
+
+def prepare_for_adaptation(model: nn.Module, model_args) -> nn.Module:
+    """Freeze or wrap `model` as its `adaptation` mode asks; `full` and `lp_ft` train everything."""
+    mode = model_args.adaptation
+    if mode == "linear_probe":
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_("classifier" in name.split("."))
+    elif mode == "freeze":
+        trainable = freeze_first_blocks(model, model_args.freeze_blocks)
+        logger.info("Frozen: embeddings and %d blocks; %d parameters train.", model_args.freeze_blocks, trainable)
+    elif mode == "lora":
+        model = add_lora(
+            model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+        )
+    return model
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_modules: list[str]):
+    """Wrap `model` with peft LoRA adapters; the classification head trains in full."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, modules_to_save=["classifier"]
+    )
+    try:
+        wrapped = get_peft_model(model, config)
+    except ValueError as error:
+        raise RecipeError(
+            f"lora_target_modules: {target_modules} do not match {type(model).__name__}'s layers ({error}). "
+            "ViT and DINOv2 name their attention projections q_proj, k_proj, v_proj and o_proj."
+        ) from None
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    logger.info("LoRA rank %d on %s: %d of %d parameters train.", rank, target_modules, trainable, total)
+    return wrapped
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """The plain model with the adapters folded into its weights (a no-op for other models)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+@torch.inference_mode()
+def head_features(model: nn.Module, loader) -> tuple[np.ndarray, np.ndarray]:
+    """What the classifier head sees for every batch of `loader`, with the labels (unreadable ones dropped)."""
+    head = classifier_head(model)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0].float().cpu()))
+    device = next(model.parameters()).device
+    labels = []
+    model.eval()
+    try:
+        for batch in loader:
+            model(pixel_values=batch["pixel_values"].to(device))
+            labels.append(batch["labels"])
+    finally:
+        hook.remove()
+    features, labels = torch.cat(captured).numpy(), torch.cat(labels).numpy()
+    keep = labels >= 0
+    return features[keep], labels[keep]
+
+
+def fit_linear_head(
+    model: nn.Module, train_loader, regularization: float, cache_file: Path | None = None, max_iter: int = 1000
+) -> dict:
+    """Fit the head as a multinomial logistic regression on frozen features (scikit-learn), in place.
+
+    The features are standardised for the solver, and the standardisation is folded into the head's
+    weights afterwards, so the model needs no extra layer. With `cache_file`, features computed once
+    are kept there and reused by later runs with the same backbone, images and transform.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    head = classifier_head(model)
+    start = time.perf_counter()
+    cached = cache_file is not None and cache_file.is_file()
+    if cached:
+        with np.load(cache_file) as stored:
+            features, labels = stored["features"], stored["labels"]
+        logger.info("Linear probe: features read from %s.", cache_file)
+    else:
+        features, labels = head_features(model, train_loader)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache_file.with_suffix(f".{os.getpid()}.npz")
+            np.savez(partial, features=features, labels=labels)
+            partial.replace(cache_file)  # atomic: a killed run leaves no half-written cache
+    extracted = time.perf_counter()
+    scaler = StandardScaler().fit(features)
+    classifier = LogisticRegression(C=regularization, max_iter=max_iter).fit(scaler.transform(features), labels)
+    num_classes = head.out_features
+    weight = np.zeros((num_classes, features.shape[1]), dtype=np.float64)
+    bias = np.zeros(num_classes, dtype=np.float64)
+    if len(classifier.classes_) == 2:  # scikit-learn keeps one row for two classes: logit difference
+        weight[classifier.classes_[1]] = classifier.coef_[0]
+        bias[classifier.classes_[1]] = classifier.intercept_[0]
+    else:
+        weight[classifier.classes_] = classifier.coef_
+        bias[classifier.classes_] = classifier.intercept_
+        bias[np.setdiff1d(np.arange(num_classes), classifier.classes_)] = -1e4  # classes never seen in train
+    weight = weight / scaler.scale_
+    bias = bias - weight @ scaler.mean_
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    summary = {
+        "probe_features_cached": cached,
+        "probe_samples": int(len(labels)),
+        "probe_feature_seconds": round(extracted - start, 2),
+        "probe_fit_seconds": round(time.perf_counter() - extracted, 2),
+        "probe_train_accuracy": float(classifier.score(scaler.transform(features), labels)),
+    }
+    logger.info(
+        "Linear probe: %d features of %d images in %.1f s, fitted in %.1f s (train accuracy %.3f).",
+        features.shape[1],
+        summary["probe_samples"],
+        summary["probe_feature_seconds"],
+        summary["probe_fit_seconds"],
+        summary["probe_train_accuracy"],
+    )
+    return summary
