@@ -123,7 +123,7 @@ def test_jpeg_draft_decodes_training_photos_smaller_and_never_touches_evaluation
     assert not DataArguments().jpeg_draft  # off by default: small crops of a drafted photo are blurrier
     prep = Preprocessing.build(processor, DataArguments(eval_crop_pct=0.875, jpeg_draft=True))
     drafted = prep.decode(path, train=True)
-    assert 112 <= min(drafted.size) < 800 and drafted.size == (125, 100)  # 1/8 scale still covers 112
+    assert 112 <= min(drafted.size) < 800 and drafted.size == (250, 200)  # 1/4: the smallest scale that covers 112
     # Evaluation decodes in full, as pipeline() does, whatever jpeg_draft says.
     assert prep.decode(path, train=False).size == (1000, 800)
     full = Preprocessing.build(processor, DataArguments(eval_crop_pct=0.875))

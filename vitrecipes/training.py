@@ -92,15 +92,16 @@ class RecipeTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         args = self.args
-        if self.optimizer is None and (args.head_learning_rate_multiplier != 1.0 or args.layer_decay != 1.0):
+        head, layer_decay = getattr(args, "head_learning_rate_multiplier", 1.0), getattr(args, "layer_decay", 1.0)
+        if self.optimizer is None and (head != 1.0 or layer_decay != 1.0):
             model = self.model if model is None else model
             groups = parameter_groups(
                 model,
                 set(self.get_decay_parameter_names(model)),
                 args.learning_rate,
                 args.weight_decay,
-                args.head_learning_rate_multiplier,
-                args.layer_decay,
+                head,
+                layer_decay,
             )
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
@@ -224,7 +225,7 @@ def build_trainer(
         data_collator=prep.collate,
         processing_class=processor,
         compute_metrics=compute_metrics,
-        callbacks=[WeightAverage(args.ema_decay)] if args.ema_decay else None,
+        callbacks=[WeightAverage(args.ema_decay)] if getattr(args, "ema_decay", 0.0) else None,
         batch_mixing=mixing,
     )
 
