@@ -292,7 +292,7 @@ class Preprocessing:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     horizontal_flip: bool = True
     resize_to: int = 224  # eval: the shorter side is resized to this, then centre-cropped to `size`
-    jpeg_draft: bool = True
+    jpeg_draft: bool = False  # training only; see DataArguments.jpeg_draft
     worker_niceness: int = 0
     cache_mib: int = 0  # per process; see DecodedImageCache
     augment: Any = None  # a torchvision v2 transform on (3, H, W) uint8 after crop and flip, or None
