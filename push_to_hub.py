@@ -33,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from vitrecipes.hub import CARD_NAME, push_output_dir, write_model_card
+    from vitrecipes.card import write_model_card
+    from vitrecipes.hub import push_output_dir
+    from vitrecipes.outputs import CARD_NAME
 
     try:
         if args.new_card or not (Path(args.output_dir) / CARD_NAME).is_file():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import transformers
@@ -19,49 +20,71 @@ from torch.utils.data import DataLoader
 from transformers import set_seed
 
 from vitrecipes.adaptation import feature_cache_file, fit_linear_head, merge_lora, prepare_for_adaptation
-from vitrecipes.checkpoints import plan_output_dir
-from vitrecipes.config import parse_recipe, resolved_recipe, save_resolved_recipe
+from vitrecipes.bad_images import BadImageLog, shareable_names
+from vitrecipes.config import parse_recipe
 from vitrecipes.data import cache_root, drop_unreadable, load_splits
 from vitrecipes.errors import RecipeError, user_message
-from vitrecipes.hardware import reuse_freed_memory
+from vitrecipes.experiments import run_seeds, run_sweep
+from vitrecipes.hardware import check_requirements
 from vitrecipes.hub import finish_for_hub, take_hub_settings
 from vitrecipes.modeling import build_image_processor, build_model
+from vitrecipes.outputs import (
+    REPORT_DIR,
+    bad_images_path,
+    plan_output_dir,
+    resolved_recipe,
+    save_resolved_recipe,
+    write_metrics,
+)
 from vitrecipes.report import write_report
 from vitrecipes.training import (
-    METRICS_FILE,
     attach_transforms,
     build_trainer,
     effective_batch_size,
     eval_view,
     evaluate_splits,
     format_summary,
-    write_metrics,
+    log_report_images,
 )
-from vitrecipes.transforms import BAD_IMAGES_FILE, BadImageLog, Preprocessing
+from vitrecipes.transforms import Preprocessing
 
 logger = logging.getLogger("run_snacks")
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = time.perf_counter()
+    check_requirements()
+    argv = list(sys.argv[1:] if argv is None else argv)
     model_args, data_args, training_args, recipe_path = parse_recipe(argv)
+    if training_args.seeds:
+        return run_seeds(main, argv, training_args)
     _setup_logging(training_args)
     set_seed(training_args.seed)
     for note in training_args.gpu_settings_switched_off:
         logger.warning(note)
-    if training_args.reuse_freed_memory and reuse_freed_memory():
-        logger.info("Freed memory is kept for reuse (reuse_freed_memory): fewer page faults a step.")
     logger.info("Recipe %s -> %s", recipe_path or "(command line)", training_args.output_dir)
 
     resume_from = None
-    if training_args.do_train:
-        current = resolved_recipe(model_args, data_args, training_args)
-        with training_args.main_process_first(desc="checking the output folder"):
-            resume_from = plan_output_dir(training_args, current, finished_marker=METRICS_FILE)
-    bad_images = BadImageLog(Path(training_args.output_dir) / BAD_IMAGES_FILE)
+    with training_args.main_process_first(desc="checking the output folder"):
+        if training_args.do_train:
+            current = resolved_recipe(model_args, data_args, training_args)
+            resume_from = plan_output_dir(training_args, current)
+        bad_images = BadImageLog(bad_images_path(training_args.output_dir, training_args.do_train))
+        if training_args.process_index == 0:
+            if not training_args.do_train:
+                bad_images.path.unlink(missing_ok=True)  # an evaluation-only run lists its own, from empty
+            # Before the Hub settings are taken out of training_args, so that it records them.
+            path = save_resolved_recipe(training_args.output_dir, model_args, data_args, training_args)
+            logger.info("Wrote %s", path)
 
-    splits = load_splits(data_args, seed=training_args.seed)
-    if data_args.verify_images:
-        splits = drop_unreadable(splits, data_args.image_column_name, bad_images, data_args.max_image_pixels)
+    # The main process loads (and, with verify_images, decodes) first; the others reuse its work.
+    with training_args.main_process_first(desc="loading and checking the data"):
+        splits = load_splits(data_args, seed=training_args.seed)
+        if data_args.verify_images:
+            splits = drop_unreadable(
+                splits, data_args.image_column_name, bad_images, data_args.max_image_pixels,
+                decode=training_args.process_index == 0,
+            )  # fmt: skip
     logger.info(
         "Data: %s, %d classes; %s",
         data_args.dataset_name,
@@ -79,25 +102,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     untransformed_train = splits.train
     splits = attach_transforms(splits, prep, data_args, bad_images)
-    model = build_model(model_args, splits.class_names)
-    if training_args.do_train:
-        model = prepare_for_adaptation(model, model_args)
-    hub = take_hub_settings(training_args)  # we push once at the end; Trainer must not push or pickle the token
-
-    # The saved processor applies the evaluation transform, so pipeline() sees what evaluation saw.
-    trainer = build_trainer(model, prep.serving_processor(), training_args, splits, prep, data_args)
     metrics: dict = {"effective_batch_size": effective_batch_size(training_args)}
-    logger.info(
-        "Effective batch size %d = %d per device x %d processes x %d accumulation steps",
-        metrics["effective_batch_size"],
-        training_args.per_device_train_batch_size,
-        training_args.world_size,
-        training_args.gradient_accumulation_steps,
-    )
-    if trainer.is_world_process_zero():  # with N processes, only the main one writes files
-        logger.info("Wrote %s", save_resolved_recipe(training_args.output_dir, model_args, data_args, training_args))
 
-    if training_args.do_train:
+    def make_model(trial=None):
+        """The classifier, adapted as the recipe says (for a sweep: again for every trial)."""
+        model = build_model(model_args, splits.class_names)
+        if not training_args.do_train:
+            return model
+        model = prepare_for_adaptation(model, model_args)
         if model_args.adaptation in ("linear_probe", "lp_ft") and resume_from is None:
             # Every process fits the same head on all the images (not on its shard), so replicas agree;
             # with the feature cache on, the main process computes the features and the others read them.
@@ -115,34 +127,58 @@ def main(argv: list[str] | None = None) -> dict:
                     model_args.probe_regularization,
                     cache if model_args.probe_feature_cache else None,
                 )
+        return model
+
+    hub = take_hub_settings(training_args)  # we push once at the end; Trainer must not push or pickle the token
+    # The saved processor applies the evaluation transform, so pipeline() sees what evaluation saw.
+    processor = prep.serving_processor()
+    if training_args.sweep:
+        trainer = build_trainer(None, processor, training_args, splits, prep, data_args, model_init=make_model)
+        best_recipe = run_sweep(trainer, model_args, data_args, training_args, hub, training_args.sweep)
+        logger.info("Sweep done; training its best recipe, %s, which also evaluates test once.", best_recipe)
+        return main([str(best_recipe)])
+    trainer = build_trainer(make_model(), processor, training_args, splits, prep, data_args)
+    logger.info(
+        "Effective batch size %d = %d per device x %d processes x %d accumulation steps",
+        metrics["effective_batch_size"],
+        training_args.per_device_train_batch_size,
+        training_args.world_size,
+        training_args.gradient_accumulation_steps,
+    )
+    if training_args.do_train:
         if model_args.adaptation == "linear_probe":
             probe = metrics["probe"]
             metrics["train"] = {"train_runtime": probe["probe_feature_seconds"] + probe["probe_fit_seconds"]}
         else:
             result = trainer.train(resume_from_checkpoint=resume_from)
-            metrics["train"] = dict(result.metrics, global_step=result.global_step)
+            metrics["train"] = dict(result.metrics, global_step=result.global_step, start_step=trainer.start_step)
         metrics["train"]["samples"] = len(splits.train)
         trainer.model = trainer.model_wrapped = merge_lora(trainer.model)
         trainer.save_model()
 
     split_metrics, predictions = evaluate_splits(trainer, splits)
     metrics.update(split_metrics)
-    metrics["bad_images"] = {split: sorted(files) for split, files in bad_images.read().items()}
+    metrics["bad_images"] = shareable_names(bad_images.read(), data_args.dataset_name)
+    metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     if trainer.is_world_process_zero():
         checkpoint = training_args.output_dir if training_args.do_train else model_args.model_name_or_path
+        reports = {}
         for name, split_predictions in predictions.items():
-            report = write_report(
-                Path(training_args.output_dir) / f"eval_{name}",
+            reports[name] = write_report(
+                Path(training_args.output_dir) / REPORT_DIR.format(split=name),
                 split_predictions,
                 splits.class_names,
                 data_args.image_column_name,
                 checkpoint=str(checkpoint),
+                log_history=trainer.state.log_history if training_args.do_train else None,
             )
-            metrics[name]["report"] = str(report.relative_to(training_args.output_dir))
+            metrics[name]["report"] = str(reports[name].relative_to(training_args.output_dir))
+        if training_args.do_train:
+            log_report_images(trainer, reports)
         metrics_path = write_metrics(training_args.output_dir, metrics, trained=training_args.do_train)
         logger.info("Wrote %s", metrics_path)
         if training_args.do_train:
-            finish_for_hub(training_args.output_dir, hub, metrics, recipe_path, sys.argv[1:] if argv is None else argv)
+            finish_for_hub(training_args.output_dir, hub, metrics, recipe_path, argv)
         print(format_summary(metrics, training_args.output_dir, metrics_path), flush=True)
     return metrics
 

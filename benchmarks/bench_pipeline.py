@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import threading
@@ -53,12 +54,12 @@ import torch  # noqa: E402
 from torchvision import transforms as v1  # noqa: E402
 from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed  # noqa: E402
 
+from vitrecipes.bad_images import BadImageLog  # noqa: E402
 from vitrecipes.config import parse_recipe  # noqa: E402
 from vitrecipes.data import load_splits  # noqa: E402
-from vitrecipes.hardware import reuse_freed_memory  # noqa: E402
 from vitrecipes.modeling import build_image_processor, build_model  # noqa: E402
 from vitrecipes.training import RecipeTrainer, attach_transforms  # noqa: E402
-from vitrecipes.transforms import BadImageLog, Preprocessing  # noqa: E402
+from vitrecipes.transforms import Preprocessing  # noqa: E402
 
 DEFAULT_RECIPE = "recipes/vit-tiny-scratch/snacks/config_cpu.yaml"
 
@@ -221,6 +222,14 @@ def naive_transform(prep: Preprocessing, image_column: str, label_column: str):
     return transform
 
 
+# Recipe keys of the CPU data-path speed-ups that --ablate can switch off, one extra project run each.
+ABLATIONS = {
+    "decode_ahead": False,
+    "decoded_image_cache_mib": 0,
+    "jpeg_draft": False,
+}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="Also accepted as the first argument.")
@@ -230,7 +239,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup_steps", type=int, default=15, help="Untimed steps at the start of each run.")
     parser.add_argument("--eval_samples", type=int, default=400)
     parser.add_argument("--predict_samples", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=3, help="Epochs of the project run.")
+    parser.add_argument("--epochs", type=int, default=2, help="Epochs of the project run.")
+    parser.add_argument("--repeats", type=int, default=3, help="Whole measurements; medians and ranges are reported.")
+    parser.add_argument(
+        "--ablate",
+        nargs="*",
+        default=[],
+        choices=sorted(ABLATIONS),
+        help="For each key, one more project run in the same turns with that speed-up off; its gain is reported.",
+    )
     parser.add_argument(
         "--interleave_steps",
         type=int,
@@ -238,6 +255,7 @@ def main(argv=None) -> dict:
         help="Optimiser steps per turn; 0: one run after the other. Default: 25, or 0 with DataLoader workers.",
     )
     parser.add_argument("--skip_baseline", action="store_true")
+    parser.add_argument("--out", default=None, help="Also write the JSON summary to this file.")
     # Anything else is a recipe override: --dataloader_num_workers 2, --jpeg_draft false, ...
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):
@@ -245,6 +263,8 @@ def main(argv=None) -> dict:
     opts, overrides = parser.parse_known_args(argv)
     if opts.epochs < 1:
         parser.error(f"--epochs must be 1 or more (the project run trains whole epochs), got {opts.epochs}")
+    if opts.repeats < 1:
+        parser.error(f"--repeats must be 1 or more, got {opts.repeats}")
     if opts.interleave_steps is not None and opts.interleave_steps < 0:
         parser.error(f"--interleave_steps must be 0 (one run after the other) or more, got {opts.interleave_steps}")
 
@@ -257,34 +277,65 @@ def main(argv=None) -> dict:
          "--load_best_model_at_end", "false", "--logging_steps", "100000", "--disable_tqdm", "true",
          "--report_to", "none", "--log_level", "warning", *overrides]
     )  # fmt: skip
-    if training_args.reuse_freed_memory:
-        reuse_freed_memory()  # as run_snacks.py does; process-wide, so the same for every run
+    switched_on = [key for key in opts.ablate if getattr(data_args, key) != ABLATIONS[key]]
+    if len(switched_on) != len(opts.ablate):
+        off = sorted(set(opts.ablate) - set(switched_on))
+        parser.error(f"--ablate {' '.join(off)}: already off in the recipe, so there is nothing to compare")
     datasets.disable_progress_bars()
-    splits = load_splits(data_args, seed=training_args.seed)
-    processor = build_image_processor(model_args)
-    per_step = opts.batch_size * training_args.world_size
-    device = "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu"
-    workers = training_args.dataloader_num_workers
-    interleave = opts.interleave_steps if opts.interleave_steps is not None else (0 if workers else 25)
-
-    steps_per_epoch = math.ceil(len(splits.train) / per_step)
-    if steps_per_epoch <= opts.warmup_steps:
-        parser.error(f"an epoch has {steps_per_epoch} steps, not more than --warmup_steps {opts.warmup_steps}")
-    project_steps = steps_per_epoch * opts.epochs
-    epoch_marks = [opts.warmup_steps] + [steps_per_epoch * (e + 1) for e in range(opts.epochs)]
+    setup = Setup(opts, model_args, data_args, training_args, work, load_splits(data_args, seed=training_args.seed))
     print(
-        f"Benchmark: {opts.recipe} on {data_args.dataset_name}, batch {opts.batch_size}, device {device} "
-        f"({torch.get_num_threads()} CPU threads), dataloader_num_workers {workers}; project: {opts.epochs} epochs "
-        f"of {len(splits.train)} images; "
+        f"Benchmark: {opts.recipe} on {data_args.dataset_name}, batch {opts.batch_size}, device {setup.device} "
+        f"({torch.get_num_threads()} CPU threads), dataloader_num_workers {setup.workers}; project: {opts.epochs} "
+        f"epochs of {len(setup.splits.train)} images; "
         + ("" if opts.skip_baseline else f"baseline: {opts.steps} steps; ")
-        + (f"runs take turns of {interleave} steps" if interleave else "runs one after the other"),
+        + (f"runs take turns of {setup.interleave} steps" if setup.interleave else "runs one after the other")
+        + f"; {opts.repeats} repeat(s)",
         flush=True,
     )
+    repeats = []
+    for repeat in range(opts.repeats):
+        print(f"Repeat {repeat + 1} of {opts.repeats}", flush=True)
+        repeats.append(measure(setup, opts.ablate))
+    result = summarise(repeats, setup)
+    print_table(result)
+    if opts.out:
+        Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result), flush=True)
+    return result
 
-    def prep_for(args):
-        """A fresh Preprocessing, and so an empty decoded-image cache, for each run."""
-        return Preprocessing.build(processor, data_args, mean=model_args.image_mean, std=model_args.image_std,
-                                   workers=args.dataloader_num_workers)  # fmt: skip
+
+@dataclasses.dataclass
+class Setup:
+    """What every repeat shares: options, arguments, splits and the image processor."""
+
+    opts: argparse.Namespace
+    model_args: object
+    data_args: object
+    training_args: object
+    work: Path
+    splits: object
+
+    def __post_init__(self):
+        self.processor = build_image_processor(self.model_args)
+        self.per_step = self.opts.batch_size * self.training_args.world_size
+        self.device = "cuda" if torch.cuda.is_available() and not self.training_args.use_cpu else "cpu"
+        self.workers = self.training_args.dataloader_num_workers
+        interleave = self.opts.interleave_steps
+        self.interleave = interleave if interleave is not None else (0 if self.workers else 25)
+        self.steps_per_epoch = math.ceil(len(self.splits.train) / self.per_step)
+        if self.steps_per_epoch <= self.opts.warmup_steps:
+            raise SystemExit(
+                f"an epoch has {self.steps_per_epoch} steps, not more than --warmup_steps {self.opts.warmup_steps}"
+            )
+
+
+def measure(setup: Setup, ablate: list[str]) -> dict:
+    """One whole measurement: limit, project, one project run per ablated key, baseline; all in turns."""
+    opts, splits, processor, per_step = setup.opts, setup.splits, setup.processor, setup.per_step
+    model_args, training_args = setup.model_args, setup.training_args
+    interleave = setup.interleave
+    project_steps = setup.steps_per_epoch * opts.epochs
+    epoch_marks = [opts.warmup_steps] + [setup.steps_per_epoch * (e + 1) for e in range(opts.epochs)]
 
     def trainer_factory(args, dataset, collate, trainer_class=RecipeTrainer):
         def build(run: TimedRun):
@@ -303,13 +354,24 @@ def main(argv=None) -> dict:
         build = trainer_factory(args, dataset, collate, **kwargs)
         return TimedRun(name, build, turns, interleave, opts.warmup_steps, background)
 
-    prep = prep_for(training_args)
-    project_splits = attach_transforms(splits, prep, data_args, BadImageLog(None))
-    # Its background decoding (decode_ahead) works only while the project has its turn.
-    project = new_run("project", training_args, project_splits.train, prep.collate, background=prep.background_allowed)
+    def project_run(name, data_args):
+        # A fresh Preprocessing, so an empty decoded-image cache, for each run. Its background decoding
+        # (decode_ahead) works only while the run has its turn.
+        prep = Preprocessing.build(processor, data_args, mean=model_args.image_mean, std=model_args.image_std,
+                                   workers=training_args.dataloader_num_workers)  # fmt: skip
+        transformed = attach_transforms(splits, prep, data_args, BadImageLog(None))
+        return new_run(name, training_args, transformed.train, prep.collate, background=prep.background_allowed), (
+            prep,
+            transformed,
+        )
+
+    project, (prep, project_splits) = project_run("project", setup.data_args)
+    variants = [
+        project_run(f"no {key}", dataclasses.replace(setup.data_args, **{key: ABLATIONS[key]}))[0] for key in ablate
+    ]
 
     # The limit: same model, batch and optimiser, inputs already in memory. Interleaved, it runs for as
-    # long as the project does (stopped when the project ends); otherwise --steps before and after it.
+    # long as the projects do (stopped when they end); otherwise --steps before and after them.
     limit_steps = 2 * project_steps + opts.warmup_steps if interleave else opts.warmup_steps + opts.steps
     limit_args = dataclasses.replace(training_args, max_steps=limit_steps)
     synthetic = SyntheticImages(prep.size, len(splits.class_names), limit_steps * per_step)
@@ -319,106 +381,126 @@ def main(argv=None) -> dict:
 
     baseline = None
     if not opts.skip_baseline:
-        image_column = data_args.image_column_name
+        image_column = setup.data_args.image_column_name
         decoded = splits.train.cast_column(image_column, datasets.Image(decode=True))
-        decoded = decoded.with_transform(naive_transform(prep, image_column, data_args.label_column_name))
+        decoded = decoded.with_transform(naive_transform(prep, image_column, setup.data_args.label_column_name))
         naive_args = dataclasses.replace(
             training_args, max_steps=opts.warmup_steps + opts.steps, dataloader_num_workers=0,
             dataloader_persistent_workers=False, dataloader_prefetch_factor=None,
         )  # fmt: skip
         baseline = new_run("baseline", naive_args, decoded, prep.collate, trainer_class=Trainer)
 
-    runs = [limits[0], project, *limits[1:], *([baseline] if baseline else [])]
+    runs = [limits[0], project, *variants, *limits[1:], *([baseline] if baseline else [])]
     turns.begin([run.name for run in runs])
     run_in_turns(runs, until_done=limits if interleave else ())
 
     steps, seconds = map(sum, zip(*(run.timed() for run in limits)))
     whole_limit_ips = steps * per_step / seconds
 
-    def limit_for(run: TimedRun, first: int, last: int) -> tuple[float, int]:
+    def limit_for(run: TimedRun, first: int, last: int) -> float:
         """The limit to compare `run`'s steps `first`..`last` with: of the same minutes when taking turns."""
-        ips, count = limit_ips_during(limits, run, first, last, per_step) if interleave else (None, 0)
-        return (ips, count) if ips else (whole_limit_ips, steps)
+        ips, _ = limit_ips_during(limits, run, first, last, per_step) if interleave else (None, 0)
+        return ips or whole_limit_ips
 
-    train_ips = project.ips(epoch_marks[0], epoch_marks[-1])
-    limit_ips, limit_steps = limit_for(project, epoch_marks[0], epoch_marks[-1])
-    epoch_ips = [project.ips(a, b) for a, b in zip(epoch_marks, epoch_marks[1:])]
-    epoch_limits = [limit_for(project, a, b)[0] for a, b in zip(epoch_marks, epoch_marks[1:])]
-    later_epochs_ips = project.ips(epoch_marks[1], epoch_marks[-1]) if opts.epochs > 1 else None
-    later_limit = limit_for(project, epoch_marks[1], epoch_marks[-1])[0] if opts.epochs > 1 else None
-    baseline_ips = baseline.ips() if baseline else None
-    baseline_limit = limit_for(baseline, baseline.warmup_steps, max(baseline.times))[0] if baseline else None
+    def efficiencies(run: TimedRun) -> dict:
+        """Whole run, first epoch (decoding) and later epochs (cached), each against its own minutes' limit."""
+        marks = epoch_marks
+        found = {
+            "train_ips": run.ips(marks[0], marks[-1]),
+            "efficiency": run.ips(marks[0], marks[-1]) / limit_for(run, marks[0], marks[-1]),
+            "efficiency_first_epoch": run.ips(marks[0], marks[1]) / limit_for(run, marks[0], marks[1]),
+        }
+        if opts.epochs > 1:
+            found["efficiency_later_epochs"] = run.ips(marks[1], marks[-1]) / limit_for(run, marks[1], marks[-1])
+        return {k: round(v, 3 if k.startswith("efficiency") else 1) for k, v in found.items()}
+
+    result = {"limit_ips": round(limit_for(project, epoch_marks[0], epoch_marks[-1]), 1), **efficiencies(project)}
+    result["train_ips_per_epoch"] = [round(project.ips(a, b), 1) for a, b in zip(epoch_marks, epoch_marks[1:])]
+    for key, variant in zip(ablate, variants):
+        found = efficiencies(variant)
+        result[f"without_{key}"] = found
+        result[f"gain_{key}"] = round(result["efficiency"] / found["efficiency"], 3)
+    if baseline:
+        baseline_limit = limit_for(baseline, baseline.warmup_steps, max(baseline.times))
+        result["baseline_ips"] = round(baseline.ips(), 1)
+        result["baseline_efficiency"] = round(baseline.ips() / baseline_limit, 3)
+        # efficiency over efficiency: each run against the limit of its own minutes
+        result["speedup_vs_baseline"] = round(result["efficiency"] / result["baseline_efficiency"], 3)
     for run in runs:
-        print(f"  {run.name:<12} {run.ips():8.1f} images/s over steps {run.warmup_steps}-{max(run.times)}", flush=True)
-    print(
-        "  project per epoch: " + ", ".join(f"{x:.1f} (limit {y:.1f})" for x, y in zip(epoch_ips, epoch_limits)),
-        flush=True,
-    )
+        print(f"  {run.name:<26} {run.ips():8.1f} images/s over steps {run.warmup_steps}-{max(run.times)}", flush=True)
 
     trainer = project.trainer
     validation = project_splits.validation.select(range(min(opts.eval_samples, len(project_splits.validation))))
     start = time.perf_counter()
     trainer.evaluate(eval_dataset=validation)
-    eval_ips = len(validation) / (time.perf_counter() - start)
+    result["eval_ips"] = round(len(validation) / (time.perf_counter() - start), 1)
 
     from vitrecipes.predict import predict
 
-    trainer.save_model(str(work / "model"))
-    files = [row["path"] for row in splits.validation[data_args.image_column_name][: opts.predict_samples]]
+    trainer.save_model(str(setup.work / "model"))
+    files = [row["path"] for row in splits.validation[setup.data_args.image_column_name][: opts.predict_samples]]
     start = time.perf_counter()
-    predict(str(work / "model"), files, batch_size=training_args.per_device_eval_batch_size)
-    predict_ips = len(files) / (time.perf_counter() - start)
+    predict(str(setup.work / "model"), files, batch_size=training_args.per_device_eval_batch_size)
+    result["predict_ips"] = round(len(files) / (time.perf_counter() - start), 1)
+    result["input_size"] = list(prep.size)
+    print("  " + json.dumps(result), flush=True)
+    return result
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    result = {
-        "recipe": opts.recipe,
-        "dataset": data_args.dataset_name,
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+
+def _spread(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values)}
+
+
+def summarise(repeats: list[dict], setup: Setup) -> dict:
+    """Median and range over the repeats of every figure, with the repeats themselves."""
+    figures = {}
+    for key, value in repeats[0].items():
+        if isinstance(value, (int, float)):
+            figures[key] = _spread([r[key] for r in repeats])
+        elif isinstance(value, dict):
+            for inner in value:
+                figures[f"{key}.{inner}"] = _spread([r[key][inner] for r in repeats])
+    return {
+        "recipe": setup.opts.recipe,
+        "dataset": setup.data_args.dataset_name,
+        "device": setup.device if setup.device == "cpu" else torch.cuda.get_device_name(),
         "cpu_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
-        "batch_size": opts.batch_size,
-        "input_size": list(prep.size),
-        "interleave_steps": interleave,
-        "limit_ips": round(limit_ips, 1),
-        "limit_steps": limit_steps,
-        "limit_ips_per_epoch": [round(x, 1) for x in epoch_limits],
-        "epochs": opts.epochs,
-        "train_ips": round(train_ips, 1),
-        "efficiency": round(train_ips / limit_ips, 3),
-        "train_ips_per_epoch": [round(x, 1) for x in epoch_ips],
-        "train_ips_first_epoch": round(epoch_ips[0], 1),
-        "efficiency_first_epoch": round(epoch_ips[0] / epoch_limits[0], 3),
-        "train_ips_later_epochs": round(later_epochs_ips, 1) if later_epochs_ips else None,
-        "efficiency_later_epochs": round(later_epochs_ips / later_limit, 3) if later_epochs_ips else None,
-        "baseline_steps": opts.steps if baseline else None,
-        "baseline_ips": round(baseline_ips, 1) if baseline_ips else None,
-        "baseline_limit_ips": round(baseline_limit, 1) if baseline else None,
-        "baseline_efficiency": round(baseline_ips / baseline_limit, 3) if baseline else None,
-        # efficiency over efficiency: each run against the limit of its own minutes
-        "speedup_vs_baseline": round(train_ips / limit_ips / (baseline_ips / baseline_limit), 3) if baseline else None,
-        "eval_ips": round(eval_ips, 1),
-        "predict_ips": round(predict_ips, 1),
-        "peak_rss_mib": round(rss),
-        "peak_worker_rss_mib": round(workers_rss),
-        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device != "cpu" else None,
-        "dataloader_num_workers": workers,
+        "batch_size": setup.opts.batch_size,
+        "input_size": repeats[0]["input_size"],
+        "epochs": setup.opts.epochs,
+        "interleave_steps": setup.interleave,
+        "dataloader_num_workers": setup.workers,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if setup.device != "cpu" else None,
+        "figures": figures,
+        "repeats": repeats,
     }
-    print()
-    print(f"{'pipeline':<26}{'images/s':>10}{'efficiency':>12}")
-    print(f"{'limit (synthetic tensors)':<26}{limit_ips:>10.1f}{1.0:>12.3f}")
-    if baseline:
-        print(f"{'baseline (naive PIL)':<26}{baseline_ips:>10.1f}{baseline_ips / baseline_limit:>12.3f}")
-    print(f"{'project':<26}{train_ips:>10.1f}{train_ips / limit_ips:>12.3f}")
-    if later_epochs_ips:
-        print(f"{'  first epoch (decoding)':<26}{epoch_ips[0]:>10.1f}{epoch_ips[0] / epoch_limits[0]:>12.3f}")
-        print(f"{'  later epochs (cached)':<26}{later_epochs_ips:>10.1f}{later_epochs_ips / later_limit:>12.3f}")
-    if baseline:
-        print(f"project / baseline: {result['speedup_vs_baseline']:.2f}x (efficiency over efficiency)")
-    print(f"evaluation {eval_ips:.1f} images/s, prediction {predict_ips:.1f} images/s, "
-          f"peak memory {rss:.0f} MiB (+ workers {workers_rss:.0f} MiB)")  # fmt: skip
-    print(json.dumps(result), flush=True)
-    return result
+
+
+def print_table(result: dict) -> None:
+    figures = result["figures"]
+
+    def cell(key: str) -> str:
+        f = figures.get(key)
+        return f"{f['median']:.3f} [{f['min']:.3f}-{f['max']:.3f}]" if f else "-"
+
+    rows = [("project", "")]
+    rows += [(key.split(".", 1)[0].replace("without_", "project without "), key.split(".", 1)[0] + ".")
+             for key in figures if key.startswith("without_") and key.endswith(".efficiency")]  # fmt: skip
+    print(f"\nmedian [range] over {len(result['repeats'])} repeat(s); efficiency = images/s / limit's images/s")
+    print(f"{'run':<40}{'efficiency':>24}{'first epoch':>24}{'later epochs':>24}")
+    for name, prefix in rows:
+        later = cell(prefix + "efficiency_later_epochs")
+        print(f"{name:<40}{cell(prefix + 'efficiency'):>24}{cell(prefix + 'efficiency_first_epoch'):>24}{later:>24}")
+    if "baseline_efficiency" in figures:
+        print(f"{'baseline (naive PIL)':<40}{cell('baseline_efficiency'):>24}")
+        print(f"project / baseline: {cell('speedup_vs_baseline')}")
+    for key in figures:
+        if key.startswith("gain_"):
+            print(f"gain of {key.removeprefix('gain_')}: {cell(key)} (project efficiency / efficiency without it)")
+    print(f"limit {cell('limit_ips')} images/s; evaluation {cell('eval_ips')}, prediction {cell('predict_ips')} "
+          f"images/s; peak memory {result['peak_rss_mib']} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":

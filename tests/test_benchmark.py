@@ -13,25 +13,23 @@ FIELDS = {
     "limit_ips",
     "train_ips",
     "efficiency",
+    "efficiency_first_epoch",
+    "efficiency_later_epochs",
+    "train_ips_per_epoch",
     "baseline_ips",
+    "baseline_efficiency",
     "speedup_vs_baseline",
     "eval_ips",
     "predict_ips",
-    "peak_rss_mib",
-    "batch_size",
     "input_size",
-    "device",
-    "train_ips_first_epoch",
-    "efficiency_first_epoch",
-    "train_ips_later_epochs",
-    "efficiency_later_epochs",
 }
 
 
 def _run_benchmark(*args):
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_pipeline.py"), "recipes/smoke.yaml",
-         "--warmup_steps", "1", "--eval_samples", "16", "--predict_samples", "8", *args],
+         "--warmup_steps", "1", "--eval_samples", "16", "--predict_samples", "8", "--max_train_samples", "400",
+         *args],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
@@ -39,36 +37,43 @@ def _run_benchmark(*args):
     return json.loads(lines[-1]), "\n".join(lines[:-1])
 
 
-def test_benchmark_prints_table_and_json_line():
-    report, table = _run_benchmark("--steps", "3", "--epochs", "2")
-    assert FIELDS <= set(report), FIELDS - set(report)
-    for key in ("limit_ips", "train_ips", "train_ips_first_epoch", "train_ips_later_epochs", "baseline_ips",
-                "eval_ips", "predict_ips", "peak_rss_mib"):  # fmt: skip
-        assert report[key] > 0, key
-    # The JSON's images/s are rounded to 0.1, so ratios recomputed from them agree to about 1e-3.
-    assert report["efficiency"] == pytest.approx(report["train_ips"] / report["limit_ips"], abs=2e-3)
-    assert report["batch_size"] == 8 and report["input_size"] == [32, 32]
-    assert report["epochs"] == 2 and len(report["train_ips_per_epoch"]) == 2
-    # Interleaved: the limit ran for as long as the project (2 epochs of 1197 digits, batch 8: 300 steps).
-    assert report["interleave_steps"] == 25
-    assert 300 - 1 - 25 <= report["limit_steps"] <= 300 + 25
-    # Each epoch and the baseline are compared with the limit of their own minutes.
-    assert len(report["limit_ips_per_epoch"]) == 2 and all(x > 0 for x in report["limit_ips_per_epoch"])
-    first_epoch = report["train_ips_per_epoch"][0] / report["limit_ips_per_epoch"][0]
-    assert report["efficiency_first_epoch"] == pytest.approx(first_epoch, abs=2e-3)
-    baseline = report["baseline_ips"] / report["baseline_limit_ips"]
-    assert report["baseline_efficiency"] == pytest.approx(baseline, abs=2e-3)
-    for row in ("limit (synthetic tensors)", "baseline (naive PIL)", "project"):
+def test_benchmark_repeats_and_reports_median_range_and_each_speedups_gain(tmp_path):
+    import statistics
+
+    report, table = _run_benchmark("--steps", "3", "--epochs", "2", "--repeats", "2", "--ablate", "decode_ahead",
+                                   "--out", str(tmp_path / "bench.json"))  # fmt: skip
+    assert json.loads((tmp_path / "bench.json").read_text()) == report
+    assert report["batch_size"] == 8 and report["input_size"] == [32, 32] and report["epochs"] == 2
+    assert len(report["repeats"]) == 2
+    for repeat in report["repeats"]:
+        assert FIELDS <= set(repeat), FIELDS - set(repeat)
+        assert all(repeat[k] > 0 for k in ("limit_ips", "train_ips", "baseline_ips", "eval_ips", "predict_ips"))
+        # The JSON's images/s are rounded to 0.1, so ratios recomputed from them agree to about 1e-3.
+        assert repeat["efficiency"] == pytest.approx(repeat["train_ips"] / repeat["limit_ips"], abs=3e-3)
+        without = repeat["without_decode_ahead"]
+        assert repeat["gain_decode_ahead"] == pytest.approx(repeat["efficiency"] / without["efficiency"], abs=3e-3)
+        assert repeat["speedup_vs_baseline"] == pytest.approx(
+            repeat["efficiency"] / repeat["baseline_efficiency"], abs=3e-3
+        )
+    # Every figure is the median of the repeats, with their range.
+    for key in ("efficiency", "efficiency_first_epoch", "efficiency_later_epochs", "gain_decode_ahead",
+                "without_decode_ahead.efficiency", "speedup_vs_baseline"):  # fmt: skip
+        values = [r[key] if "." not in key else r[key.split(".")[0]][key.split(".")[1]] for r in report["repeats"]]
+        figure = report["figures"][key]
+        assert figure["median"] == pytest.approx(statistics.median(values), abs=1e-3)
+        assert (figure["min"], figure["max"]) == (min(values), max(values))
+    for row in ("project ", "project without decode_ahead", "baseline (naive PIL)", "gain of decode_ahead"):
         assert row in table
 
 
 def test_benchmark_can_run_one_after_the_other():
     """--interleave_steps 0 (the default with DataLoader workers): limit, project, limit, each timed alone."""
-    report, table = _run_benchmark("--steps", "4", "--epochs", "1", "--interleave_steps", "0", "--skip_baseline")
-    assert report["interleave_steps"] == 0
-    assert report["limit_steps"] == 2 * 4  # two limit runs of --steps timed steps each
-    assert report["baseline_ips"] is None and "baseline" not in table.lower()
-    assert report["efficiency"] == pytest.approx(report["train_ips"] / report["limit_ips"], abs=2e-3)
+    report, table = _run_benchmark("--steps", "4", "--epochs", "1", "--repeats", "1", "--interleave_steps", "0",
+                                   "--skip_baseline")  # fmt: skip
+    assert report["interleave_steps"] == 0 and len(report["repeats"]) == 1
+    assert "baseline_ips" not in report["repeats"][0] and "baseline" not in table.lower()
+    repeat = report["repeats"][0]
+    assert repeat["efficiency"] == pytest.approx(repeat["train_ips"] / repeat["limit_ips"], abs=3e-3)
 
 
 def test_runs_take_turns_one_at_a_time():
@@ -105,6 +110,8 @@ def test_runs_take_turns_one_at_a_time():
 
 
 @pytest.mark.parametrize("args, message", [(["--epochs", "0"], "--epochs must be 1 or more"),
+                                           (["--repeats", "0"], "--repeats must be 1 or more"),
+                                           (["--ablate", "jpeg_draft"], "already off in the recipe"),
                                            (["--interleave_steps", "-5"], "--interleave_steps must be 0")])  # fmt: skip
 def test_benchmark_rejects_bad_options_before_any_work(args, message):
     script = str(ROOT / "benchmarks" / "bench_pipeline.py")

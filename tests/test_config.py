@@ -1,6 +1,3 @@
-import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,16 +5,13 @@ import torch
 import yaml
 from conftest import ROOT, run_cli
 
-from vitrecipes.config import (
-    RESOLVED_RECIPE_NAME,
-    parse_overrides,
-    parse_recipe,
-    resolved_recipe,
-    save_resolved_recipe,
-)
+from vitrecipes.config import parse_recipe
 from vitrecipes.errors import RecipeError
+from vitrecipes.outputs import RESOLVED_RECIPE_NAME, resolved_recipe, save_resolved_recipe
 
-SHIPPED = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
+SHIPPED = sorted(
+    p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts and "sweep" not in p.name
+)
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -73,7 +67,8 @@ def test_transformers4_key_points_to_its_new_name(tmp_path):
         ("per_device_train_batch_size: 2.5\n", r"per_device_train_batch_size: expected a whole number"),
         ("bf16: maybe\n", r"bf16: expected true or false"),
         ("train_augmentation: mixup\n", r"train_augmentation: 'mixup' is not known"),
-        ("lr_scheduler_type: sometimes\n", r"Invalid value.*sometimes"),
+        ("lr_scheduler_type: sometimes\n", r"lr_scheduler_type: invalid choice: 'sometimes'"),
+        ("config_overrides: 3\n", r"config_overrides: expected a mapping"),
     ],
 )
 def test_wrong_types_name_the_key(tmp_path, text, message):
@@ -109,15 +104,32 @@ def test_dotted_override_merges_into_a_mapping(tmp_path):
     assert model.config_overrides == {"hidden_size": 32, "image_size": 32}
 
 
-def test_parse_overrides_forms():
-    assert parse_overrides(["--a", "1", "--b=x y", "--flag", "--c", "null"]) == {
-        "a": 1,
-        "b": "x y",
-        "flag": True,
-        "c": None,
-    }
-    with pytest.raises(RecipeError, match="Unexpected command-line argument 'stray'"):
-        parse_overrides(["stray"])
+def test_command_line_forms_and_null(tmp_path):
+    recipe = write(tmp_path, "max_train_samples: 5\nrun_name: a\n")
+    _, data, training, _ = parse_recipe(
+        [recipe, "--run_name=x y", "--use_cpu", "--max_train_samples", "null", "--test_split", "~"]
+    )
+    assert (training.run_name, training.use_cpu, data.max_train_samples, data.test_split) == ("x y", True, None, None)
+    _, data, _, _ = parse_recipe([recipe, "--random_resized_crop_scale", "0.5", "1.0"])
+    assert data.random_resized_crop_scale == [0.5, 1.0]
+    with pytest.raises(RecipeError, match="unrecognized arguments: stray.*'--learning_rate 3.0e-4'"):
+        parse_recipe([recipe, "stray"])
+
+
+@pytest.mark.parametrize("word", ["true", "false", "on", "no", "yes"])
+def test_text_keys_keep_the_words_the_user_wrote(tmp_path, word):
+    """resume_from_checkpoint and output_dir are text: `true` must not become a boolean, nor `on` "yes"."""
+    recipe = write(tmp_path, f"resume_from_checkpoint: {word}\nrun_name: {word}\n")
+    _, _, training, _ = parse_recipe([recipe])
+    assert (training.resume_from_checkpoint, training.run_name) == (word, word)
+    _, _, training, _ = parse_recipe([write(tmp_path, "seed: 1\n"), "--resume_from_checkpoint", word,
+                                      "--output_dir", word])  # fmt: skip
+    assert (training.resume_from_checkpoint, training.output_dir) == (word, word)
+
+
+def test_keys_removed_from_the_project_say_so(tmp_path):
+    with pytest.raises(RecipeError, match="reuse_freed_memory.*removed.*delete the key"):
+        parse_recipe([write(tmp_path, "reuse_freed_memory: true\n")])
 
 
 def test_remove_unused_columns_is_forced_off(tmp_path):
@@ -196,45 +208,26 @@ def test_cli_error_is_one_paragraph_without_traceback(tmp_path):
     assert "Unknown key 'learnig_rate'" in result.stderr and "learning_rate" in result.stderr
 
 
-FAULTS_PER_STEP = """
-import resource, sys
-import torch
-from transformers import ViTConfig, ViTForImageClassification
-from vitrecipes.hardware import reuse_freed_memory
-took = reuse_freed_memory() if sys.argv[1] == "reuse" else None
-torch.manual_seed(0)
-config = ViTConfig(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   intermediate_size=128, num_labels=10)
-model = ViTForImageClassification(config)
-optimizer = torch.optim.AdamW(model.parameters())
-def step():
-    # Like the JPEG path, each step also allocates and frees megabytes of image buffers besides the
-    # model's own activations; how glibc's default thresholds adapt to the activations alone varies.
-    buffers = [torch.ones(6 * 2**20, dtype=torch.uint8) for _ in range(4)]
-    pixels = torch.stack([b[: 3 * 32 * 32].view(3, 32, 32).float() for b in buffers] * 8)
-    del buffers
-    loss = model(pixel_values=pixels, labels=torch.randint(0, 10, (32,))).loss
-    loss.backward(); optimizer.step(); optimizer.zero_grad()
-for _ in range(5):
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    step()
-print(took, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
-"""
+def test_the_readme_main_command_names_the_repository_accelerate_config():
+    """Without --config_file, `accelerate launch` ignores accelerate_config.yaml and guesses defaults."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    readme = (ROOT / "README.md").read_text()
+    main_command = next(line for line in readme.splitlines() if line.endswith("# the main job"))
+    assert main_command.startswith("accelerate launch --config_file accelerate_config.yaml run_snacks.py recipes/")
+    config = load_config_from_file(str(ROOT / "accelerate_config.yaml"))
+    assert config.num_processes == 1 and config.mixed_precision == "bf16"
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's thresholds are glibc's")
-def test_reuse_freed_memory_stops_the_page_faults_of_each_step():
-    """A training step re-faults the buffers it freed the step before unless glibc keeps them (counts, not timing)."""
+def test_too_old_libraries_stop_the_run_at_start_up(monkeypatch):
+    from vitrecipes import hardware
 
-    def faults(mode):
-        result = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode], cwd=ROOT, capture_output=True,
-                                text=True, timeout=300, check=True)  # fmt: skip
-        took, per_step = result.stdout.split()
-        return took, float(per_step)
-
-    default_took, default_faults = faults("default")
-    reuse_took, reuse_faults = faults("reuse")
-    assert reuse_took == "True"
-    assert reuse_faults < default_faults / 4, (default_faults, reuse_faults)
+    monkeypatch.setattr(hardware, "REQUIREMENTS", ("transformers>=99.0",))
+    with pytest.raises(RecipeError, match=r"transformers>=99.0.*pip install -r requirements.txt"):
+        hardware.check_requirements()
+    # The start-up check and requirements.txt state the same lower bounds.
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    pinned = {line.split("#")[0].strip() for line in lines}
+    monkeypatch.undo()
+    assert set(hardware.REQUIREMENTS) <= pinned
+    hardware.check_requirements()

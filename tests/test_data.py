@@ -10,7 +10,7 @@ from vitrecipes import data as data_module
 from vitrecipes.config import DataArguments
 from vitrecipes.data import PARQUET_REVISION, load_splits, materialize_digits
 from vitrecipes.errors import RecipeError
-from vitrecipes.transforms import load_rgb
+from vitrecipes.images import load_rgb
 
 
 def test_imagefolder_with_all_splits(imagefolder):
@@ -33,10 +33,11 @@ def test_missing_validation_is_carved_stratified_and_missing_test_is_skipped(tmp
     assert again.validation["label"] == splits.validation["label"]
 
 
-def test_save_to_disk_folder_with_string_labels(tmp_path):
+@pytest.mark.parametrize("dtype", ["string", "large_string"])
+def test_save_to_disk_folder_with_string_labels(tmp_path, dtype):
     images = [class_image(c, i) for i, c in enumerate(list(CLASS_COLOURS.values()) * 4)]
     names = list(CLASS_COLOURS) * 4
-    features = datasets.Features({"img": datasets.Image(), "kind": datasets.Value("string")})
+    features = datasets.Features({"img": datasets.Image(), "kind": datasets.Value(dtype)})
     dd = datasets.DatasetDict(
         {
             "train": datasets.Dataset.from_dict({"img": images, "kind": names}, features=features),

@@ -4,9 +4,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import ROOT, evaluate_only
+from conftest import ROOT, evaluate_only, write_imagefolder
 
 EVAL_SAMPLES = 299  # odd: the distributed sampler must pad one split, and the padding must not be counted
 
@@ -58,3 +59,63 @@ def test_files_and_logs_come_from_the_main_process_only(two_process_run):
         "README.md", "config.json", "metrics.json", "model.safetensors", "preprocessor_config.json",
         "resolved_recipe.yaml", "training_args.bin",
     ]  # fmt: skip
+
+
+def _launch(*args, timeout=600):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *map(str, args)]  # fmt: skip
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+
+
+def test_images_are_verified_once_by_the_main_process_and_left_out_by_both(tmp_path):
+    data = write_imagefolder(tmp_path / "data", {"train": 8, "validation": 3})
+    (data / "train" / "red" / "cut.png").write_bytes((data / "train" / "red" / "0.png").read_bytes()[:60])
+    (data / "train" / "blue" / "html.png").write_text("<html>404</html>")
+    out = tmp_path / "out"
+    result = _launch("run_snacks.py", "recipes/smoke.yaml", "--dataset_name", data, "--output_dir", out,
+                     "--verify_images", "--max_bad_images", "0", "--num_train_epochs", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    logged = [json.loads(line) for line in (out / "bad_images.jsonl").read_text().splitlines()]
+    # Decoded and recorded once (by the main process), not once per process.
+    assert sorted(Path(e["file"]).name for e in logged) == ["cut.png", "html.png"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["samples"] == 3 * 8  # both processes trained without the two bad files
+    assert sorted(metrics["bad_images"]["train"]) == ["train/blue/html.png", "train/red/cut.png"]
+
+
+NAN_ON_ONE_PROCESS = """
+import os, sys
+import torch
+from transformers import TrainingArguments, ViTConfig, ViTForImageClassification
+sys.path.insert(0, os.getcwd())
+from vitrecipes.training import RecipeTrainer
+
+class Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 256
+    def __getitem__(self, i):
+        return {"pixel_values": torch.full((3, 32, 32), (i % 7) / 7.0), "labels": i % 2}
+
+def collate(rows, calls=[0]):
+    calls[0] += 1
+    pixels = torch.stack([r["pixel_values"] for r in rows])
+    if os.environ["RANK"] == "1" and calls[0] == 3:  # one process, one batch
+        pixels[:] = float("nan")
+    return {"pixel_values": pixels, "labels": torch.tensor([r["labels"] for r in rows])}
+
+config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=64, num_labels=2)
+args = TrainingArguments(output_dir=sys.argv[1], per_device_train_batch_size=8, max_steps=20, report_to="none",
+                         save_strategy="no", eval_strategy="no", use_cpu=True, ddp_find_unused_parameters=False)
+RecipeTrainer(model=ViTForImageClassification(config), args=args, train_dataset=Images(), data_collator=collate).train()
+"""
+
+
+def test_a_nan_on_one_process_stops_every_process_with_the_message(tmp_path):
+    script = tmp_path / "nan_on_one_process.py"
+    script.write_text(NAN_ON_ONE_PROCESS)
+    result = _launch(script, tmp_path / "out", timeout=300)
+    assert result.returncode != 0
+    # Both processes raise the error themselves (before, only rank 1 did and rank 0 was killed or hung).
+    assert result.stderr.count("NonFiniteLossError: The training loss became nan at step 3") == 1, result.stderr[-4000:]
+    assert result.stderr.count("NonFiniteLossError: The training loss became NaN or infinite on another process") == 1

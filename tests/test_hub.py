@@ -9,23 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import ROOT
 from huggingface_hub import HfApi, ModelCard, RepoUrl, metadata_load
 from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.utils import filter_repo_objects
 
 import push_to_hub as push_script
+from vitrecipes.card import BASE_TAGS, build_model_card, write_model_card
 from vitrecipes.config import RecipeTrainingArguments
 from vitrecipes.errors import RecipeError
-from vitrecipes.hub import (
-    BASE_TAGS,
-    NEVER_UPLOAD,
-    UPLOAD_PATTERNS,
-    finish_for_hub,
-    push_output_dir,
-    take_hub_settings,
-    write_model_card,
-)
+from vitrecipes.hub import NEVER_UPLOAD, UPLOAD_PATTERNS, finish_for_hub, is_hub_id, push_output_dir, take_hub_settings
 
 FAKE_TOKEN = "hf_FAKEtoken1234567890"
 MODEL_FILES = {
@@ -82,6 +76,16 @@ def _uploaded_files(call: dict) -> set[str]:
     return set(filter_repo_objects(files, allow_patterns=call["allow_patterns"], ignore_patterns=ignore))
 
 
+def _output_folder(folder: Path, **recipe) -> Path:
+    """A small output folder as a run leaves it (config.json, metrics.json, resolved_recipe.yaml), no weights."""
+    folder.mkdir(parents=True)
+    config = {"model_type": "vit", "image_size": 32, "id2label": {"0": "apple", "1": "banana"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.json").write_text(json.dumps({"validation": {"accuracy": 0.75, "loss": 0.5, "samples": 8}}))
+    (folder / "resolved_recipe.yaml").write_text(yaml.safe_dump({"learning_rate": 0.001, **recipe}))
+    return folder
+
+
 def test_model_card_metadata_matches_metrics(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     path = write_model_card(
@@ -97,6 +101,7 @@ def test_model_card_metadata_matches_metrics(run_dir):
     assert "datasets" not in meta  # builtin:digits is not a Hub dataset
     (entry,) = meta["model-index"]
     assert entry["name"] == "vit-digits"
+    assert {r["dataset"]["name"] for r in entry["results"]} == {"digits"}  # builtin:digits, as a user calls it
     by_split = {r["dataset"]["split"]: r["metrics"][0] for r in entry["results"]}
     assert by_split["validation"]["value"] == metrics["validation"]["accuracy"]
     assert by_split["test"]["value"] == metrics["test"]["accuracy"]
@@ -116,6 +121,7 @@ def test_model_card_metadata_matches_metrics(run_dir):
     assert 'pipeline("image-classification", model="someone/vit-digits")' in body
     assert "python predict.py --model someone/vit-digits" in body
     assert "python run_snacks.py recipes/smoke.yaml" in body and "dataset_name: builtin:digits" in body
+    assert "on `digits`" in body
 
 
 def test_card_for_a_fine_tuned_model_without_test_split(run_dir):
@@ -133,6 +139,56 @@ def test_card_for_a_fine_tuned_model_without_test_split(run_dir):
     (result,) = meta["model-index"][0]["results"]
     assert result["dataset"] == {"name": "Matthijs/snacks", "type": "Matthijs/snacks", "split": "validation"}
     assert "no test split" in (run_dir / "README.md").read_text()
+
+
+def test_card_names_local_dataset_and_checkpoint_by_folder_never_by_machine_path(tmp_path):
+    """A run on a local dataset from a local checkpoint: the card, public once pushed, names both as a
+    user would, and quotes no absolute path of the training machine, in the metadata or the text."""
+    dataset, checkpoint = tmp_path / "data" / "snacks", tmp_path / "models" / "dinov2-small"
+    dataset.mkdir(parents=True)
+    checkpoint.mkdir(parents=True)
+    run = _output_folder(tmp_path / "outputs" / "run", dataset_name=str(dataset), model_name_or_path=str(checkpoint))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"dataset_name: {dataset}\nmodel_name_or_path: {checkpoint}\n")
+    command = f"python run_snacks.py {recipe} --output_dir {run}"
+
+    card = ModelCard.load(write_model_card(run, command=command, recipe_path=recipe))
+    assert str(tmp_path) not in str(card)  # no path of the dataset, the checkpoint, the output folder or the recipe
+    (result,) = card.data.eval_results
+    assert (result.dataset_name, result.dataset_type) == ("snacks", "imagefolder")
+    assert card.data.datasets is None and card.data.base_model is None  # neither is on the Hub
+    assert "fine-tuned from the local checkpoint `dinov2-small` on `snacks`," in card.text
+    assert "python run_snacks.py recipe.yaml --output_dir run" in card.text and "dataset_name: snacks" in card.text
+
+    # The recipe's dataset_name_for_card wins, in the model-index and in the text.
+    resolved = yaml.safe_load((run / "resolved_recipe.yaml").read_text())
+    for name, hub_datasets in [("Snacks (local copy)", None), ("Matthijs/snacks", ["Matthijs/snacks"])]:
+        (run / "resolved_recipe.yaml").write_text(yaml.safe_dump({**resolved, "dataset_name_for_card": name}))
+        card = build_model_card(run)
+        assert str(tmp_path) not in str(card)
+        assert card.data.eval_results[0].dataset_name == name and card.data.datasets == hub_datasets
+        assert f"on `{name}`," in card.text or f"on [{name}](https://huggingface.co/datasets/{name})," in card.text
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("Matthijs/snacks", True),
+        ("google/vit-base-patch16-224-in21k", True),
+        ("outputs/smoke", False),  # a folder that exists here
+        ("./snacks", False),
+        ("/data/snacks", False),
+        ("~/snacks", False),
+        ("data/snacks/train", False),
+        ("builtin:digits", False),
+        ("snacks", False),
+        (None, False),
+    ],
+)
+def test_is_hub_id(name, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "smoke").mkdir(parents=True)
+    assert is_hub_id(name) is expected
 
 
 def test_push_uploads_the_model_files_only(run_dir, hub_calls):
@@ -192,6 +248,7 @@ def test_end_of_training_push_never_writes_or_logs_the_token(run_dir, tmp_path, 
     assert (run_dir / "model.safetensors").is_file() and (run_dir / "README.md").is_file()
     card = (run_dir / "README.md").read_text()
     assert "--hub_token *** --hub_token *** --hub_model_id someone/digits" in card
+    assert str(tmp_path) not in card  # the recipe is quoted by its name, not its path
     captured = capsys.readouterr()
     assert FAKE_TOKEN not in caplog.text + captured.out + captured.err
     assert _files_holding(run_dir, FAKE_TOKEN) == []

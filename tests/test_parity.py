@@ -14,7 +14,8 @@ from transformers import AutoImageProcessor, pipeline
 import run_snacks
 from vitrecipes.config import DataArguments
 from vitrecipes.data import load_splits
-from vitrecipes.transforms import Preprocessing, load_rgb
+from vitrecipes.images import load_rgb
+from vitrecipes.transforms import Preprocessing
 
 
 @pytest.mark.parametrize("crop_pct", [1.0, 0.875])

@@ -12,12 +12,13 @@ from conftest import write_imagefolder
 from PIL import Image
 from transformers import TrainingArguments, ViTImageProcessor
 
+from vitrecipes.bad_images import BadImageLog
 from vitrecipes.config import DataArguments, ModelArguments
 from vitrecipes.data import load_splits
 from vitrecipes.modeling import build_model
-from vitrecipes.report import compute_report_metrics, write_report
-from vitrecipes.training import SplitPredictions, attach_transforms, build_trainer, evaluate_splits
-from vitrecipes.transforms import BadImageLog, Preprocessing
+from vitrecipes.report import SplitPredictions, compute_report_metrics, write_report
+from vitrecipes.training import attach_transforms, build_trainer, evaluate_splits
+from vitrecipes.transforms import Preprocessing
 
 SNACK_NAMES = [
     "apple", "banana", "cake", "candy", "carrot", "cookie", "doughnut", "grape", "hot dog", "ice cream",

@@ -16,10 +16,10 @@ from conftest import ROOT, run_cli, write_imagefolder
 from PIL import Image
 
 import run_snacks
-from vitrecipes.checkpoints import is_complete_checkpoint, last_complete_checkpoint
 from vitrecipes.config import ModelArguments, parse_recipe
 from vitrecipes.errors import RecipeError
 from vitrecipes.modeling import build_model
+from vitrecipes.outputs import is_complete_checkpoint, last_complete_checkpoint, plan_output_dir
 
 # Two epochs of 15 steps, a checkpoint (and validation) every 5 steps.
 CRASH_ARGS = [
@@ -54,14 +54,15 @@ def test_sigkill_then_same_command_resumes_and_matches_an_uninterrupted_run(tmp_
     assert "Resuming the unfinished run" in log
     step = int(log.split("Resuming the unfinished run")[1].split("checkpoint-")[1].split(".")[0])
     assert step >= 10
+    got = json.loads((out / "metrics.json").read_text())
+    # The Trainer itself began at the checkpoint's step (a restart would begin at 0) and went on to the end.
+    assert got["train"]["start_step"] == step and got["train"]["global_step"] == 30
+    assert json.loads((tmp_path / "baseline" / "metrics.json").read_text())["train"]["start_step"] == 0
     state = json.loads((out / f"checkpoint-{30}" / "trainer_state.json").read_text())
-    assert state["global_step"] == 30  # continued to the end instead of restarting
-    # Steps run by the resumed process: the train runtime covers only 30 - step of the 30 steps.
     first_logged_losses = [e["step"] for e in state["log_history"] if "loss" in e]
     assert first_logged_losses == [5, 10, 15, 20, 25, 30]
 
     expected = json.loads((tmp_path / "baseline" / "metrics.json").read_text())
-    got = json.loads((out / "metrics.json").read_text())
     # Weights, optimiser, scheduler, RNG and data order are restored, so the runs do the same arithmetic;
     # on one CPU thread layout that is bit-for-bit, and 1e-6 leaves room for summation order only.
     for split in ("validation", "test"):
@@ -99,6 +100,53 @@ def test_half_written_checkpoint_is_skipped_for_the_previous_one(tmp_path, train
     assert last_complete_checkpoint(tmp_path) == good
 
 
+def _layout(folder: Path, source: Path, weights: dict[str, bytes], optimizer: dict[str, bytes]) -> Path:
+    """A checkpoint folder as Trainer writes it in another mode: the state, and the given files."""
+    folder.mkdir(parents=True)
+    shutil.copy(source / "trainer_state.json", folder)
+    for name, data in {**weights, **optimizer}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def test_every_checkpoint_format_trainer_writes_is_resumable(tmp_path, trained_checkpoint):
+    """FSDP (full or sharded state dict), sharded safetensors and save_only_model checkpoints are complete;
+    before, only `model.safetensors` + `optimizer.pt` counted, so a crashed FSDP run restarted from step 0."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    _, checkpoint = trained_checkpoint
+    tensors = load_file(checkpoint / "model.safetensors")
+    names = sorted(tensors)
+    save_file({k: tensors[k] for k in names[:3]}, tmp_path / "a.safetensors")
+    save_file({k: tensors[k] for k in names[3:]}, tmp_path / "b.safetensors")
+    shard_names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    index = json.dumps({"weight_map": {k: shard_names[i >= 3] for i, k in enumerate(names)}}).encode()
+    shards = {name: (tmp_path / f"{part}.safetensors").read_bytes() for name, part in zip(shard_names, "ab")}
+    shards["model.safetensors.index.json"] = index
+    torch.save({"state": {}}, tmp_path / "optimizer.bin")
+    optimizer_bin = (tmp_path / "optimizer.bin").read_bytes()
+    layouts = {
+        "fsdp-full": ({"pytorch_model_fsdp.bin": b"x" * 64}, {"optimizer.bin": optimizer_bin}),
+        "fsdp-sharded": ({"pytorch_model_fsdp_0/.metadata": b"m", "pytorch_model_fsdp_0/__0_0.distcp": b"x"},
+                         {"optimizer_0/.metadata": b"m", "optimizer_0/__0_0.distcp": b"x"}),
+        "sharded-safetensors": (shards, {"optimizer.pt": (checkpoint / "optimizer.pt").read_bytes()}),
+        "save-only-model": ({"model.safetensors": (checkpoint / "model.safetensors").read_bytes()}, {}),
+    }  # fmt: skip
+    for step, (name, (weights, optimizer)) in enumerate(layouts.items(), start=1):
+        folder = _layout(tmp_path / name / f"checkpoint-{step}", checkpoint, weights, optimizer)
+        assert is_complete_checkpoint(folder), name
+        assert last_complete_checkpoint(folder.parent) == folder
+    missing_shard = _layout(tmp_path / "missing" / "checkpoint-9", checkpoint, dict(list(shards.items())[1:]), {})
+    assert not is_complete_checkpoint(missing_shard)
+    # The planner resumes a crashed FSDP run from its last checkpoint instead of starting again.
+    run = tmp_path / "fsdp-run"
+    shutil.copytree(tmp_path / "fsdp-sharded", run)
+    args = parse_recipe(["recipes/smoke.yaml", "--output_dir", str(run)])[2]
+    assert plan_output_dir(args, {}) == str(run / "checkpoint-2")
+
+
 def test_finished_run_is_not_overwritten_without_the_flag(trained_checkpoint):
     out, _ = trained_checkpoint
     before = (out / "metrics.json").read_text()
@@ -124,6 +172,44 @@ def test_overwrite_starts_afresh(tmp_path, trained_checkpoint):
     args = ["recipes/smoke.yaml", "--output_dir", str(copy), "--max_train_samples", "64", "--max_eval_samples", "32"]
     metrics = run_snacks.main([*args, "--num_train_epochs", "1", "--overwrite_output_dir"])
     assert metrics["train"]["epoch"] == pytest.approx(1.0)
+
+
+def test_overwrite_removes_the_old_runs_results_so_a_crash_is_not_taken_for_it(tmp_path, trained_checkpoint):
+    out, _ = trained_checkpoint
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert (copy / "metrics.json").exists() and (copy / "eval_validation").is_dir() and (copy / "README.md").exists()
+    args = parse_recipe(["recipes/smoke.yaml", "--output_dir", str(copy), "--overwrite_output_dir"])[2]
+    assert plan_output_dir(args, {}) is None  # ... and then the new run crashes before writing anything
+    leftovers = {p.name for p in copy.iterdir()}
+    assert not leftovers & {"metrics.json", "eval_validation", "eval_test", "README.md", "bad_images.jsonl"}
+    assert not any(name.startswith("checkpoint-") for name in leftovers)
+    # The same command without the flag now simply starts: the folder holds no finished run.
+    assert plan_output_dir(parse_recipe(["recipes/smoke.yaml", "--output_dir", str(copy)])[2], {}) is None
+
+
+def test_evaluation_only_reports_its_own_bad_images_and_keeps_the_runs(tmp_path, trained_checkpoint):
+    out, _ = trained_checkpoint
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    entry = json.dumps({"split": "train", "file": "/data/old/broken.jpg", "error": "OSError: cut"}) + "\n"
+    (copy / "bad_images.jsonl").write_text(entry)
+    metrics = run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(copy), "--do_train", "false",
+                               "--max_eval_samples", "32"])  # fmt: skip
+    assert metrics["bad_images"] == {}
+    assert (copy / "bad_images.jsonl").read_text() == entry  # the training run's list is untouched
+    assert json.loads((copy / "eval_only_metrics.json").read_text())["bad_images"] == {}
+
+
+def test_resolved_recipe_records_that_the_run_pushed(tmp_path, caplog):
+    out = tmp_path / "out"
+    run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(out), "--max_train_samples", "64",
+                     "--max_eval_samples", "16", "--num_train_epochs", "1", "--push_to_hub", "true",
+                     "--hub_model_id", "someone/smoke", "--hub_token", "hf_NotARealToken123456"])  # fmt: skip
+    recipe = yaml.safe_load((out / "resolved_recipe.yaml").read_text())
+    assert recipe["push_to_hub"] is True and recipe["hub_model_id"] == "someone/smoke"
+    assert "hub_token" not in recipe and "hf_NotARealToken123456" not in (out / "resolved_recipe.yaml").read_text()
+    assert "Could not push" in caplog.text  # offline here: the push fails, the run does not
 
 
 def _bad_image_dataset(root: Path) -> tuple[Path, dict[str, str]]:
@@ -167,6 +253,8 @@ def test_bad_images_are_left_out_counted_and_named(tmp_path):
     metrics = run_snacks.main(_tiny_args(data, tmp_path / "out", "--max_bad_images", "10"))
     named = {Path(f).name for f in metrics["bad_images"]["train"]}
     assert named == set(bad)
+    # metrics.json is uploaded with the model: files are named inside the dataset, not by machine path.
+    assert sorted(metrics["bad_images"]["train"]) == sorted(f"train/red/{name}" for name in bad)
     assert metrics["validation"]["samples"] == 9
     log = [json.loads(line) for line in (tmp_path / "out" / "bad_images.jsonl").read_text().splitlines()]
     assert {Path(e["file"]).name for e in log} == set(bad)
@@ -244,7 +332,7 @@ def test_trust_remote_code_is_off_by_default():
             ["--model_name_or_path", "/no/such/model", "--model_type", "null", "--config_overrides", "null"],
             r"the folder /no/such/model",
         ),
-        (["--per_device_train_batch_size", "eight"], r"per_device_train_batch_size: expected a number"),
+        (["--per_device_train_batch_size", "eight"], r"per_device_train_batch_size: expected a whole number"),
         (["--do_train", "false"], r"--do_train false evaluates the model saved in output_dir .*holds no saved model"),
     ],
 )

@@ -8,8 +8,10 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessor
 
+from vitrecipes.bad_images import BadImageLog
 from vitrecipes.config import DataArguments
-from vitrecipes.transforms import BadImageLog, Preprocessing, image_size_from_processor, load_rgb, resize_pixels
+from vitrecipes.images import load_rgb
+from vitrecipes.transforms import Preprocessing, image_size_from_processor, resize_pixels
 
 
 def _save(tmp_path, image: Image.Image, name: str, **kwargs):
@@ -175,9 +177,9 @@ def test_decoded_image_cache_keeps_to_its_budget(tmp_path):
     small._cache.budget = 80 * 60 * 3 * 2 + 1  # room for two decoded 80x60 RGB images
     small.batch_transform(False, "image", "label")({"image": paths, "label": [0] * 4})
     assert len(small._cache.images) == 2 and small._cache.used <= small._cache.budget
-    # DataLoader workers of one training process share its budget.
-    shared = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1024), workers=4)
-    assert shared._cache.budget == 256 * 2**20
+    # With DataLoader workers the cache is off: each worker would hit in proportion to its private share.
+    with_workers = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1024), workers=4)
+    assert with_workers._cache.budget == 0
 
 
 def test_random_crops_follow_random_resized_crop_sampling():
@@ -269,13 +271,20 @@ def test_decode_ahead_keeps_to_the_budget_and_is_off_without_a_cache(tmp_path):
     processor = ViTImageProcessor(size={"height": 32, "width": 32})
     paths = _photos(tmp_path, count=6)
     rows = datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths]})
+    from vitrecipes.image_cache import decode_ahead
+    from vitrecipes.images import as_pixels
+
+    def start(prep):
+        values = lambda start, stop: rows[start:stop]["image"]  # noqa: E731
+        decode_ahead(prep._cache, values, len(rows), 0, lambda v: as_pixels(prep.decode(v, train=True)))
+
     small = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
     small._cache.budget = 80 * 60 * 3 * 3  # room for three decoded 80x60 RGB images
-    small.decode_ahead(rows, "image")
+    start(small)
     small._cache.background.join(timeout=30)
     assert len(small._cache.images) == 3 and small._cache.used <= small._cache.budget
     off = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=0))
-    off.decode_ahead(rows, "image")
+    start(off)
     assert off._cache.background is None
 
 

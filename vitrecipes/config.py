@@ -2,35 +2,32 @@
 
 A recipe key belongs to exactly one of `ModelArguments`, `DataArguments` or
 `RecipeTrainingArguments` (a `transformers.TrainingArguments` with recipe-friendly defaults).
-Values are coerced to the field's type, so `learning_rate: 1e-4` (a string to PyYAML) works.
-Unknown keys are errors with a suggestion, never silently ignored.
+`transformers.HfArgumentParser` turns the dataclasses into one argparse parser; the recipe's values
+become command-line arguments in front of the user's own, so both are typed by the same parser
+(`learning_rate: 1e-4` works) and the command line wins. On top: YAML files, `--mapping.key value`,
+`null` for optional keys, and unknown keys as errors with a did-you-mean.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
-import enum
 import logging
+import re
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from .adaptation import ADAPTATIONS
 from .errors import RecipeError
 from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_only_settings
-
-RESOLVED_RECIPE_NAME = "resolved_recipe.yaml"
-# An evaluation-only run writes here, so it never replaces the recipe of the run that trained the model.
-EVAL_ONLY_RECIPE_NAME = "eval_only_recipe.yaml"
-# Keys never written to the resolved recipe: secrets, and values set by the launcher per process.
-_UNSAVED_KEYS = {"hub_token", "local_rank"}
 
 
 @dataclass
@@ -46,7 +43,7 @@ class ModelArguments:
         default=None,
         metadata={"help": "Train from scratch with this architecture (e.g. 'vit') instead of a checkpoint."},
     )
-    config_overrides: dict[str, Any] | None = field(
+    config_overrides: dict | str | None = field(
         default=None,
         metadata={
             "help": "Config values for a from-scratch model, e.g. {hidden_size: 192, num_hidden_layers: 6, "
@@ -159,6 +156,13 @@ class DataArguments:
             "save_to_disk, or 'builtin:digits' (scikit-learn's digits rendered as PNGs; no download)."
         },
     )
+    dataset_name_for_card: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the model card names the dataset; default: the Hub id, or the local "
+            "folder's name (never its path on this machine)."
+        },
+    )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub dataset revision."})
     image_column_name: str = field(default="image", metadata={"help": "Column that holds the images."})
@@ -232,13 +236,6 @@ class DataArguments:
             "the training images into the decoded-image cache ahead of the loader, from core time the training "
             "step leaves idle: the first epoch then runs nearly as fast as the cached ones. Needs "
             "decoded_image_cache_mib above 0. The pixels are the same either way."
-        },
-    )
-    dataloader_worker_niceness: int = field(
-        default=10,
-        metadata={
-            "help": "Lower the scheduling priority of DataLoader workers by this much (Unix nice), so that "
-            "decoding fills idle core time instead of pre-empting the training threads. 0 keeps it equal."
         },
     )
     max_bad_images: float = field(
@@ -317,7 +314,7 @@ class RecipeTrainingArguments(TrainingArguments):
         default="accuracy", metadata={"help": "Validation metric that picks the best checkpoint."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every this many steps."})
-    report_to: str | list[str] | None = field(
+    report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Experiment trackers to report to ('none', 'tensorboard', 'wandb'...)."}
     )
     log_level: str = field(default="info", metadata={"help": "Log level of the main process."})
@@ -329,15 +326,6 @@ class RecipeTrainingArguments(TrainingArguments):
         metadata={"help": "DDP's search for unused parameters; classifiers use them all, so it is off (faster)."},
     )
     hub_license: str = field(default="apache-2.0", metadata={"help": "License written into the model card's metadata."})
-    reuse_freed_memory: bool = field(
-        default=True,
-        metadata={
-            "help": "Linux (glibc): keep memory the process frees for reuse instead of returning it to the "
-            "system (mallopt M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB). Otherwise every training step "
-            "page-faults its activations and batches back in (about 3,000 faults a step for the tiny CPU "
-            "recipe, 5% of its time). Peak memory can be somewhat higher."
-        },
-    )
     head_learning_rate_multiplier: float = field(
         default=1.0,
         metadata={"help": "The new classification head trains at learning_rate times this."},
@@ -357,6 +345,23 @@ class RecipeTrainingArguments(TrainingArguments):
             "load_best_model_at_end: false."
         },
     )
+    seeds: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Run the recipe once per seed (e.g. --seeds 42 43 44), one after the other, into "
+            "output_dir/seed-<N>, then write output_dir/summary.md and summary.json: mean ± std of validation and "
+            "test accuracy, macro-F1 and wall time."
+        },
+    )
+    sweep: str | None = field(
+        default=None,
+        metadata={
+            "help": "A search-space YAML file (n_trials, params: {key: {low, high, log} or {choices}}): run "
+            "Trainer.hyperparameter_search with Optuna, choosing on validation accuracy; write sweep_trials.md and "
+            "best_recipe.yaml, then train the best recipe once into output_dir/best (its test split is the only "
+            "test evaluation)."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Always false: the image column is consumed by the lazy transform, not the model."},
@@ -364,103 +369,24 @@ class RecipeTrainingArguments(TrainingArguments):
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeTrainingArguments)
+_NULL_WORDS = ("null", "~")  # not "none": a value of report_to, auto_augment...
 
 
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans (only true / false), so that `eval_strategy: no` or `output_dir: on` stay text."""
 
 
-def all_recipe_keys() -> dict[str, type]:
-    """Every valid recipe key, mapped to the dataclass it belongs to."""
-    owners = {}
-    for cls in ARGUMENT_CLASSES:
-        for name in _field_types(cls):
-            owners.setdefault(name, cls)
-    return owners
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a YAML or command-line value to the type a field declares, or raise RecipeError."""
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        # Try the most specific types first so "3" becomes 3, not "3", for `int | str`.
-        ordered = sorted((o for o in options if o is not type(None)), key=lambda o: o is str)
-        for option in ordered:
-            try:
-                return _coerce(value, option, key)
-            except RecipeError as error:
-                errors.append(str(error))
-        raise RecipeError(errors[0] if errors else f"{key}: cannot be null.")
-    if origin in (list, tuple):
-        (inner,) = typing.get_args(annotation)[:1] or (Any,)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",")] if value else []
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        return [_coerce(v, inner, key) for v in value]
-    if origin is dict or annotation is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, dict):
-            raise RecipeError(f"{key}: expected a mapping such as {{a: 1}}, got {value!r}.")
-        return value
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("true", "yes", "1", "on"):
-            return True
-        if text in ("false", "no", "0", "off"):
-            return False
-        raise RecipeError(f"{key}: expected true or false, got {value!r}.")
-    if annotation in (int, float):
-        if isinstance(value, bool):
-            raise RecipeError(f"{key}: expected a number, got {value!r}.")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise RecipeError(f"{key}: expected a number, got {value!r}.") from None
-        if annotation is int:
-            if number != int(number):
-                raise RecipeError(f"{key}: expected a whole number, got {value!r}.")
-            return int(number)
-        return number
-    if annotation is str:
-        if isinstance(value, bool):  # YAML 1.1 reads a bare `no` / `yes` as a boolean: `eval_strategy: no`
-            return "no" if value is False else "yes"
-        if isinstance(value, (dict, list)):
-            raise RecipeError(f"{key}: expected text, got {value!r}.")
-        return str(value)
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        try:
-            return annotation(value).value
-        except ValueError:
-            choices = ", ".join(repr(m.value) for m in annotation)
-            raise RecipeError(f"{key}: {value!r} is not one of {choices}.") from None
-    return value
-
-
-# Keys that transformers 4 recipes use and transformers 5 renamed or dropped.
-_RENAMED_KEYS = {
-    "warmup_ratio": "warmup_steps (a value below 1 is read as a fraction of all steps)",
-    "evaluation_strategy": "eval_strategy",
-    "no_cuda": "use_cpu",
-    "save_safetensors": "nothing: weights are always saved as safetensors; remove the key",
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
-def _suggest(key: str, known) -> str:
-    if key in _RENAMED_KEYS:
-        return f" It was renamed or removed in transformers 5; use {_RENAMED_KEYS[key]}."
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -470,7 +396,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"Recipe file {path} does not exist. Give the path of a YAML recipe, e.g. recipes/smoke.yaml."
         )
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown place"
@@ -487,60 +413,177 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
-def parse_overrides(tokens: list[str]) -> dict[str, Any]:
-    """`--key value`, `--key=value` and bare `--flag` (true). `--a.b 1` sets key b of dict field a."""
-    overrides: dict[str, Any] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--") or token == "--":
-            raise RecipeError(
-                f"Unexpected command-line argument {token!r}: overrides look like '--learning_rate 3.0e-4'."
-            )
-        key, sep, raw = token[2:].partition("=")
-        if not sep:
-            if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-                raw = tokens[i + 1]
-                i += 1
-            else:
-                raw = "true"
-        i += 1
+def _typed(convert, hint):
+    """Wrap an argparse `type` function: `null` for optional keys, YAML mappings, and messages that say
+    what was expected (argparse prefixes them with the key)."""
+    options = typing.get_args(hint) or (hint,)
+    optional = type(None) in options
+    if any(typing.get_origin(o) is dict or o is dict for o in options):
+        convert = load_yaml
+    if convert in (int, float):
+        expected = "a whole number" if convert is int else "a number"
+
+        def convert(text, kind=convert):
+            number = float(text)
+            if kind is int and number != int(number):
+                raise ValueError(text)
+            return kind(number)
+
+    else:
+        expected = "true or false" if convert is string_to_bool else f"a valid {getattr(convert, '__name__', 'value')}"
+
+    def parse(text: str):
+        if optional and text.strip().lower() in _NULL_WORDS:
+            return None
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        key = key.replace("-", "_")
-        if "." in key:
-            parent, child = key.split(".", 1)
-            overrides.setdefault(parent, {})[child] = value
+            value = convert(text)
+        except (TypeError, ValueError, argparse.ArgumentTypeError, yaml.YAMLError):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if convert is load_yaml and not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"expected a mapping such as {{a: 1}}, got {text!r}")
+        return value
+
+    return parse
+
+
+class RecipeParser(HfArgumentParser):
+    """The three argument dataclasses as one argparse parser whose mistakes are RecipeErrors."""
+
+    def __init__(self):
+        super().__init__(
+            ARGUMENT_CLASSES,
+            prog="run_snacks.py",
+            usage="python run_snacks.py RECIPE.yaml [--key value ...]",
+            description="Train an image classifier from a YAML recipe. Every key below can be set in the recipe "
+            "or on the command line (--key value, --key=value, --flag for true, --mapping.key value, null for "
+            "none); the command line wins.",
+            allow_abbrev=False,
+        )
+        hints = {}
+        for cls in ARGUMENT_CLASSES:
+            hints.update(typing.get_type_hints(cls))
+        for action in self._actions:
+            if action.type is not None and action.dest in hints and not action.option_strings[0].startswith("--no"):
+                if action.type is string_to_bool and action.nargs is None:  # `bool | None` keys: a bare --flag too
+                    action.nargs, action.const = "?", True
+                action.type = _typed(action.type, hints[action.dest])
+                if action.choices is not None and type(None) in typing.get_args(hints[action.dest]):
+                    action.choices = [*action.choices, None]
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments"):
+            message += ". Overrides look like '--learning_rate 3.0e-4'"
+        message = re.sub(r"^argument (--[\w.]+)(/--[\w.-]+)?", r"\1", message)  # one spelling of the key
+        raise RecipeError(f"{message}.")
+
+    def check_keys(self, keys, source: str) -> None:
+        known = {option.lstrip("-").replace("-", "_") for option in self._option_string_actions}
+        for key in keys:
+            if key not in known:
+                raise RecipeError(
+                    f"Unknown key '{key}' in {source}.{_suggest(key, known)} "
+                    "Run `python run_snacks.py --help` to list every key."
+                )
+
+
+_IN_5 = "It was renamed or removed in transformers 5; use"
+_GONE = "It was removed (its speed-up was below the benchmark's noise); delete the key."
+# Keys of transformers 4 recipes, and keys that older resolved recipes of this project hold.
+_RENAMED_KEYS = {
+    "warmup_ratio": f"{_IN_5} warmup_steps (a value below 1 is read as a fraction of all steps).",
+    "evaluation_strategy": f"{_IN_5} eval_strategy.",
+    "no_cuda": f"{_IN_5} use_cpu.",
+    "save_safetensors": f"{_IN_5} nothing: weights are always saved as safetensors; remove the key.",
+    "reuse_freed_memory": _GONE,
+    "dataloader_worker_niceness": _GONE,
+}
+
+
+def _suggest(key: str, known) -> str:
+    if key in _RENAMED_KEYS:
+        return f" {_RENAMED_KEYS[key]}"
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _as_arguments(values: dict[str, Any]) -> list[str]:
+    """Recipe values as the command-line arguments that would set them."""
+
+    def text(value) -> str:
+        if value is None or isinstance(value, bool):
+            return str(value).lower().replace("none", "null")
+        if isinstance(value, dict):
+            return yaml.safe_dump(value, default_flow_style=True).strip()
+        return str(value)
+
+    arguments = []
+    for key, value in values.items():
+        if value != []:  # an empty list is the default of every list key, and has no command-line form
+            arguments += [f"--{key}", *(map(text, value) if isinstance(value, list) else [text(value)])]
+    return arguments
+
+
+def _split_mapping_overrides(argv: list[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Take `--mapping.key value` (or `--mapping.key=value`) out of argv, as {mapping: {key: value}}."""
+    rest, mappings, i = [], {}, 0
+    while i < len(argv):
+        name, sep, raw = argv[i].partition("=")
+        if argv[i].startswith("--") and "." in name:
+            if not sep:
+                takes_next = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+                raw, i = (argv[i + 1], i + 1) if takes_next else ("true", i)
+            parent, child = name[2:].replace("-", "_").split(".", 1)
+            mappings.setdefault(parent, {})[child] = load_yaml(raw) if raw else ""
         else:
-            overrides[key] = value
-    return overrides
+            rest.append(argv[i])
+        i += 1
+    return rest, mappings
 
 
-def _merge(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(recipe)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return merged
+def parse_recipe(argv: list[str] | None = None):
+    """Parse `RECIPE.yaml [--key value ...]` into the three argument dataclasses.
+
+    Returns (model_args, data_args, training_args, recipe_path). The output folder defaults to
+    outputs/<recipe file stem>.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = RecipeParser()
+    if any(a in ("-h", "--help") for a in argv):
+        parser.print_help()
+        raise SystemExit(0)
+    recipe_path, recipe = None, {}
+    if argv and not argv[0].startswith("-"):
+        recipe_path = Path(argv.pop(0))
+        recipe = read_yaml(recipe_path)
+    source = f"recipe {recipe_path}" if recipe_path else "the command line"
+    parser.check_keys(recipe, source)
+    argv, mappings = _split_mapping_overrides(argv)
+    given = [a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")]
+    parser.check_keys([*given, *mappings], "the command line")
+    for parent, values in mappings.items():
+        recipe[parent] = {**(recipe.get(parent) or {}), **values}
+    values = vars(parser.parse_args(_as_arguments(recipe) + argv))
+    values = {k: None if v == [None] else v for k, v in values.items()}
+    if not values.get("output_dir"):
+        if recipe_path is None:
+            raise RecipeError("No output_dir: give a recipe file or pass --output_dir PATH.")
+        values["output_dir"] = str(Path("outputs") / recipe_path.stem)
+    if not values["do_train"]:
+        _evaluate_the_trained_model(values, model_given="model_name_or_path" in given)
+    model_args, data_args, training_args = _build(values, source)
+    check_consistency(model_args, training_args)
+    if training_args.remove_unused_columns:
+        logging.getLogger(__name__).warning(
+            "remove_unused_columns: forced to false; the lazy transform needs the image and label columns."
+        )
+        training_args.remove_unused_columns = False
+    return model_args, data_args, training_args, recipe_path
 
 
-def build_arguments(values: dict[str, Any], source: str = "the recipe"):
-    """Turn a flat dict of recipe keys into (ModelArguments, DataArguments, RecipeTrainingArguments)."""
-    owners = all_recipe_keys()
-    for key in values:
-        if key not in owners:
-            raise RecipeError(
-                f"Unknown key '{key}' in {source}.{_suggest(key, owners)} "
-                "Run `python run_snacks.py --help` to list every key."
-            )
+def _build(values: dict[str, Any], source: str):
     built = []
     for cls in ARGUMENT_CLASSES:
-        types_ = _field_types(cls)
-        kwargs = {k: _coerce(v, types_[k], k) for k, v in values.items() if owners[k] is cls}
+        kwargs = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values}
         if cls is RecipeTrainingArguments:
             switched_off = switch_off_gpu_only_settings(kwargs)
         try:
@@ -552,76 +595,6 @@ def build_arguments(values: dict[str, Any], source: str = "the recipe"):
     # Kept on the arguments so that the run logs it and the resolved recipe records it.
     built[-1].gpu_settings_switched_off = switched_off
     return tuple(built)
-
-
-def _type_name(annotation) -> str:
-    text = getattr(annotation, "__name__", None) if not typing.get_args(annotation) else None
-    text = text or str(annotation).replace("typing.", "")
-    return text.replace("NoneType", "None").replace("transformers.trainer_utils.", "")
-
-
-def print_help(file=None) -> None:
-    """Every recipe key, grouped by dataclass, with its type, default and help text."""
-    import textwrap
-
-    file = file or sys.stdout
-    print(
-        "usage: python run_snacks.py RECIPE.yaml [--key value ...]\n\n"
-        "Train an image classifier from a YAML recipe. Every key below can be set in the recipe or\n"
-        "overridden on the command line (--key value, --key=value, --flag for true, --dict.key value).",
-        file=file,
-    )
-    titles = {
-        ModelArguments: "Model",
-        DataArguments: "Data",
-        RecipeTrainingArguments: "Training (transformers.TrainingArguments; recipe defaults shown)",
-    }
-    for cls in ARGUMENT_CLASSES:
-        print(f"\n{titles[cls]}:", file=file)
-        hints = _field_types(cls)
-        for f in dataclasses.fields(cls):
-            if not f.init:
-                continue
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            default = getattr(default, "value", default)
-            print(f"  --{f.name} ({_type_name(hints[f.name])}, default: {default!r})", file=file)
-            help_text = " ".join(str(f.metadata.get("help", "")).split())
-            for line in textwrap.wrap(help_text, width=96):
-                print(f"      {line}", file=file)
-
-
-def parse_recipe(argv: list[str] | None = None):
-    """Parse `RECIPE.yaml [--key value ...]` into the three argument dataclasses.
-
-    Returns (model_args, data_args, training_args, recipe_path). The output folder defaults to
-    outputs/<recipe file stem>.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print_help()
-        raise SystemExit(0)
-    recipe_path = None
-    recipe: dict[str, Any] = {}
-    if argv and not argv[0].startswith("--"):
-        recipe_path = Path(argv.pop(0))
-        recipe = read_yaml(recipe_path)
-    overrides = parse_overrides(argv)
-    values = _merge(recipe, overrides)
-    if values.get("output_dir") in (None, "") and recipe_path is not None:
-        values["output_dir"] = str(Path("outputs") / recipe_path.stem)
-    if values.get("output_dir") in (None, ""):
-        raise RecipeError("No output_dir: give a recipe file or pass --output_dir PATH.")
-    if not _coerce(values.get("do_train", True), bool, "do_train"):
-        _evaluate_the_trained_model(values, model_given="model_name_or_path" in overrides)
-    source = f"recipe {recipe_path}" if recipe_path else "the command line"
-    model_args, data_args, training_args = build_arguments(values, source)
-    check_consistency(model_args, training_args)
-    if training_args.remove_unused_columns:
-        logging.getLogger(__name__).warning(
-            "remove_unused_columns: forced to false; the lazy transform needs the image and label columns."
-        )
-        training_args.remove_unused_columns = False
-    return model_args, data_args, training_args, recipe_path
 
 
 def _evaluate_the_trained_model(values: dict[str, Any], model_given: bool) -> None:
@@ -655,6 +628,10 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
             "ema_decay: the averaged weights become the final model, so the best checkpoint cannot be reloaded "
             "over them. Set load_best_model_at_end: false (or ema_decay: 0)."
         )
+    if training_args.seeds and training_args.sweep:
+        raise RecipeError("seeds and sweep cannot be combined: run the sweep, then --seeds on its best_recipe.yaml.")
+    if training_args.sweep and not Path(training_args.sweep).is_file():
+        raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
     if not 0.0 < training_args.layer_decay <= 1.0:
         raise RecipeError(f"layer_decay must lie in (0, 1] (1 is off), got {training_args.layer_decay}.")
     if training_args.head_learning_rate_multiplier <= 0:
@@ -666,31 +643,3 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
             "config_overrides only applies to from-scratch models (model_type). To change a checkpoint's "
             "architecture, train from scratch or save a modified config next to the checkpoint."
         )
-
-
-def resolved_recipe(model_args, data_args, training_args) -> dict[str, dict[str, Any]]:
-    """The complete configuration, grouped by dataclass, without secrets."""
-    training = {k: v for k, v in training_args.to_dict().items() if k in _field_types(RecipeTrainingArguments)}
-    groups = {
-        "model": dataclasses.asdict(model_args),
-        "data": dataclasses.asdict(data_args),
-        "training": training,
-    }
-    for group in groups.values():
-        for key in _UNSAVED_KEYS:
-            group.pop(key, None)
-    return groups
-
-
-def save_resolved_recipe(output_dir: str | Path, model_args, data_args, training_args) -> Path:
-    """Write every key the run used, so `python run_snacks.py <this file>` repeats the run."""
-    name = RESOLVED_RECIPE_NAME if training_args.do_train else EVAL_ONLY_RECIPE_NAME
-    path = Path(output_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parts = ["# Every setting this run used. Repeat it with: python run_snacks.py " + str(path)]
-    parts += [f"# {note}" for note in getattr(training_args, "gpu_settings_switched_off", [])]
-    for name, group in resolved_recipe(model_args, data_args, training_args).items():
-        parts.append(f"\n# --- {name} ---")
-        parts.append(yaml.safe_dump(group, sort_keys=False, default_flow_style=False).rstrip())
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    return path

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import huggingface_hub
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from .bad_images import BadImageLog, find_unreadable
 from .config import DataArguments
 from .errors import RecipeError
-from .transforms import BadImageLog, find_unreadable
+from .images import describe
 
 logger = logging.getLogger(__name__)
 
@@ -131,10 +133,9 @@ def _load_from_hub(data_args: DataArguments) -> DatasetDict:
             return datasets.load_dataset(name, name=data_args.dataset_config_name, revision=PARQUET_REVISION)
         except Exception as error:  # noqa: BLE001
             message = f"{message} Then the Parquet export failed too: {error}"
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     hint = (
         "HF_HUB_OFFLINE is set, so the Hub cannot be reached. "
-        if offline
+        if huggingface_hub.constants.HF_HUB_OFFLINE
         else "The Hub may be unreachable, or the id may be misspelt. "
     )
     raise RecipeError(
@@ -180,7 +181,7 @@ def _as_class_label(split_name: str, dataset: Dataset, column: str, names: list[
             )
         return dataset
     values = dataset.unique(column)
-    if feature.dtype == "string":
+    if feature.dtype in ("string", "large_string"):
         unknown = sorted(set(values) - set(names))
     else:
         unknown = sorted(v for v in values if not 0 <= v < len(names))
@@ -245,13 +246,23 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> Splits:
     return splits
 
 
-def drop_unreadable(splits: Splits, image_column: str, bad_images: BadImageLog, max_pixels: int | None) -> Splits:
-    """`verify_images`: decode every image once, record and leave out the ones that fail."""
-    kept = {}
+def drop_unreadable(
+    splits: Splits, image_column: str, bad_images: BadImageLog, max_pixels: int | None, decode: bool = True
+) -> Splits:
+    """`verify_images`: decode every image once, record and leave out the ones that fail.
+
+    With `decode=False` (the other processes of a multi-process run, after the main one), the images
+    are not decoded again: the ones the main process recorded in the shared log are left out.
+    """
+    kept, recorded = {}, bad_images.read()
     for name, dataset in splits.items():
-        bad = find_unreadable(dataset[image_column], max_pixels)
-        for _, file, cause in bad:
-            bad_images.record(name, file, f"left out by verify_images: {cause}", enforce_limit=False)
+        if decode:
+            bad = find_unreadable(dataset[image_column], max_pixels)
+            for _, file, cause in bad:
+                bad_images.record(name, file, f"left out by verify_images: {cause}", enforce_limit=False)
+        else:
+            known = recorded.get(name, {})
+            bad = [(i, f, known[f]) for i, f in enumerate(map(describe, dataset[image_column])) if f in known]
         if bad:
             logger.warning(
                 "verify_images: %d unreadable image(s) left out of %s:\n  %s",
@@ -261,7 +272,7 @@ def drop_unreadable(splits: Splits, image_column: str, bad_images: BadImageLog, 
             )
             drop = {index for index, _, _ in bad}
             dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
-        else:
+        elif decode:
             logger.info("verify_images: all %d images of %s decode.", len(dataset), name)
         kept[name] = dataset
     return Splits(kept["train"], kept["validation"], kept.get("test"), splits.class_names)

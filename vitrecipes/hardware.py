@@ -1,4 +1,5 @@
-"""GPU speed settings (bf16, TF32, torch.compile, attention kernel) and what they become on a CPU.
+"""The machine: the library versions the code needs, and the GPU speed settings (bf16, TF32,
+torch.compile, attention kernel) and what they become on a CPU.
 
 The GPU recipes turn these on. The same recipe must still run on a laptop or a CPU CI machine, so
 each GPU-only setting is switched off there with one warning line, and the resolved recipe records
@@ -9,9 +10,6 @@ minutes compiling for a short CPU run.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
 from typing import Any
 
 import torch
@@ -61,26 +59,19 @@ def check_attention_kernel(name: str) -> None:
         )
 
 
-# glibc's mallopt parameters
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+# The oldest versions the code is known to work with (keep in step with requirements.txt).
+REQUIREMENTS = ("transformers>=5.18", "datasets>=3.0", "accelerate>=1.0")
 
 
-def reuse_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse; True if it took effect (Linux with glibc only).
+def check_requirements() -> None:
+    """Stop at start-up, with the fix, when an installed library is older than the code needs."""
+    from transformers.utils.versions import require_version
 
-    By default glibc serves blocks above a moving threshold with fresh mmap calls and hands freed
-    memory at the top of its heap back to the kernel. A training loop frees and re-allocates the same
-    activation and batch buffers every step, so each step faults them back in page by page: about
-    3,000 minor faults a step for the tiny CPU recipe, more once decoded images are in the mix.
-    Fixed thresholds (32 MiB, glibc's largest mmap threshold, and 1 GiB of free heap kept) turn them
-    into reuse: the fault count drops about tenfold. The process-wide setting is why this is done
-    once, by the entry point.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
+    for requirement in REQUIREMENTS:
+        try:
+            require_version(requirement)
+        except ImportError as error:
+            raise RecipeError(
+                f"{error}. This code needs {requirement}: run `pip install -r requirements.txt` "
+                "(in a fresh virtual environment if other projects pin the older version)."
+            ) from None

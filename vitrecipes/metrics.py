@@ -9,6 +9,10 @@ from __future__ import annotations
 import datasets
 import evaluate
 import numpy as np
+from scipy.special import softmax
+from sklearn.metrics import accuracy_score, log_loss
+
+from .bad_images import IGNORE_INDEX
 
 
 class Accuracy(evaluate.Metric):
@@ -23,9 +27,7 @@ class Accuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        predictions = np.asarray(predictions)
-        references = np.asarray(references)
-        return {"accuracy": float((predictions == references).mean()) if len(references) else 0.0}
+        return {"accuracy": float(accuracy_score(references, predictions)) if len(references) else 0.0}
 
 
 def load_accuracy() -> evaluate.Metric:
@@ -33,25 +35,15 @@ def load_accuracy() -> evaluate.Metric:
     return Accuracy(keep_in_memory=True)
 
 
-def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Cross-entropy averaged over images (no label smoothing).
-
-    Trainer's own eval loss is a mean of batch means, so it shifts slightly with the batch layout
-    (and with the number of processes); this one depends only on the images and the weights.
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean()) if len(labels) else 0.0
-
-
 def compute_metrics(eval_prediction) -> dict[str, float]:
     """`Trainer.compute_metrics`: logits of shape (n, classes) and labels of shape (n,)."""
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
     if isinstance(logits, tuple):
         logits = logits[0]
-    keep = labels != -100  # unreadable images (see transforms.IGNORE_INDEX)
+    keep = labels != IGNORE_INDEX  # unreadable images
     logits, labels = logits[keep], labels[keep]
     metrics = load_accuracy().compute(predictions=np.argmax(logits, axis=-1), references=labels)
-    metrics["cross_entropy"] = mean_cross_entropy(logits, labels)
+    # Per image, not Trainer's mean of batch means, which shifts with the batch layout and process count.
+    probabilities = softmax(logits.astype(np.float64), axis=-1)
+    metrics["cross_entropy"] = float(log_loss(labels, probabilities, labels=np.arange(logits.shape[-1])))
     return metrics

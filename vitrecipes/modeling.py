@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
 from pathlib import Path
 
+import huggingface_hub
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
 from .config import ModelArguments
 from .errors import RecipeError
+from .hub import is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ def _hub_kwargs(model_args: ModelArguments) -> dict:
 
 
 def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
     folder = Path(name).expanduser()
     if folder.is_dir() and (folder / "config.json").exists() and not list(folder.glob("*.safetensors")):
         return RecipeError(
@@ -33,12 +33,12 @@ def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:
             "pickled weights (pytorch_model.bin) can run code when loaded. Convert it once, in a trusted "
             "environment: load it with from_pretrained and call save_pretrained (which writes safetensors)."
         )
-    if looks_local:
+    if not is_hub_id(name):
         return RecipeError(
             f"model_name_or_path: the folder {name} does not exist or holds no model. Give a folder written "
             "by save_pretrained (config.json + model.safetensors) or a Hub id."
         )
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE
     why = "HF_HUB_OFFLINE is set, so the Hub cannot be reached" if offline else "the Hub could not be reached"
     return RecipeError(
         f"model_name_or_path: could not load '{name}' ({why}, or the id is misspelt, or it is not in the "

@@ -23,9 +23,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .config import RESOLVED_RECIPE_NAME, DataArguments, read_yaml
+from .config import DataArguments, read_yaml
 from .errors import RecipeError
-from .transforms import Preprocessing, load_rgb
+from .hub import is_hub_id
+from .images import load_rgb
+from .outputs import RESOLVED_RECIPE_NAME
+from .transforms import Preprocessing
 
 IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 URL_TIMEOUT_S = 30
@@ -88,8 +91,7 @@ def _resolve_model_dir(model: str | os.PathLike) -> Path:
             )
         return path
     text = str(model)
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
-    if not looks_like_hub_id:
+    if not is_hub_id(text):
         raise RecipeError(
             f"--model: the folder {text} does not exist. Give the output folder of a training run "
             "(e.g. outputs/smoke, written by `python run_snacks.py recipes/smoke.yaml`) or a Hub model id."

@@ -8,6 +8,7 @@ second pass over the data; only the few images shown as mistakes are decoded aga
         confusion_matrix.json   raw counts (rows: true class, columns: predicted class) and the class names
         confusion_matrix.png    row-normalised colours, counts written in the non-zero cells
         mistakes.png            the most confident wrong predictions (a placeholder tile when there are none)
+        curves.png              training loss, validation loss and accuracy against step (runs that trained)
         predictions.npz         logits, labels and class names, to recompute any of the above later
         report.md               a page that shows all of it
 """
@@ -17,7 +18,9 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -30,15 +33,27 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from .training import SplitPredictions
-from .transforms import load_rgb
+from .images import load_rgb
+from .outputs import (
+    CONFUSION_JSON,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    METRICS_FILE,
+    MISTAKES_PNG,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+)
 
-METRICS_FILE = "metrics.json"
-CONFUSION_JSON = "confusion_matrix.json"
-CONFUSION_PNG = "confusion_matrix.png"
-MISTAKES_PNG = "mistakes.png"
-PREDICTIONS_FILE = "predictions.npz"
-REPORT_FILE = "report.md"
+
+@dataclass
+class SplitPredictions:
+    """One split's logits and labels from the final evaluation, kept so reports need no second pass."""
+
+    split: str
+    logits: np.ndarray
+    labels: np.ndarray
+    dataset: Any  # the split as evaluated (transform attached), in prediction order
+
 
 TOP_K = 5
 MAX_MISTAKES = 16
@@ -53,8 +68,11 @@ def write_report(
     class_names: Sequence[str],
     image_column: str,
     checkpoint: str,
+    log_history: list[dict] | None = None,
 ) -> Path:
     """Write the report for one evaluated split into `out_dir` and return the path of its report.md.
+
+    `log_history`: Trainer's (`trainer.state.log_history`, as in trainer_state.json), for the curves.
 
     `predictions.dataset` must hold the evaluated rows in prediction order; its transform is
     bypassed so the mistakes grid shows the stored images, not the normalised model inputs.
@@ -84,8 +102,12 @@ def write_report(
     plot_confusion_matrix(counts, names, title).savefig(out / CONFUSION_PNG, bbox_inches="tight")
     mistakes = most_confident_mistakes(probabilities, labels)
     plot_mistakes(predictions, image_column, mistakes, probabilities, labels, names, title).savefig(out / MISTAKES_PNG)
+    curves = plot_curves(log_history) if log_history else None
+    if curves is not None:
+        curves.savefig(out / CURVES_PNG)
     report = out / REPORT_FILE
-    report.write_text(render_markdown(metrics, names, n_mistakes=int((predicted != labels).sum())), encoding="utf-8")
+    markdown = render_markdown(metrics, names, int((predicted != labels).sum()), curves is not None)
+    report.write_text(markdown, encoding="utf-8")
     return report
 
 
@@ -249,7 +271,28 @@ def plot_mistakes(
     return figure
 
 
-def render_markdown(metrics: dict, class_names: Sequence[str], n_mistakes: int) -> str:
+def plot_curves(log_history: list[dict]) -> Figure | None:
+    """Training and validation loss, and validation accuracy, against the optimiser step."""
+    series = {
+        key: [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
+        for key in ("loss", "eval_loss", "eval_accuracy")
+    }
+    if not series["loss"] and not series["eval_loss"]:
+        return None
+    figure = _new_figure(10, 4)
+    losses, accuracy = figure.subplots(1, 2)
+    for key, label in (("loss", "training loss"), ("eval_loss", "validation loss")):
+        if series[key]:
+            losses.plot(*zip(*series[key]), marker="." if key == "eval_loss" else None, label=label)
+    losses.set(xlabel="step", ylabel="loss", title="Loss")
+    losses.legend()
+    if series["eval_accuracy"]:
+        accuracy.plot(*zip(*series["eval_accuracy"]), marker="o", color="tab:green")
+    accuracy.set(xlabel="step", ylabel="accuracy", title="Validation accuracy", ylim=(0, 1))
+    return figure
+
+
+def render_markdown(metrics: dict, class_names: Sequence[str], n_mistakes: int, curves: bool = False) -> str:
     k = metrics["top_k"]
     lines = [
         f"# Evaluation report: {metrics['split']}",
@@ -299,6 +342,7 @@ def render_markdown(metrics: dict, class_names: Sequence[str], n_mistakes: int) 
         "",
         f"![Most confident mistakes]({MISTAKES_PNG})",
         "",
+        *(["## Training curves", "", f"![Loss and validation accuracy by step]({CURVES_PNG})", ""] if curves else []),
         f"Raw numbers: `{METRICS_FILE}`, `{CONFUSION_JSON}`; logits and labels to recompute them: "
         f"`{PREDICTIONS_FILE}`.",
         "",

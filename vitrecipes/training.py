@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +12,16 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .adaptation import parameter_groups
+from .bad_images import IGNORE_INDEX, BadImageLog, bad_image_limit
 from .config import DataArguments
 from .data import Splits
 from .errors import RecipeError
 from .metrics import compute_metrics
-from .transforms import IGNORE_INDEX, BadImageLog, Preprocessing, bad_image_limit
+from .outputs import checkpoint_dirs
+from .report import SplitPredictions
+from .transforms import Preprocessing
 
 logger = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-EVAL_ONLY_METRICS_FILE = "eval_only_metrics.json"
 
 
 def effective_batch_size(args: TrainingArguments) -> int:
@@ -89,6 +88,24 @@ class RecipeTrainer(Trainer):
     def __init__(self, *args, batch_mixing=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_mixing = batch_mixing
+        self.start_step = None  # the step training began from: 0, or a resumed checkpoint's
+        self._last_train_log = (time.perf_counter(), 0)
+
+    def _inner_training_loop(self, *args, **kwargs):
+        self.remove_callback(_TrainBegin)
+        self.add_callback(_TrainBegin(self))
+        return super()._inner_training_loop(*args, **kwargs)
+
+    def log(self, logs: dict, start_time=None):
+        if "loss" in logs:  # a training log line: add the speed since the previous one, for the trackers
+            now, step = time.perf_counter(), self.state.global_step
+            last_time, last_step = self._last_train_log
+            if step > last_step:
+                logs["images_per_second"] = round(
+                    (step - last_step) * effective_batch_size(self.args) / (now - last_time), 2
+                )
+            self._last_train_log = (now, step)
+        super().log(logs, start_time)
 
     def create_optimizer(self, model=None):
         args = self.args
@@ -119,12 +136,18 @@ class RecipeTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        # Trainer already synchronises on this value every step (logging_nan_inf_filter); checking it is free.
-        if not torch.isfinite(loss.detach()).all():
+        here = torch.isfinite(loss.detach()).all().reshape(1)
+        finite = here
+        if self.args.world_size > 1:  # every process stops together, not only the one whose batch diverged
+            finite = self.accelerator.gather(here.to(self.args.device)).all()
+        if not finite.item():
+            value = loss.item() if not here.item() else "NaN or infinite on another process"
             step = self.state.global_step + 1
-            kept = self.state.best_model_checkpoint or _last_checkpoint_name(self.args.output_dir)
+            saved = checkpoint_dirs(self.args.output_dir)
+            kept = self.state.best_model_checkpoint or (str(saved[-1]) if saved else None)
             raise NonFiniteLossError(
-                f"The training loss became {loss.item()} at step {step} (epoch {self.state.epoch or 0:.2f}). "
+                f"The training loss became {value} at step {step} "
+                f"(epoch {self.state.epoch or 0:.2f}). "
                 f"Likely causes: a learning rate too high for this model and batch ({self.args.learning_rate:g}; "
                 "try 3-10x lower or a longer warm-up), fp16 overflow (use bf16 on GPUs that support it), or a "
                 "corrupt batch. The run stopped before saving anything from this step; "
@@ -151,9 +174,39 @@ class RecipeTrainer(Trainer):
         load_weights(self.model, self.state.best_model_checkpoint)
 
 
-def _last_checkpoint_name(output_dir: str) -> str | None:
-    steps = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(steps[-1]) if steps else None
+class _TrainBegin(TrainerCallback):
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.start_step = state.global_step  # restored from the checkpoint by now, when resuming
+        self.trainer._last_train_log = (time.perf_counter(), state.global_step)
+
+
+def log_report_images(trainer: Trainer, reports: dict[str, Path]) -> None:
+    """Add each split's confusion matrix, mistakes and curves to the run's trackers, beside its scalars.
+
+    TensorBoard: into the run's own log folder. Trackio: into the same run (same project and run name).
+    """
+    from PIL import Image
+    from transformers.integrations import TensorBoardCallback
+
+    pictures = {f"{split}/{png.stem}": png for split, report in reports.items()
+                for png in sorted(report.parent.glob("*.png"))}  # fmt: skip
+    board = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
+    if board is not None and board.logging_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(log_dir=board.logging_dir) as writer:
+            for tag, png in pictures.items():
+                pixels = np.asarray(Image.open(png).convert("RGB"))
+                writer.add_image(tag, pixels, trainer.state.global_step, dataformats="HWC")
+    if "trackio" in (trainer.args.report_to or []):
+        import trackio
+
+        trackio.init(project=trainer.args.project, name=trainer.args.run_name, resume="allow")
+        trackio.log({tag: trackio.Image(str(png)) for tag, png in pictures.items()})
+        trackio.finish()
 
 
 class BatchMixing:
@@ -213,12 +266,14 @@ def build_trainer(
     splits: Splits,
     prep: Preprocessing,
     data_args: DataArguments | None = None,
+    model_init=None,
 ) -> Trainer:
     mixing = None
     if data_args is not None and (data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0):
         mixing = BatchMixing(len(splits.class_names), data_args.mixup_alpha, data_args.cutmix_alpha)
     return RecipeTrainer(
         model=model,
+        model_init=model_init,
         args=args,
         train_dataset=splits.train if args.do_train else None,
         eval_dataset=splits.validation,
@@ -228,16 +283,6 @@ def build_trainer(
         callbacks=[WeightAverage(args.ema_decay)] if getattr(args, "ema_decay", 0.0) else None,
         batch_mixing=mixing,
     )
-
-
-@dataclass
-class SplitPredictions:
-    """One split's logits and labels from the final evaluation, kept so reports need no second pass."""
-
-    split: str
-    logits: np.ndarray
-    labels: np.ndarray
-    dataset: Dataset  # the split as evaluated (transform attached), in prediction order
 
 
 def evaluate_splits(
@@ -261,13 +306,6 @@ def evaluate_splits(
     if splits.test is None:
         logger.warning("No test split: skipping the test evaluation.")
     return results, predictions
-
-
-def write_metrics(output_dir: str | Path, metrics: dict, trained: bool = True) -> Path:
-    path = Path(output_dir) / (METRICS_FILE if trained else EVAL_ONLY_METRICS_FILE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
 
 
 def format_summary(metrics: dict, output_dir: str | Path, metrics_path: Path) -> str:

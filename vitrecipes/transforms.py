@@ -1,163 +1,28 @@
 """Decoding and preprocessing, applied lazily through `Dataset.with_transform`.
 
 Train: RandomResizedCrop + horizontal flip. Eval: resize the shorter side, centre-crop.
-Size, mean and std come from the checkpoint's image processor. Every image becomes 3-channel
-RGB with its EXIF orientation applied, whatever mode it was stored in.
+Size, mean and std come from the checkpoint's image processor; reading the files is `images.py`'s.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 import math
-import os
 import random
-import struct
-import sys
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvF
 from transformers import BitImageProcessor
 from transformers.image_utils import PILImageResampling
 
+from .bad_images import IGNORE_INDEX, BadImageLog
 from .config import DataArguments
-from .errors import BadImagesError
-
-logger = logging.getLogger(__name__)
-
-# What Pillow raises for a file that is not a readable image: not an image, cut short, corrupt, or too big.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
-IGNORE_INDEX = -100  # the label of a placeholder: the loss and the metrics skip it
-BAD_IMAGES_FILE = "bad_images.jsonl"
-
-_HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-
-
-def open_image(value: Any) -> Image.Image:
-    """Open what a datasets Image column holds: {'bytes', 'path'}, a path, raw bytes or a PIL image."""
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return Image.open(io.BytesIO(value["bytes"]))
-        return Image.open(value["path"])
-    if isinstance(value, (bytes, bytearray)):
-        return Image.open(io.BytesIO(value))
-    return Image.open(value)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Orient by EXIF and convert to 8-bit RGB; transparent areas become white."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "RGB":
-        return image
-    if image.mode in _HIGH_BIT_DEPTH_MODES:
-        pixels = np.asarray(image, dtype=np.float32)
-        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P" or image.mode in ("LA", "PA", "RGBA", "La", "RGBa"):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
-
-
-def load_rgb(value: Any, max_pixels: int | None = None) -> Image.Image:
-    image = open_image(value)  # reads the header only
-    if max_pixels and image.width * image.height > max_pixels:
-        raise Image.DecompressionBombError(
-            f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
-        )
-    return to_rgb(image)
-
-
-def describe(value: Any) -> str:
-    """A name for an image-column value in messages: its path, or its size in bytes."""
-    if isinstance(value, dict):
-        return value.get("path") or f"<{len(value.get('bytes') or b'')} bytes in the dataset>"
-    return str(value) if isinstance(value, (str, os.PathLike)) else f"<{type(value).__name__}>"
-
-
-@dataclass
-class BadImageLog:
-    """Counts the unreadable images of each split, in memory and in `<output_dir>/bad_images.jsonl`.
-
-    The file is shared by DataLoader workers and processes (appends of one short line each), so the
-    limit applies to the whole run, not to each worker.
-    """
-
-    path: Path | None
-    limits: dict[str, int] = field(default_factory=dict)
-    seen: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def record(self, split: str, name: str, error: BaseException | str, enforce_limit: bool = True) -> None:
-        cause = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        if name in self.seen.setdefault(split, {}):
-            return
-        self.seen[split][name] = cause
-        if enforce_limit:
-            logger.warning("Unreadable image in %s, left out of loss and metrics: %s (%s)", split, name, cause)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"split": split, "file": name, "error": cause}) + "\n")
-        bad = self.read().get(split, {}) if self.path is not None else self.seen[split]
-        limit = self.limits.get(split)
-        if enforce_limit and limit is not None and len(bad) > limit:
-            examples = "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:5])
-            raise BadImagesError(
-                f"Too many unreadable images in the {split} split: {len(bad)}, more than max_bad_images allows "
-                f"({limit}). First ones: {examples}. Run with --verify_images true to list and leave out every "
-                "bad file before training, fix or delete the files, or raise max_bad_images."
-            )
-
-    def read(self) -> dict[str, dict[str, str]]:
-        """{split: {file: cause}} from the shared file (or from memory when there is none)."""
-        if self.path is None or not self.path.exists():
-            return {k: dict(v) for k, v in self.seen.items()}
-        found: dict[str, dict[str, str]] = {}
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:  # a line cut short by a killed process
-                continue
-            found.setdefault(entry["split"], {}).setdefault(entry["file"], entry["error"])
-        return found
-
-
-def find_unreadable(values: list, max_pixels: int | None = None) -> list[tuple[int, str, str]]:
-    """(index, name, cause) of every value that does not decode; decodes in threads (Pillow frees the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def check(item):
-        index, value = item
-        try:
-            image = open_image(value)
-            if max_pixels and image.width * image.height > max_pixels:
-                raise Image.DecompressionBombError(
-                    f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
-                )
-            if image.format == "JPEG":
-                image.draft("RGB", (64, 64))  # decodes at 1/8 scale but still reads the whole stream
-            to_rgb(image)
-        except DECODE_ERRORS as error:
-            return index, describe(value), f"{type(error).__name__}: {error}"
-        return None
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return [found for found in pool.map(check, enumerate(values)) if found is not None]
-
-
-def bad_image_limit(max_bad_images: float, split_size: int) -> int:
-    return int(max_bad_images) if max_bad_images >= 1 else int(max_bad_images * split_size)
+from .image_cache import DecodedImageCache, decode_ahead
+from .images import DECODE_ERRORS, as_pixels, describe, open_checked, to_rgb
 
 
 def image_size_from_processor(processor) -> tuple[int, int]:
@@ -175,89 +40,6 @@ def image_size_from_processor(processor) -> tuple[int, int]:
         if size.get("shortest_edge"):
             return int(size["shortest_edge"]), int(size["shortest_edge"])
     raise ValueError(f"Cannot tell the input size from image processor {type(processor).__name__}.")
-
-
-_niceness_applied = False
-
-
-def _lower_worker_priority(niceness: int) -> None:
-    """In a DataLoader worker process, lower its scheduling priority once.
-
-    The training step runs on every core with synchronised threads; a worker competing at equal
-    priority delays all of them. At a lower priority it still gets every idle moment of a core
-    (the Python parts of the step, the optimiser), which is where the decoding then hides.
-    """
-    global _niceness_applied
-    if niceness and not _niceness_applied and torch.utils.data.get_worker_info() is not None:
-        _niceness_applied = True
-        try:
-            os.nice(niceness)
-        except OSError:  # not permitted on this system: run at normal priority
-            pass
-
-
-class DecodedImageCache:
-    """Decoded RGB pixels kept in memory up to a byte budget, so that later epochs skip decoding.
-
-    Decoding is the largest per-image cost left (see benchmarks/), and it gives the same pixels every
-    epoch; the random crop and flip are applied afterwards, so augmentation is unchanged. Entries are
-    never evicted: with random sampling every image is equally likely next, so once the budget is
-    full the first images simply stay. Each process keeps its own cache; a copy sent to a DataLoader
-    worker starts empty. A background thread may fill it ahead of the loader (`Preprocessing.decode_ahead`).
-    """
-
-    def __init__(self, budget_mib: int):
-        self.__setstate__({"budget": budget_mib * 2**20})
-
-    def __getstate__(self):
-        return {"budget": self.budget}
-
-    def __setstate__(self, state):
-        self.budget = state["budget"]
-        self.used = 0
-        self.images: dict[Any, torch.Tensor] = {}
-        self.lock = threading.Lock()  # the loader and the background thread both add entries
-        self.background_allowed = threading.Event()  # cleared: the background thread waits
-        self.background_allowed.set()
-        self.background: threading.Thread | None = None
-
-    @staticmethod
-    def key(value: Any, draft_side: int):
-        if isinstance(value, dict):
-            data = value.get("bytes")
-            return (draft_side, value.get("path"), len(data), hash(data)) if data else (draft_side, value.get("path"))
-        if isinstance(value, str | Path):
-            return (draft_side, str(value))
-        return None  # decoded PIL images or raw bytes: nothing to gain
-
-    def get(self, key) -> torch.Tensor | None:
-        return self.images.get(key) if key is not None else None
-
-    def put(self, key, pixels: torch.Tensor) -> bool:
-        """Keep `pixels` under `key` if the budget allows; False when it does not."""
-        cost = pixels.numel()  # uint8: a byte a value
-        with self.lock:
-            if key in self.images:
-                return True
-            if key is None or self.used + cost > self.budget:
-                return False
-            self.images[key] = pixels
-            self.used += cost
-            return True
-
-
-def _lowest_thread_priority() -> None:
-    """Give the calling thread the lowest scheduling priority (Linux schedules threads one by one)."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:  # not permitted here: stay at normal priority
-            pass
-
-
-def as_pixels(image: Image.Image) -> torch.Tensor:
-    """An RGB image as a (H, W, 3) uint8 tensor."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8))
 
 
 def resize_pixels(pixels: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int], flip: bool = False):
@@ -293,7 +75,6 @@ class Preprocessing:
     horizontal_flip: bool = True
     resize_to: int = 224  # eval: the shorter side is resized to this, then centre-cropped to `size`
     jpeg_draft: bool = False  # training only; see DataArguments.jpeg_draft
-    worker_niceness: int = 0
     cache_mib: int = 0  # per process; see DecodedImageCache
     augment: Any = None  # a torchvision v2 transform on (3, H, W) uint8 after crop and flip, or None
 
@@ -313,8 +94,7 @@ class Preprocessing:
             horizontal_flip=data_args.horizontal_flip,
             resize_to=int(round(max(size) / data_args.eval_crop_pct)),
             jpeg_draft=data_args.jpeg_draft,
-            worker_niceness=data_args.dataloader_worker_niceness,
-            cache_mib=data_args.decoded_image_cache_mib // max(1, workers),
+            cache_mib=0 if workers else data_args.decoded_image_cache_mib,  # see image_cache.py
             augment=image_augmentation(data_args, mean or getattr(processor, "image_mean", None)),
         )
 
@@ -326,11 +106,7 @@ class Preprocessing:
         `resize_to` for eval, and the model input for training (so a random crop of a drafted image
         is at most upsampled by the crop factor, as it would be from a small original).
         """
-        image = open_image(value)
-        if max_pixels and image.width * image.height > max_pixels:
-            raise Image.DecompressionBombError(
-                f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
-            )
+        image = open_checked(value, max_pixels)
         if self.jpeg_draft and train and image.format == "JPEG":
             side = self.draft_side(train)
             image.draft("RGB", (side, side))
@@ -351,45 +127,8 @@ class Preprocessing:
 
     @property
     def background_allowed(self) -> threading.Event:
-        """Cleared, the background decoding of `decode_ahead` waits (the benchmark pauses it this way)."""
+        """Cleared, the background decoding of `decode_ahead` waits (the pipeline benchmark pauses it so)."""
         return self._cache.background_allowed
-
-    def decode_ahead(self, dataset, image_column: str, max_pixels: int | None = None) -> None:
-        """Start decoding the training images of `dataset` (untransformed) into the cache, in the background.
-
-        Without DataLoader workers, the first epoch decodes every JPEG in the training loop, while the
-        training step leaves part of the cores idle (its Python and optimiser stretches run on one
-        thread). One thread at the lowest scheduling priority fills the cache from that idle time,
-        so the loader mostly finds images already decoded. Same pixels either way; it stops when
-        every image is in, or when the budget is full. Once per process; later calls do nothing.
-        """
-        cache = self._cache
-        if cache.budget == 0 or cache.background is not None:
-            return
-        side = self.draft_side(train=True)
-
-        def fill():
-            _lowest_thread_priority()
-            try:
-                for start in range(0, len(dataset), 256):
-                    for value in dataset[start : start + 256][image_column]:
-                        cache.background_allowed.wait()
-                        key = cache.key(value, side)
-                        if key is None:
-                            return  # values the cache cannot hold (decoded images): nothing to gain
-                        if cache.get(key) is not None:
-                            continue
-                        try:
-                            pixels = as_pixels(self.decode(value, train=True, max_pixels=max_pixels))
-                        except DECODE_ERRORS:
-                            continue  # the loader reports it when it reaches this image
-                        if not cache.put(key, pixels):
-                            return  # budget full
-            except Exception as error:  # the loader decodes for itself; nothing is lost
-                logger.debug("Decoding ahead stopped: %s: %s", type(error).__name__, error)
-
-        cache.background = threading.Thread(target=fill, name="vitrecipes-decode-ahead", daemon=True)
-        cache.background.start()
 
     def train_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """torchvision's RandomResizedCrop sampling: area fraction, log-uniform aspect ratio, 10 tries.
@@ -420,7 +159,6 @@ class Preprocessing:
         if not self.random_crop:
             return self.eval_uint8(image)
         pixels = image if isinstance(image, torch.Tensor) else as_pixels(image)
-        _lower_worker_priority(self.worker_niceness)
         box = self.train_box(pixels.shape[0], pixels.shape[1])
         flip = self.horizontal_flip and random.random() < 0.5
         out = resize_pixels(pixels, box, self.size, flip)
@@ -435,7 +173,6 @@ class Preprocessing:
         saved with the model (`serving_processor`), so `pipeline()` sees exactly these pixels.
         """
         pixels = image if isinstance(image, torch.Tensor) else as_pixels(image)
-        _lower_worker_priority(self.worker_niceness)
         resized = tvF.resize(
             pixels.permute(2, 0, 1), self.resize_to, interpolation=tvF.InterpolationMode.BILINEAR, antialias=True
         )
@@ -511,7 +248,13 @@ class Preprocessing:
 
         def transform(batch: dict[str, list]) -> dict[str, list]:
             if decode_ahead_from is not None and torch.utils.data.get_worker_info() is None:
-                self.decode_ahead(decode_ahead_from, image_column, max_pixels)
+                decode_ahead(
+                    self._cache,
+                    lambda start, stop: decode_ahead_from[start:stop][image_column],
+                    len(decode_ahead_from),
+                    self.draft_side(train=True),
+                    lambda value: as_pixels(self.decode(value, train=True, max_pixels=max_pixels)),
+                )
             pixels, labels = [], []
             for value, label in zip(batch[image_column], batch[label_column]):
                 try:

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Compare recipes honestly: side by side, with a verdict on whether each difference beats seed noise.
+
+    python benchmarks/compare_runs.py outputs/config_cpu outputs/config_cpu-lr3e-5 [--out comparison]
+
+Each argument is a multi-seed output folder (with the summary.json that `--seeds` writes) or a single
+run's output folder. The first is the baseline. For every figure (validation and test accuracy,
+macro-F1, wall time) the table gives mean ± std over the seeds, and each other recipe's difference
+from the baseline with Welch's t-test (unequal variances) on the per-seed values: "within seed noise"
+when p >= --alpha, else "better" or "worse". With fewer than 2 runs on either side there is no test,
+and the verdict says so. Prints the table and writes <out>.md and <out>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vitrecipes.errors import RecipeError  # noqa: E402
+from vitrecipes.experiments import FIGURES, summarise_runs  # noqa: E402
+from vitrecipes.outputs import SUMMARY_NAME  # noqa: E402
+
+HIGHER_IS_BETTER = {key: key != "wall_seconds" for key in FIGURES}
+
+
+def load(folder: Path) -> dict:
+    """{figure: [values]} of a multi-seed folder (its summary.json) or of one run's folder."""
+    summary_file = folder / f"{SUMMARY_NAME}.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else summarise_runs([folder])
+    return {key: figure["values"] for key, figure in summary["summary"].items()}
+
+
+def verdict(base: list[float], other: list[float], key: str, alpha: float) -> dict:
+    difference = sum(other) / len(other) - sum(base) / len(base)
+    if len(base) < 2 or len(other) < 2:
+        return {"difference": difference, "p_value": None, "verdict": "no test: needs 2 or more runs on each side"}
+    if max(base) == min(base) and max(other) == min(other):  # no spread at all: the t statistic is undefined
+        p_value = 1.0 if difference == 0 else 0.0
+    else:
+        p_value = float(stats.ttest_ind(other, base, equal_var=False).pvalue)
+    if p_value >= alpha:
+        word = "within seed noise"
+    else:
+        word = "better" if (difference > 0) == HIGHER_IS_BETTER[key] else "worse"
+    return {"difference": difference, "p_value": p_value, "verdict": word}
+
+
+def compare(folders: list[Path], alpha: float = 0.05) -> dict:
+    runs = {folder.name: load(folder) for folder in folders}
+    base_name, base = next(iter(runs.items()))
+    rows = []
+    for key, label in FIGURES.items():
+        if key not in base:
+            continue
+        row = {"figure": label, "key": key, "recipes": {}}
+        for name, figures in runs.items():
+            values = figures.get(key)
+            if values is None:
+                continue
+            mean = sum(values) / len(values)
+            std = stats.tstd(values) if len(values) > 1 else 0.0
+            row["recipes"][name] = {"mean": mean, "std": std, "n": len(values)}
+            if name != base_name:
+                row["recipes"][name].update(verdict(base[key], values, key, alpha))
+        rows.append(row)
+    return {"baseline": base_name, "alpha": alpha, "test": "Welch's t-test on per-seed values", "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    names = list(result["rows"][0]["recipes"]) if result["rows"] else []
+    lines = [
+        f"Baseline: `{result['baseline']}`. Verdicts: {result['test']}, two-sided, alpha {result['alpha']}.",
+        "",
+        "| figure | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for row in result["rows"]:
+        cells = []
+        for name in names:
+            r = row["recipes"].get(name)
+            if r is None:
+                cells.append("-")
+                continue
+            cell = f"{r['mean']:.4f} ± {r['std']:.4f} (n={r['n']})"
+            if "verdict" in r:
+                p = "" if r["p_value"] is None else f", p={r['p_value']:.3f}"
+                cell += f"; {r['difference']:+.4f}{p}: **{r['verdict']}**"
+            cells.append(cell)
+        lines.append(f"| {row['figure']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path, help="Output folders; the first is the baseline.")
+    parser.add_argument("--alpha", type=float, default=0.05, help="Significance level of the t-test.")
+    parser.add_argument("--out", type=Path, default=Path("comparison"), help="Writes <out>.md and <out>.json.")
+    args = parser.parse_args(argv)
+    if len(args.folders) < 2:
+        parser.error("give at least two output folders to compare")
+    try:
+        result = compare(args.folders, args.alpha)
+    except RecipeError as error:
+        parser.exit(2, f"Error: {error}\n")
+    text = markdown(result)
+    print(text)
+    args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The output folder: the name of every file a run writes there, and deciding what to do with a folder
+that already holds something (resume, refuse, or start afresh).
+
+Re-running the command of a run that crashed resumes from its last *complete* checkpoint. A folder
+holding a finished run, or a run of a different recipe, is never silently reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers.trainer_utils import sort_checkpoints
+
+from .errors import RecipeError
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+RESOLVED_RECIPE_NAME = "resolved_recipe.yaml"
+BAD_IMAGES_FILE = "bad_images.jsonl"
+CARD_NAME = "README.md"
+REPORT_DIR = "eval_{split}"
+# Inside each report folder (see report.py); its metrics file is METRICS_FILE too.
+CONFUSION_JSON, CONFUSION_PNG = "confusion_matrix.json", "confusion_matrix.png"
+MISTAKES_PNG, CURVES_PNG = "mistakes.png", "curves.png"
+PREDICTIONS_FILE, REPORT_FILE = "predictions.npz", "report.md"
+# Several runs of one recipe (see experiments.py): .json and .md of each name.
+SUMMARY_NAME, SWEEP_TRIALS_NAME = "summary", "sweep_trials"
+SWEEP_STUDY_FILE, BEST_RECIPE_NAME = "sweep.db", "best_recipe.yaml"
+# An evaluation-only run writes these instead, so it never replaces what the training run wrote.
+EVAL_ONLY_METRICS_FILE = "eval_only_metrics.json"
+EVAL_ONLY_RECIPE_NAME = "eval_only_recipe.yaml"
+EVAL_ONLY_BAD_IMAGES_FILE = "eval_only_bad_images.jsonl"
+# What a training run leaves besides the model files; removed by overwrite_output_dir, so that a new
+# run that crashes is not mistaken for the finished old one.
+_RUN_OUTPUTS = [METRICS_FILE, BAD_IMAGES_FILE, CARD_NAME, EVAL_ONLY_METRICS_FILE, EVAL_ONLY_BAD_IMAGES_FILE,
+                "eval_*", "checkpoint-*", "runs"]  # fmt: skip
+# Keys never written to the resolved recipe: secrets, and values set by the launcher per process.
+_UNSAVED_KEYS = {"hub_token", "local_rank"}
+# Keys that may differ between a crashed run and its resumption without changing what is trained.
+_RESUMABLE_DIFFERENCES = {
+    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "logging_steps", "logging_first_step",
+    "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name", "push_to_hub", "hub_model_id",
+    "hub_strategy", "hub_private_repo", "hub_always_push", "hub_revision", "dataloader_num_workers",
+    "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
+    "per_device_eval_batch_size", "save_total_limit", "max_bad_images", "dataset_name_for_card",
+}  # fmt: skip
+
+
+# --- the resolved recipe and the metrics --------------------------------------------------------
+
+
+def resolved_recipe(model_args, data_args, training_args, hub=None) -> dict[str, dict[str, Any]]:
+    """The complete configuration, grouped by dataclass, without secrets. `hub`: the run's HubSettings,
+    when they have been taken out of training_args."""
+    keys = {f.name for f in dataclasses.fields(training_args) if f.init}
+    training = {k: v for k, v in training_args.to_dict().items() if k in keys}
+    if hub is not None:
+        training.update(push_to_hub=hub.push_to_hub, hub_model_id=hub.hub_model_id)
+    groups = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": training}
+    for group in groups.values():
+        for key in _UNSAVED_KEYS:
+            group.pop(key, None)
+    return groups
+
+
+def save_resolved_recipe(output_dir: str | Path, model_args, data_args, training_args, hub=None) -> Path:
+    """Write every key the run used, so `python run_snacks.py <this file>` repeats the run."""
+    name = RESOLVED_RECIPE_NAME if training_args.do_train else EVAL_ONLY_RECIPE_NAME
+    path = Path(output_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = ["# Every setting this run used. Repeat it with: python run_snacks.py " + str(path)]
+    parts += [f"# {note}" for note in getattr(training_args, "gpu_settings_switched_off", [])]
+    for group, values in resolved_recipe(model_args, data_args, training_args, hub).items():
+        parts.append(f"\n# --- {group} ---")
+        parts.append(yaml.safe_dump(values, sort_keys=False, default_flow_style=False).rstrip())
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+def write_metrics(output_dir: str | Path, metrics: dict, trained: bool = True) -> Path:
+    path = Path(output_dir) / (METRICS_FILE if trained else EVAL_ONLY_METRICS_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def bad_images_path(output_dir: str | Path, trained: bool) -> Path:
+    """The run's log of unreadable images; an evaluation-only run keeps its own."""
+    return Path(output_dir) / (BAD_IMAGES_FILE if trained else EVAL_ONLY_BAD_IMAGES_FILE)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """The header lists the byte ranges of all tensors; a file cut short is smaller than their end."""
+    with path.open("rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_size))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return path.stat().st_size >= 8 + header_size + end
+
+
+def _weights_complete(path: Path) -> bool:
+    """Every weights format Trainer writes: one safetensors file, shards with their index, LoRA adapters,
+    or FSDP's own (a full `pytorch_model_fsdp.bin`, or a sharded `pytorch_model_fsdp_0/` with its metadata)."""
+    for name in ("model.safetensors", "adapter_model.safetensors"):
+        if (path / name).exists():
+            return _safetensors_complete(path / name)
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        return bool(shards) and all((path / s).exists() and _safetensors_complete(path / s) for s in shards)
+    return any(path.glob("pytorch_model_fsdp*.bin")) or any(path.glob("pytorch_model_fsdp_*/.metadata"))
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """True when a resume can load everything this checkpoint holds.
+
+    Trainer writes `trainer_state.json` last, after the weights, the optimiser (`optimizer.pt`, FSDP's
+    `optimizer.bin` or `optimizer_0/`; none with save_only_model) and the RNG state; a process killed
+    while saving leaves it missing, or the weights cut short.
+    """
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        # torch.save writes a zip; one cut short (a full disk) is not one
+        optimizers = [p for p in (path / "optimizer.pt", path / "optimizer.bin") if p.exists()]
+        return "global_step" in state and _weights_complete(path) and all(map(zipfile.is_zipfile, optimizers))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Checkpoint folders, oldest first."""
+    return [Path(p) for p in sort_checkpoints(str(output_dir))]
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    for path in reversed(checkpoint_dirs(output_dir)):
+        if is_complete_checkpoint(path):
+            return path
+        logger.warning("Skipping %s: it is incomplete (the process probably died while saving it).", path)
+    return None
+
+
+def recipe_differences(output_dir: Path, current: dict[str, dict[str, Any]]) -> list[str]:
+    """Keys whose values differ from the recipe saved in output_dir (ignoring harmless ones)."""
+    saved_path = output_dir / RESOLVED_RECIPE_NAME
+    if not saved_path.exists():
+        return []
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    now = {k: v for group in current.values() for k, v in group.items()}
+    keys = (set(saved) | set(now)) - _RESUMABLE_DIFFERENCES
+    return sorted(k for k in keys if saved.get(k) != now.get(k))
+
+
+def _start_afresh(output_dir: Path) -> None:
+    for pattern in _RUN_OUTPUTS:
+        for path in output_dir.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    logger.warning("overwrite_output_dir: starting afresh in %s (the old run's outputs removed).", output_dir)
+
+
+def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) -> str | None:
+    """Return the checkpoint to resume from (or None), after checking the output folder is safe to use.
+
+    Raises RecipeError when the folder holds a finished run or a run of a different recipe and
+    `overwrite_output_dir` is not set. With it set, the old run's outputs are removed (main process only).
+    """
+    output_dir = Path(training_args.output_dir)
+    requested = training_args.resume_from_checkpoint
+    if requested not in (None, "", "true", "auto", "false"):
+        path = Path(requested)
+        if not is_complete_checkpoint(path):
+            raise RecipeError(
+                f"resume_from_checkpoint: {path} is not a complete checkpoint (it needs trainer_state.json and "
+                "the model weights). Point it at a checkpoint-N folder, or set it to true to pick the last "
+                "complete one in output_dir."
+            )
+        return str(path)
+    if not output_dir.exists():
+        return None
+    if training_args.overwrite_output_dir:
+        if training_args.process_index == 0:
+            _start_afresh(output_dir)
+        return None
+    finished = (output_dir / METRICS_FILE).exists()
+    existing = checkpoint_dirs(output_dir)
+    if not finished and not existing:
+        return None
+    if finished:
+        raise RecipeError(
+            f"output_dir {output_dir} already holds a finished run ({METRICS_FILE} is there). To keep it, "
+            "choose another output_dir (e.g. --output_dir outputs/my-run-2); to replace it, add "
+            "--overwrite_output_dir true."
+        )
+    different = recipe_differences(output_dir, current_recipe)
+    if different:
+        raise RecipeError(
+            f"output_dir {output_dir} holds checkpoints of a run with a different recipe (keys that differ: "
+            f"{', '.join(different[:12])}). Resuming would mix two runs. Choose another output_dir, or add "
+            "--overwrite_output_dir true to discard the old checkpoints."
+        )
+    if requested == "false":
+        raise RecipeError(
+            f"output_dir {output_dir} holds checkpoints of an unfinished run and resume_from_checkpoint is false. "
+            "Remove false to resume it, or add --overwrite_output_dir true to start afresh."
+        )
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        logger.warning("No complete checkpoint in %s: starting from the beginning.", output_dir)
+        return None
+    logger.warning("Resuming the unfinished run in %s from %s.", output_dir, checkpoint.name)
+    return str(checkpoint)
