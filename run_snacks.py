@@ -2,7 +2,9 @@
 """Fine-tune an image classifier from a YAML recipe.
 
     python run_snacks.py recipes/smoke.yaml
-    accelerate launch run_snacks.py recipes/vit-base-patch16-224-in21k/snacks/config_tuned.yaml --learning_rate 3.0e-4
+    accelerate launch --config_file accelerate_config.yaml run_snacks.py \
+        recipes/vit-base-patch16-224-in21k/snacks/config_tuned.yaml --learning_rate 3.0e-4
+    python run_snacks.py RECIPE.yaml --seeds 42 43 44        # or --sweep SPACE.yaml (vitrecipes/experiments.py)
 
 Steps: parse the recipe -> load the splits -> labels -> transforms -> model -> train -> evaluate
 validation and test -> save the model, its processor, the metrics and the resolved recipe.
@@ -97,7 +99,6 @@ def main(argv: list[str] | None = None) -> dict:
         data_args,
         mean=model_args.image_mean,
         std=model_args.image_std,
-        workers=training_args.dataloader_num_workers,
         image_size=model_args.image_size,
     )
     untransformed_train = splits.train

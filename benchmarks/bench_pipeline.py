@@ -9,9 +9,8 @@ Every measurement is a real Trainer run of the same model, batch size and optimi
 process, timed from the end of its --warmup_steps:
 
 - limit:    synthetic tensors already in memory (no decoding, no augmentation);
-- project:  the recipe's own data path (vitrecipes.transforms, its workers, decoding and cache
-            options) for --epochs full epochs of the training split, timed per epoch: the first epoch
-            decodes every JPEG, later ones find them in the decoded-image cache;
+- project:  the recipe's own data path (vitrecipes.transforms and its DataLoader workers) for --epochs
+            full epochs of the training split, timed per epoch (first epoch, later epochs);
 - baseline: a naive pipeline like the transformers example script: datasets decodes each image to
             PIL, per-sample torchvision PIL transforms, no workers; --steps steps.
 
@@ -93,11 +92,9 @@ class Turns:
 class TimedRun(TrainerCallback):
     """One training run: its step-end times on a clock that stops while it waits for its turn."""
 
-    def __init__(self, name, trainer_factory, turns: Turns, turn_steps: int, warmup_steps: int, background=None):
-        """`background`: an Event that lets the run's background work go on; cleared while the run waits."""
+    def __init__(self, name, trainer_factory, turns: Turns, turn_steps: int, warmup_steps: int):
         self.name, self.turns, self.turn_steps, self.warmup_steps = name, turns, turn_steps, warmup_steps
         self.trainer_factory = trainer_factory
-        self.background = background
         self.times: dict[int, float] = {}  # step -> end, on the run's own clock
         self.wall: dict[int, float] = {}  # step -> end, on the shared clock
         self.waited = 0.0
@@ -117,16 +114,9 @@ class TimedRun(TrainerCallback):
             control.should_training_stop = True
         elif self.turn_steps and state.global_step % self.turn_steps == 0:
             started = time.perf_counter()
-            self._pause_background()
             self.turns.pass_on(self.name)
             self.turns.wait(self.name)
-            if self.background is not None:
-                self.background.set()
             self.waited += time.perf_counter() - started
-
-    def _pause_background(self) -> None:
-        if self.background is not None:
-            self.background.clear()
 
     def run(self) -> None:
         self.turns.wait(self.name)
@@ -136,7 +126,6 @@ class TimedRun(TrainerCallback):
         except BaseException as error:  # reported by the main thread
             self.error = error
         finally:
-            self._pause_background()
             self.turns.pass_on(self.name, retire=True)
 
     def ips(self, first: int | None = None, last: int | None = None) -> float:
@@ -222,14 +211,6 @@ def naive_transform(prep: Preprocessing, image_column: str, label_column: str):
     return transform
 
 
-# Recipe keys of the CPU data-path speed-ups that --ablate can switch off, one extra project run each.
-ABLATIONS = {
-    "decode_ahead": False,
-    "decoded_image_cache_mib": 0,
-    "jpeg_draft": False,
-}
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="Also accepted as the first argument.")
@@ -242,13 +223,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=2, help="Epochs of the project run.")
     parser.add_argument("--repeats", type=int, default=3, help="Whole measurements; medians and ranges are reported.")
     parser.add_argument(
-        "--ablate",
-        nargs="*",
-        default=[],
-        choices=sorted(ABLATIONS),
-        help="For each key, one more project run in the same turns with that speed-up off; its gain is reported.",
-    )
-    parser.add_argument(
         "--interleave_steps",
         type=int,
         default=None,
@@ -256,7 +230,7 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--skip_baseline", action="store_true")
     parser.add_argument("--out", default=None, help="Also write the JSON summary to this file.")
-    # Anything else is a recipe override: --dataloader_num_workers 2, --jpeg_draft false, ...
+    # Anything else is a recipe override: --dataloader_num_workers 2, --max_train_samples 2400, ...
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--recipe", *argv]
@@ -277,10 +251,6 @@ def main(argv=None) -> dict:
          "--load_best_model_at_end", "false", "--logging_steps", "100000", "--disable_tqdm", "true",
          "--report_to", "none", "--log_level", "warning", *overrides]
     )  # fmt: skip
-    switched_on = [key for key in opts.ablate if getattr(data_args, key) != ABLATIONS[key]]
-    if len(switched_on) != len(opts.ablate):
-        off = sorted(set(opts.ablate) - set(switched_on))
-        parser.error(f"--ablate {' '.join(off)}: already off in the recipe, so there is nothing to compare")
     datasets.disable_progress_bars()
     setup = Setup(opts, model_args, data_args, training_args, work, load_splits(data_args, seed=training_args.seed))
     print(
@@ -295,7 +265,7 @@ def main(argv=None) -> dict:
     repeats = []
     for repeat in range(opts.repeats):
         print(f"Repeat {repeat + 1} of {opts.repeats}", flush=True)
-        repeats.append(measure(setup, opts.ablate))
+        repeats.append(measure(setup))
     result = summarise(repeats, setup)
     print_table(result)
     if opts.out:
@@ -329,8 +299,8 @@ class Setup:
             )
 
 
-def measure(setup: Setup, ablate: list[str]) -> dict:
-    """One whole measurement: limit, project, one project run per ablated key, baseline; all in turns."""
+def measure(setup: Setup) -> dict:
+    """One whole measurement: limit, project and baseline, taking turns."""
     opts, splits, processor, per_step = setup.opts, setup.splits, setup.processor, setup.per_step
     model_args, training_args = setup.model_args, setup.training_args
     interleave = setup.interleave
@@ -350,28 +320,19 @@ def measure(setup: Setup, ablate: list[str]) -> dict:
 
     turns = Turns()
 
-    def new_run(name, args, dataset, collate, background=None, **kwargs):
+    def new_run(name, args, dataset, collate, **kwargs):
         build = trainer_factory(args, dataset, collate, **kwargs)
-        return TimedRun(name, build, turns, interleave, opts.warmup_steps, background)
+        return TimedRun(name, build, turns, interleave, opts.warmup_steps)
 
     def project_run(name, data_args):
-        # A fresh Preprocessing, so an empty decoded-image cache, for each run. Its background decoding
-        # (decode_ahead) works only while the run has its turn.
-        prep = Preprocessing.build(processor, data_args, mean=model_args.image_mean, std=model_args.image_std,
-                                   workers=training_args.dataloader_num_workers)  # fmt: skip
+        prep = Preprocessing.build(processor, data_args, mean=model_args.image_mean, std=model_args.image_std)
         transformed = attach_transforms(splits, prep, data_args, BadImageLog(None))
-        return new_run(name, training_args, transformed.train, prep.collate, background=prep.background_allowed), (
-            prep,
-            transformed,
-        )
+        return new_run(name, training_args, transformed.train, prep.collate), (prep, transformed)
 
     project, (prep, project_splits) = project_run("project", setup.data_args)
-    variants = [
-        project_run(f"no {key}", dataclasses.replace(setup.data_args, **{key: ABLATIONS[key]}))[0] for key in ablate
-    ]
 
     # The limit: same model, batch and optimiser, inputs already in memory. Interleaved, it runs for as
-    # long as the projects do (stopped when they end); otherwise --steps before and after them.
+    # long as the project does (stopped when it ends); otherwise --steps before and after it.
     limit_steps = 2 * project_steps + opts.warmup_steps if interleave else opts.warmup_steps + opts.steps
     limit_args = dataclasses.replace(training_args, max_steps=limit_steps)
     synthetic = SyntheticImages(prep.size, len(splits.class_names), limit_steps * per_step)
@@ -390,7 +351,7 @@ def measure(setup: Setup, ablate: list[str]) -> dict:
         )  # fmt: skip
         baseline = new_run("baseline", naive_args, decoded, prep.collate, trainer_class=Trainer)
 
-    runs = [limits[0], project, *variants, *limits[1:], *([baseline] if baseline else [])]
+    runs = [limits[0], project, *limits[1:], *([baseline] if baseline else [])]
     turns.begin([run.name for run in runs])
     run_in_turns(runs, until_done=limits if interleave else ())
 
@@ -416,10 +377,6 @@ def measure(setup: Setup, ablate: list[str]) -> dict:
 
     result = {"limit_ips": round(limit_for(project, epoch_marks[0], epoch_marks[-1]), 1), **efficiencies(project)}
     result["train_ips_per_epoch"] = [round(project.ips(a, b), 1) for a, b in zip(epoch_marks, epoch_marks[1:])]
-    for key, variant in zip(ablate, variants):
-        found = efficiencies(variant)
-        result[f"without_{key}"] = found
-        result[f"gain_{key}"] = round(result["efficiency"] / found["efficiency"], 3)
     if baseline:
         baseline_limit = limit_for(baseline, baseline.warmup_steps, max(baseline.times))
         result["baseline_ips"] = round(baseline.ips(), 1)
@@ -453,13 +410,7 @@ def _spread(values: list[float]) -> dict:
 
 def summarise(repeats: list[dict], setup: Setup) -> dict:
     """Median and range over the repeats of every figure, with the repeats themselves."""
-    figures = {}
-    for key, value in repeats[0].items():
-        if isinstance(value, (int, float)):
-            figures[key] = _spread([r[key] for r in repeats])
-        elif isinstance(value, dict):
-            for inner in value:
-                figures[f"{key}.{inner}"] = _spread([r[key][inner] for r in repeats])
+    figures = {key: _spread([r[key] for r in repeats]) for key, v in repeats[0].items() if isinstance(v, (int, float))}
     return {
         "recipe": setup.opts.recipe,
         "dataset": setup.data_args.dataset_name,
@@ -485,20 +436,13 @@ def print_table(result: dict) -> None:
         f = figures.get(key)
         return f"{f['median']:.3f} [{f['min']:.3f}-{f['max']:.3f}]" if f else "-"
 
-    rows = [("project", "")]
-    rows += [(key.split(".", 1)[0].replace("without_", "project without "), key.split(".", 1)[0] + ".")
-             for key in figures if key.startswith("without_") and key.endswith(".efficiency")]  # fmt: skip
     print(f"\nmedian [range] over {len(result['repeats'])} repeat(s); efficiency = images/s / limit's images/s")
-    print(f"{'run':<40}{'efficiency':>24}{'first epoch':>24}{'later epochs':>24}")
-    for name, prefix in rows:
-        later = cell(prefix + "efficiency_later_epochs")
-        print(f"{name:<40}{cell(prefix + 'efficiency'):>24}{cell(prefix + 'efficiency_first_epoch'):>24}{later:>24}")
+    print(f"{'run':<28}{'efficiency':>24}{'first epoch':>24}{'later epochs':>24}")
+    later = cell("efficiency_later_epochs")
+    print(f"{'project':<28}{cell('efficiency'):>24}{cell('efficiency_first_epoch'):>24}{later:>24}")
     if "baseline_efficiency" in figures:
-        print(f"{'baseline (naive PIL)':<40}{cell('baseline_efficiency'):>24}")
+        print(f"{'baseline (naive PIL)':<28}{cell('baseline_efficiency'):>24}")
         print(f"project / baseline: {cell('speedup_vs_baseline')}")
-    for key in figures:
-        if key.startswith("gain_"):
-            print(f"gain of {key.removeprefix('gain_')}: {cell(key)} (project efficiency / efficiency without it)")
     print(f"limit {cell('limit_ips')} images/s; evaluation {cell('eval_ips')}, prediction {cell('predict_ips')} "
           f"images/s; peak memory {result['peak_rss_mib']} MiB")  # fmt: skip
 

@@ -37,32 +37,28 @@ def _run_benchmark(*args):
     return json.loads(lines[-1]), "\n".join(lines[:-1])
 
 
-def test_benchmark_repeats_and_reports_median_range_and_each_speedups_gain(tmp_path):
+def test_benchmark_repeats_and_reports_median_and_range(tmp_path):
     import statistics
 
-    report, table = _run_benchmark("--steps", "3", "--epochs", "2", "--repeats", "2", "--ablate", "decode_ahead",
-                                   "--out", str(tmp_path / "bench.json"))  # fmt: skip
-    assert json.loads((tmp_path / "bench.json").read_text()) == report
+    report, table = _run_benchmark("--steps", "3", "--epochs", "2", "--repeats", "3", "--out", str(tmp_path / "b.json"))
+    assert json.loads((tmp_path / "b.json").read_text()) == report
     assert report["batch_size"] == 8 and report["input_size"] == [32, 32] and report["epochs"] == 2
-    assert len(report["repeats"]) == 2
+    assert len(report["repeats"]) == 3
     for repeat in report["repeats"]:
         assert FIELDS <= set(repeat), FIELDS - set(repeat)
         assert all(repeat[k] > 0 for k in ("limit_ips", "train_ips", "baseline_ips", "eval_ips", "predict_ips"))
         # The JSON's images/s are rounded to 0.1, so ratios recomputed from them agree to about 1e-3.
         assert repeat["efficiency"] == pytest.approx(repeat["train_ips"] / repeat["limit_ips"], abs=3e-3)
-        without = repeat["without_decode_ahead"]
-        assert repeat["gain_decode_ahead"] == pytest.approx(repeat["efficiency"] / without["efficiency"], abs=3e-3)
         assert repeat["speedup_vs_baseline"] == pytest.approx(
             repeat["efficiency"] / repeat["baseline_efficiency"], abs=3e-3
         )
     # Every figure is the median of the repeats, with their range.
-    for key in ("efficiency", "efficiency_first_epoch", "efficiency_later_epochs", "gain_decode_ahead",
-                "without_decode_ahead.efficiency", "speedup_vs_baseline"):  # fmt: skip
-        values = [r[key] if "." not in key else r[key.split(".")[0]][key.split(".")[1]] for r in report["repeats"]]
+    for key in ("efficiency", "efficiency_first_epoch", "efficiency_later_epochs", "speedup_vs_baseline"):
+        values = [r[key] for r in report["repeats"]]
         figure = report["figures"][key]
         assert figure["median"] == pytest.approx(statistics.median(values), abs=1e-3)
         assert (figure["min"], figure["max"]) == (min(values), max(values))
-    for row in ("project ", "project without decode_ahead", "baseline (naive PIL)", "gain of decode_ahead"):
+    for row in ("project ", "baseline (naive PIL)", "median [range] over 3 repeat(s)"):
         assert row in table
 
 
@@ -111,7 +107,6 @@ def test_runs_take_turns_one_at_a_time():
 
 @pytest.mark.parametrize("args, message", [(["--epochs", "0"], "--epochs must be 1 or more"),
                                            (["--repeats", "0"], "--repeats must be 1 or more"),
-                                           (["--ablate", "jpeg_draft"], "already off in the recipe"),
                                            (["--interleave_steps", "-5"], "--interleave_steps must be 0")])  # fmt: skip
 def test_benchmark_rejects_bad_options_before_any_work(args, message):
     script = str(ROOT / "benchmarks" / "bench_pipeline.py")

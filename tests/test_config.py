@@ -180,9 +180,10 @@ def test_gpu_settings_are_switched_off_without_a_gpu_and_recorded(tmp_path):
     assert training.torch_compile is False and training.torch_compile_mode is None
 
 
-def test_cache_budget_must_not_be_negative(tmp_path):
-    with pytest.raises(RecipeError, match="decoded_image_cache_mib must be 0 \\(off\\) or more, got -1"):
-        parse_recipe([write(tmp_path, "decoded_image_cache_mib: -1\n")])
+def test_removed_speed_ups_name_themselves(tmp_path):
+    for key in ("decoded_image_cache_mib: 512", "jpeg_draft: true", "decode_ahead: false"):
+        with pytest.raises(RecipeError, match=f"'{key.split(':')[0]}'.*removed.*delete the key"):
+            parse_recipe([write(tmp_path, key + "\n")])
 
 
 def test_attention_kernel_is_checked(tmp_path):

@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessor
 
-from vitrecipes.bad_images import BadImageLog
 from vitrecipes.config import DataArguments
 from vitrecipes.images import load_rgb
 from vitrecipes.transforms import Preprocessing, image_size_from_processor, resize_pixels
@@ -118,68 +117,12 @@ def test_batch_path_and_single_image_path_agree(tmp_path):
     assert torch.equal(batch["pixel_values"], single)
 
 
-def test_jpeg_draft_decodes_training_photos_smaller_and_never_touches_evaluation(tmp_path):
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (800, 1000, 3), dtype=np.uint8))
-    path = _save(tmp_path, photo, "big.jpg", quality=90)
-    processor = ViTImageProcessor(size={"height": 112, "width": 112})
-    assert not DataArguments().jpeg_draft  # off by default: small crops of a drafted photo are blurrier
-    prep = Preprocessing.build(processor, DataArguments(eval_crop_pct=0.875, jpeg_draft=True))
-    drafted = prep.decode(path, train=True)
-    assert 112 <= min(drafted.size) < 800 and drafted.size == (250, 200)  # 1/4: the smallest scale that covers 112
-    # Evaluation decodes in full, as pipeline() does, whatever jpeg_draft says.
-    assert prep.decode(path, train=False).size == (1000, 800)
-    full = Preprocessing.build(processor, DataArguments(eval_crop_pct=0.875))
-    assert full.decode(path, train=True).size == (1000, 800)
-
-
 def _photos(tmp_path, count=4):
     rng = np.random.default_rng(1)
     return [
         _save(tmp_path, Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)), f"{i}.jpg")
         for i in range(count)
     ]
-
-
-def test_decoded_image_cache_serves_the_same_pixels_without_decoding_again(tmp_path, monkeypatch):
-    import pickle
-
-    processor = ViTImageProcessor(size={"height": 32, "width": 32})
-    prep = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
-    paths = _photos(tmp_path)
-    rows = {"image": [{"path": p, "bytes": None} for p in paths], "label": [0, 1, 2, 3]}
-    first = prep.batch_transform(False, "image", "label")(rows)["pixel_values"]
-    assert len(prep._cache.images) == 4 and prep._cache.used > 0
-
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("decoded again")
-
-    monkeypatch.setattr(prep, "decode", no_decoding)
-    second = prep.batch_transform(False, "image", "label")(rows)["pixel_values"]
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
-    # The random crop still differs from epoch to epoch: only the decoding is cached.
-    torch.manual_seed(0)
-    crops = [prep.batch_transform(True, "image", "label")(rows)["pixel_values"][0] for _ in range(2)]
-    assert not torch.equal(crops[0], crops[1])
-    # A copy sent to a DataLoader worker starts with an empty cache and the same budget.
-    monkeypatch.undo()
-    copy = pickle.loads(pickle.dumps(prep))
-    assert copy._cache.images == {} and copy._cache.budget == prep._cache.budget
-    assert copy._cache.background is None and copy.background_allowed.is_set()
-
-
-def test_decoded_image_cache_keeps_to_its_budget(tmp_path):
-    processor = ViTImageProcessor(size={"height": 32, "width": 32})
-    paths = _photos(tmp_path)
-    off = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=0))
-    off.batch_transform(False, "image", "label")({"image": paths, "label": [0] * 4})
-    assert off._cache.images == {}
-    small = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
-    small._cache.budget = 80 * 60 * 3 * 2 + 1  # room for two decoded 80x60 RGB images
-    small.batch_transform(False, "image", "label")({"image": paths, "label": [0] * 4})
-    assert len(small._cache.images) == 2 and small._cache.used <= small._cache.budget
-    # With DataLoader workers the cache is off: each worker would hit in proportion to its private share.
-    with_workers = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1024), workers=4)
-    assert with_workers._cache.budget == 0
 
 
 def test_random_crops_follow_random_resized_crop_sampling():
@@ -215,7 +158,7 @@ def test_train_augmentation_is_reproducible_from_the_seed_and_flips(tmp_path):
     processor = ViTImageProcessor(size={"height": 32, "width": 32})
     paths = _photos(tmp_path)
     rows = {"image": paths, "label": [0, 1, 2, 3]}
-    prep = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
+    prep = Preprocessing.build(processor, DataArguments())
     outputs = []
     for _ in range(2):
         random.seed(7)
@@ -233,72 +176,16 @@ def test_train_augmentation_is_reproducible_from_the_seed_and_flips(tmp_path):
     assert flips == {True, False}
 
 
-def test_decode_ahead_fills_the_cache_in_the_background_and_can_be_paused(tmp_path):
-    import datasets
-
-    processor = ViTImageProcessor(size={"height": 32, "width": 32})
-    paths = _photos(tmp_path, count=6)
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"not a jpeg")
-    rows = datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in [*paths, str(broken)]]})
-    prep = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
-    log = BadImageLog(None)
-    transform = prep.batch_transform(True, "image", "label", bad_images=log, decode_ahead_from=rows)
-    prep.background_allowed.clear()  # paused: only the loader's own image gets decoded
-    first = {"image": [{"path": paths[0], "bytes": None}], "label": [0]}
-    transform(first)
-    thread = prep._cache.background
-    assert thread is not None and thread.is_alive() and thread.daemon
-    assert len(prep._cache.images) == 1
-    prep.background_allowed.set()
-    thread.join(timeout=30)
-    assert not thread.is_alive()
-    # Every readable training image is in; the unreadable one is left for the loader to report.
-    assert len(prep._cache.images) == 6 and log.seen == {}
-    for path in paths:
-        cached = prep._cache.get(prep._cache.key({"path": path, "bytes": None}, prep.draft_side(True)))
-        assert torch.equal(cached, torch.from_numpy(np.array(prep.decode(path, train=True))))
-    out = transform({"image": [{"path": str(broken), "bytes": None}], "label": [3]})
-    assert out["labels"] == [-100] and str(broken) in log.seen["train"]
-    # Once per process: a later batch starts nothing new.
-    transform(first)
-    assert prep._cache.background is thread
-
-
-def test_decode_ahead_keeps_to_the_budget_and_is_off_without_a_cache(tmp_path):
-    import datasets
-
-    processor = ViTImageProcessor(size={"height": 32, "width": 32})
-    paths = _photos(tmp_path, count=6)
-    rows = datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths]})
-    from vitrecipes.image_cache import decode_ahead
-    from vitrecipes.images import as_pixels
-
-    def start(prep):
-        values = lambda start, stop: rows[start:stop]["image"]  # noqa: E731
-        decode_ahead(prep._cache, values, len(rows), 0, lambda v: as_pixels(prep.decode(v, train=True)))
-
-    small = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=1))
-    small._cache.budget = 80 * 60 * 3 * 3  # room for three decoded 80x60 RGB images
-    start(small)
-    small._cache.background.join(timeout=30)
-    assert len(small._cache.images) == 3 and small._cache.used <= small._cache.budget
-    off = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=0))
-    start(off)
-    assert off._cache.background is None
-
-
-def test_dataloader_workers_transform_batches_and_start_no_decode_ahead_thread(tmp_path):
-    """With workers, each worker decodes for itself; the main process starts no background thread."""
+def test_dataloader_workers_transform_batches(tmp_path):
+    """With workers, each worker process decodes and transforms its own batches."""
     import datasets
 
     processor = ViTImageProcessor(size={"height": 32, "width": 32})
     paths = _photos(tmp_path, count=8)
     raw = datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths], "label": list(range(8))})
-    prep = Preprocessing.build(processor, DataArguments(decoded_image_cache_mib=64), workers=2)
-    dataset = raw.with_transform(prep.batch_transform(True, "image", "label", decode_ahead_from=raw))
+    prep = Preprocessing.build(processor, DataArguments())
+    dataset = raw.with_transform(prep.batch_transform(True, "image", "label"))
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=prep.collate)
     batches = list(loader)
     assert [b["pixel_values"].shape for b in batches] == [(4, 3, 32, 32)] * 2
     assert sorted(torch.cat([b["labels"] for b in batches]).tolist()) == list(range(8))
-    assert prep._cache.background is None and prep._cache.images == {}

@@ -194,15 +194,6 @@ class DataArguments:
         metadata={"help": "Area range of RandomResizedCrop, as a fraction of the image."},
     )
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips while training."})
-    jpeg_draft: bool = field(
-        default=False,
-        metadata={
-            "help": "Training only: decode JPEGs at 1/2, 1/4 or 1/8 scale when the result still covers the model "
-            "input. Several times less decoding work for large photos, but small random crops of a drafted image "
-            "are blurrier; worth it only when decoding, not the model, limits the speed (tiny models on a CPU). "
-            "Evaluation always decodes in full, as pipeline() does."
-        },
-    )
     auto_augment: str = field(
         default="none",
         metadata={"help": "After crop and flip: 'trivial' (TrivialAugmentWide), 'rand' (RandAugment) or 'none'."},
@@ -219,23 +210,6 @@ class DataArguments:
         metadata={
             "help": "CutMix (torchvision v2) with this alpha; 0 is off. With both on, each batch uses one of them "
             "at random. Either switches the loss to cross-entropy on the mixed (soft) targets."
-        },
-    )
-    decoded_image_cache_mib: int = field(
-        default=1024,
-        metadata={
-            "help": "Keep decoded (already size-reduced) images in memory, up to this many MiB per training "
-            "process (shared out among its DataLoader workers), so that the epochs after the first skip JPEG "
-            "decoding: 3x less CPU per image on snacks. The pixels are the same either way. 0 turns it off."
-        },
-    )
-    decode_ahead: bool = field(
-        default=True,
-        metadata={
-            "help": "Without DataLoader workers, a background thread at the lowest scheduling priority decodes "
-            "the training images into the decoded-image cache ahead of the loader, from core time the training "
-            "step leaves idle: the first epoch then runs nearly as fast as the cached ones. Needs "
-            "decoded_image_cache_mib above 0. The pixels are the same either way."
         },
     )
     max_bad_images: float = field(
@@ -276,8 +250,6 @@ class DataArguments:
             )
         if not 0.0 < self.eval_crop_pct <= 1.0:
             raise RecipeError(f"eval_crop_pct must lie in (0, 1], got {self.eval_crop_pct}.")
-        if self.decoded_image_cache_mib < 0:
-            raise RecipeError(f"decoded_image_cache_mib must be 0 (off) or more, got {self.decoded_image_cache_mib}.")
 
 
 @dataclass
@@ -494,8 +466,10 @@ _RENAMED_KEYS = {
     "evaluation_strategy": f"{_IN_5} eval_strategy.",
     "no_cuda": f"{_IN_5} use_cpu.",
     "save_safetensors": f"{_IN_5} nothing: weights are always saved as safetensors; remove the key.",
-    "reuse_freed_memory": _GONE,
-    "dataloader_worker_niceness": _GONE,
+    **dict.fromkeys(
+        ["reuse_freed_memory", "dataloader_worker_niceness", "jpeg_draft", "decoded_image_cache_mib", "decode_ahead"],
+        _GONE,
+    ),
 }
 
 

@@ -129,7 +129,7 @@ class Classifier:
     labels: list[str]
     device: torch.device
     source: str
-    decode: Any = load_rgb  # the evaluation's decoding (reduced-size JPEG decoding included)
+    decode: Any = load_rgb  # the evaluation's decoding
 
     @classmethod
     def load(cls, model: str | os.PathLike, device: str | None = None) -> Classifier:

@@ -56,7 +56,6 @@ def _with_transform(dataset, split, train, prep, data_args, bad_images) -> Datas
         split=split,
         bad_images=bad_images,
         max_pixels=data_args.max_image_pixels,
-        decode_ahead_from=dataset if train and data_args.decode_ahead else None,
     )
     return dataset.with_transform(transform)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,6 @@ from transformers.image_utils import PILImageResampling
 
 from .bad_images import IGNORE_INDEX, BadImageLog
 from .config import DataArguments
-from .image_cache import DecodedImageCache, decode_ahead
 from .images import DECODE_ERRORS, as_pixels, describe, open_checked, to_rgb
 
 
@@ -59,11 +57,8 @@ def resize_pixels(pixels: torch.Tensor, box: tuple[int, int, int, int], size: tu
 class Preprocessing:
     """Decoding, resizing and normalisation for one model.
 
-    The per-image work is kept to what each image needs (profiled in benchmarks/): JPEGs are decoded
-    at a reduced scale when the model input is smaller (`jpeg_draft`); decoded pixels are kept in
-    memory for later epochs (`decoded_image_cache_mib`); crops and resizes work on uint8 pixels
-    through PyTorch's vectorised kernel; and the conversion to float and the normalisation happen
-    once per batch, in `collate`.
+    Crops and resizes work on uint8 pixels through PyTorch's vectorised kernel (torchvision), and the
+    conversion to float and the normalisation happen once per batch, in `collate`.
     """
 
     size: tuple[int, int]  # (height, width) of the model input
@@ -74,16 +69,13 @@ class Preprocessing:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     horizontal_flip: bool = True
     resize_to: int = 224  # eval: the shorter side is resized to this, then centre-cropped to `size`
-    jpeg_draft: bool = False  # training only; see DataArguments.jpeg_draft
-    cache_mib: int = 0  # per process; see DecodedImageCache
     augment: Any = None  # a torchvision v2 transform on (3, H, W) uint8 after crop and flip, or None
 
     @classmethod
     def build(
-        cls, processor, data_args: DataArguments, mean=None, std=None, workers: int = 0, image_size: int | None = None
+        cls, processor, data_args: DataArguments, mean=None, std=None, image_size: int | None = None
     ) -> Preprocessing:
-        """`workers`: DataLoader worker processes per training process; they share the cache budget.
-        `image_size`: the model input side, instead of the processor's."""
+        """`image_size`: the model input side, instead of the processor's."""
         size = (image_size, image_size) if image_size else image_size_from_processor(processor)
         return cls(
             size=size,
@@ -93,42 +85,12 @@ class Preprocessing:
             crop_scale=tuple(data_args.random_resized_crop_scale),
             horizontal_flip=data_args.horizontal_flip,
             resize_to=int(round(max(size) / data_args.eval_crop_pct)),
-            jpeg_draft=data_args.jpeg_draft,
-            cache_mib=0 if workers else data_args.decoded_image_cache_mib,  # see image_cache.py
             augment=image_augmentation(data_args, mean or getattr(processor, "image_mean", None)),
         )
 
-    def decode(self, value: Any, train: bool, max_pixels: int | None = None) -> Image.Image:
-        """Open an image-column value as RGB, decoding a JPEG at the smallest scale that loses nothing.
-
-        A JPEG can be decoded at 1/2, 1/4 or 1/8 scale for a fraction of the work. The requested
-        size keeps the shorter side at least as large as what the transform will sample from it:
-        `resize_to` for eval, and the model input for training (so a random crop of a drafted image
-        is at most upsampled by the crop factor, as it would be from a small original).
-        """
-        image = open_checked(value, max_pixels)
-        if self.jpeg_draft and train and image.format == "JPEG":
-            side = self.draft_side(train)
-            image.draft("RGB", (side, side))
-        return to_rgb(image)
-
-    def draft_side(self, train: bool) -> int:
-        """The side a drafted JPEG keeps at least (0: decoded in full, as evaluation always is)."""
-        return max(self.size) if train and self.jpeg_draft else 0
-
-    def decode_pixels(self, value: Any, train: bool, max_pixels: int | None = None) -> torch.Tensor:
-        """`decode` as (H, W, 3) uint8 pixels, served from memory when this process has decoded them before."""
-        key = self._cache.key(value, self.draft_side(train))
-        pixels = self._cache.get(key)
-        if pixels is None:
-            pixels = as_pixels(self.decode(value, train, max_pixels))
-            self._cache.put(key, pixels)
-        return pixels
-
-    @property
-    def background_allowed(self) -> threading.Event:
-        """Cleared, the background decoding of `decode_ahead` waits (the pipeline benchmark pauses it so)."""
-        return self._cache.background_allowed
+    def decode(self, value: Any, train: bool = False, max_pixels: int | None = None) -> Image.Image:
+        """Open an image-column value as RGB (the same for training and evaluation, as pipeline() does)."""
+        return to_rgb(open_checked(value, max_pixels))
 
     def train_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """torchvision's RandomResizedCrop sampling: area fraction, log-uniform aspect ratio, 10 tries.
@@ -201,7 +163,6 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=torch.float32)
         self._scale = (1.0 / (255.0 * std)).view(3, 1, 1)
         self._shift = (-torch.tensor(self.mean, dtype=torch.float32) / std).view(3, 1, 1)
-        self._cache = DecodedImageCache(self.cache_mib)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (..., H, W, 3) -> normalised float32 (..., 3, H, W), contiguous."""
@@ -232,12 +193,8 @@ class Preprocessing:
         split: str = "train",
         bad_images: BadImageLog | None = None,
         max_pixels: int | None = None,
-        decode_ahead_from=None,
     ):
         """A function for `Dataset.with_transform` that turns a batch of rows into uint8 model inputs.
-
-        `decode_ahead_from`: the untransformed dataset; the first batch loaded in the main process
-        (no DataLoader workers) starts `decode_ahead` on it.
 
         An unreadable image becomes a blank image with label IGNORE_INDEX: the loss and the metrics
         skip it, batch shapes stay intact (so several processes stay in step), and it is logged.
@@ -247,18 +204,10 @@ class Preprocessing:
         placeholder = torch.zeros(*self.size, 3, dtype=torch.uint8)
 
         def transform(batch: dict[str, list]) -> dict[str, list]:
-            if decode_ahead_from is not None and torch.utils.data.get_worker_info() is None:
-                decode_ahead(
-                    self._cache,
-                    lambda start, stop: decode_ahead_from[start:stop][image_column],
-                    len(decode_ahead_from),
-                    self.draft_side(train=True),
-                    lambda value: as_pixels(self.decode(value, train=True, max_pixels=max_pixels)),
-                )
             pixels, labels = [], []
             for value, label in zip(batch[image_column], batch[label_column]):
                 try:
-                    decoded = self.decode_pixels(value, train, max_pixels)
+                    decoded = as_pixels(self.decode(value, train, max_pixels))
                     pixels.append(self.train_uint8(decoded) if train else self.eval_uint8(decoded))
                     labels.append(label)
                 except DECODE_ERRORS as error:
