@@ -17,8 +17,12 @@ from conftest import ROOT
 from PIL import Image
 
 import predict as predict_script
+from vitrecipes.config import parse_recipe
 from vitrecipes.data import materialize_digits
-from vitrecipes.predict import Classifier, predict
+from vitrecipes.images import load_rgb
+from vitrecipes.modeling import build_image_processor
+from vitrecipes.predict import load_classifier, predict
+from vitrecipes.transforms import Preprocessing
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +36,8 @@ def validation_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def classifier(model_dir) -> Classifier:
-    return Classifier.load(model_dir, device="cpu")
+def classifier(model_dir):
+    return load_classifier(model_dir, device="cpu")
 
 
 def _accuracy(results: list[dict]) -> float:
@@ -60,12 +64,10 @@ def test_cli_reproduces_the_validation_accuracy_exactly(model_dir, validation_di
     assert _accuracy(results) == _validation_accuracy(model_dir)
 
 
-def test_transformers_pipeline_agrees_image_by_image(tmp_path, model_dir, validation_dir, classifier):
-    """The pipeline uses the saved processor, not our transform. On non-square images (where squashing to a
-    square and resize-then-centre-crop give different pixels) both must still see the same pixels: scores
-    within float rounding, every label, hence the accuracy, identical."""
-    from transformers import pipeline
-
+def test_predictions_agree_with_the_runs_eval_transform_image_by_image(tmp_path, model_dir, validation_dir, classifier):
+    """predict() runs the saved processor through pipeline(); evaluation ran the recipe's own transform. On
+    non-square images (where squashing to a square and resize-then-centre-crop give different pixels) both
+    must see the same pixels: scores within float rounding, every label, hence the accuracy, identical."""
     files = []
     for i, source in enumerate(sorted(validation_dir.rglob("*.png"))[::3]):
         target = tmp_path / source.parent.name / source.name
@@ -74,9 +76,15 @@ def test_transformers_pipeline_agrees_image_by_image(tmp_path, model_dir, valida
         Image.open(source).resize(size, Image.BILINEAR).save(target)
         files.append(str(target))
     ours = predict(classifier, files, batch_size=64)
-    theirs = pipeline("image-classification", model=str(model_dir), device="cpu")(files, top_k=1, batch_size=64)
-    assert [t[0]["label"] for t in theirs] == [o["label"] for o in ours]
-    assert max(abs(t[0]["score"] - o["score"]) for t, o in zip(theirs, ours)) < 1e-4
+    # The evaluation's transform, built from the run's resolved recipe as run_snacks.py builds it.
+    model_args, data_args, _, _ = parse_recipe([str(model_dir / "resolved_recipe.yaml"), "--use_cpu", "true"])
+    prep = Preprocessing.build(build_image_processor(model_args), data_args, image_size=model_args.image_size)
+    with torch.no_grad():
+        logits = classifier.model(pixel_values=torch.stack([prep.eval(load_rgb(f)) for f in files])).logits
+    probabilities, labels = logits.softmax(-1).max(-1)
+    id2label = classifier.model.config.id2label
+    assert [o["label"] for o in ours] == [id2label[int(i)] for i in labels]
+    assert max(abs(float(p) - o["score"]) for p, o in zip(probabilities, ours)) < 1e-4
     squashed = predict(classifier, [Image.open(f).resize((32, 32), Image.BILINEAR) for f in files], batch_size=64)
     assert max(abs(q["score"] - o["score"]) for q, o in zip(squashed, ours)) > 1e-3  # the crop really mattered
 

@@ -1,16 +1,16 @@
 """Every image mode becomes 3-channel RGB, EXIF orientation is applied, and both pipelines give model-sized tensors."""
 
-import random
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import pil_to_tensor
 from transformers import ViTImageProcessor
 
 from vitrecipes.config import DataArguments
 from vitrecipes.images import load_rgb
-from vitrecipes.transforms import Preprocessing, image_size_from_processor, resize_pixels
+from vitrecipes.transforms import Preprocessing, image_size_from_processor
 
 
 def _save(tmp_path, image: Image.Image, name: str, **kwargs):
@@ -113,7 +113,7 @@ def test_batch_path_and_single_image_path_agree(tmp_path):
     paths = list(_modes(tmp_path).values())
     out = prep.batch_transform(False, "image", "label")({"image": paths, "label": [0] * len(paths)})
     batch = prep.collate([{"pixel_values": p, "labels": 0} for p in out["pixel_values"]])
-    single = torch.stack([prep.eval(prep.decode(p, train=False)) for p in paths])
+    single = torch.stack([prep.eval(load_rgb(p)) for p in paths])
     assert torch.equal(batch["pixel_values"], single)
 
 
@@ -125,33 +125,37 @@ def _photos(tmp_path, count=4):
     ]
 
 
-def test_random_crops_follow_random_resized_crop_sampling():
-    prep = Preprocessing(size=(32, 32), mean=[0.5] * 3, std=[0.5] * 3, crop_scale=(0.35, 1.0))
-    random.seed(0)
-    for _ in range(300):
-        left, top, right, bottom = prep.train_box(60, 80)
-        assert 0 <= left < right <= 80 and 0 <= top < bottom <= 60
-        width, height = right - left, bottom - top
-        assert 0.3 <= width * height / (80 * 60) <= 1.0  # the scale range, give or take rounding
-        assert 0.7 <= width / height <= 1.4  # 3/4 .. 4/3, give or take rounding
-    # No crop of such an image fits the aspect-ratio range: the largest centred crop that does.
-    assert prep.train_box(10, 200) == (93, 0, 106, 10)
-    assert prep.train_box(200, 10) == (0, 93, 10, 106)
+def test_train_transform_is_the_recipes_torchvision_augmentation():
+    processor = ViTImageProcessor(size={"height": 32, "width": 48}, image_mean=[0.2, 0.4, 0.6])
+    data = DataArguments(random_resized_crop_scale=[0.35, 1.0], auto_augment="trivial", random_erasing=0.25)
+    prep = Preprocessing.build(processor, data)
+    crop, flip, policy, erasing = prep.train_transform.transforms
+    assert isinstance(crop, v2.RandomResizedCrop) and list(crop.size) == [32, 48] and crop.scale == (0.35, 1.0)
+    assert isinstance(flip, v2.RandomHorizontalFlip) and isinstance(policy, v2.TrivialAugmentWide)
+    assert isinstance(erasing, v2.RandomErasing) and erasing.p == 0.25
+    assert erasing.value == [51, 102, 153]  # the mean in uint8: erased areas are zeros at the model input
+    pixels = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8)
+    torch.manual_seed(0)
+    assert {prep.train_uint8(pixels).shape for _ in range(50)} == {(3, 32, 48)}
+    plain = Preprocessing.build(processor, DataArguments(horizontal_flip=False, auto_augment="rand"))
+    assert [type(t) for t in plain.train_transform.transforms] == [v2.RandomResizedCrop, v2.RandAugment]
+    none = Preprocessing.build(processor, DataArguments(train_augmentation="none", auto_augment="trivial"))
+    assert none.train_transform is None and torch.equal(none.train_uint8(pixels), none.eval_uint8(pixels))
 
 
-def test_resize_matches_pillow_bilinear(tmp_path):
-    """The uint8 PyTorch resize gives Pillow's antialiased bilinear result, up and down."""
+def test_eval_resize_matches_pillow_bilinear():
+    """The uint8 torchvision resize and centre crop give Pillow's antialiased bilinear result, down and up."""
     smooth = np.linspace(0, 255, 120 * 90 * 3).reshape(120, 90, 3)
-    image = Image.fromarray((smooth + 20 * np.sin(smooth / 7)).clip(0, 255).astype(np.uint8))
-    pixels = torch.from_numpy(np.array(image))
-    for box, size in [((5, 10, 85, 110), (32, 32)), ((20, 30, 40, 45), (64, 48)), ((0, 0, 90, 120), (90, 120))]:
-        ours = resize_pixels(pixels, box, size)
-        theirs = np.asarray(image.resize((size[1], size[0]), Image.BILINEAR, box=box))
-        assert ours.shape == (*size, 3) and ours.dtype == torch.uint8 and ours.is_contiguous()
-        assert np.abs(ours.numpy().astype(int) - theirs).mean() < 1.0, (box, size)
-    flipped = resize_pixels(pixels, (5, 10, 85, 110), (32, 32), flip=True)
-    assert torch.equal(flipped, resize_pixels(pixels, (5, 10, 85, 110), (32, 32)).flip(1))
-    assert flipped.is_contiguous()
+    image = Image.fromarray((smooth + 20 * np.sin(smooth / 7)).clip(0, 255).astype(np.uint8))  # 90 wide, 120 high
+    for size, resize_to in [((32, 32), 36), ((64, 48), 64), ((150, 150), 150)]:
+        prep = Preprocessing(size=size, mean=[0.5] * 3, std=[0.5] * 3, resize_to=resize_to)
+        ours = prep.eval_uint8(pil_to_tensor(image))
+        height = int(resize_to * 120 / 90)  # the shorter side (the width) becomes resize_to
+        top, left = (height - size[0]) // 2, (resize_to - size[1]) // 2
+        resized = image.resize((resize_to, height), Image.BILINEAR)
+        theirs = np.asarray(resized.crop((left, top, left + size[1], top + size[0]))).transpose(2, 0, 1)
+        assert ours.shape == (3, *size) and ours.dtype == torch.uint8
+        assert np.abs(ours.numpy().astype(int) - theirs).mean() < 1.0, size
 
 
 def test_train_augmentation_is_reproducible_from_the_seed_and_flips(tmp_path):
@@ -161,18 +165,18 @@ def test_train_augmentation_is_reproducible_from_the_seed_and_flips(tmp_path):
     prep = Preprocessing.build(processor, DataArguments())
     outputs = []
     for _ in range(2):
-        random.seed(7)
+        torch.manual_seed(7)
         outputs.append(prep.batch_transform(True, "image", "label")(rows)["pixel_values"])
     assert all(torch.equal(a, b) for a, b in zip(*outputs))
     no_flip = Preprocessing.build(processor, DataArguments(horizontal_flip=False))
     flips = set()
     for seed in range(40):
-        random.seed(seed)
-        plain = no_flip.train_uint8(no_flip.decode(paths[0], train=True))
-        random.seed(seed)
-        maybe_flipped = prep.train_uint8(prep.decode(paths[0], train=True))
+        torch.manual_seed(seed)
+        plain = no_flip.train_uint8(pil_to_tensor(load_rgb(paths[0])))
+        torch.manual_seed(seed)
+        maybe_flipped = prep.train_uint8(pil_to_tensor(load_rgb(paths[0])))
         flips.add(not torch.equal(plain, maybe_flipped))
-        assert torch.equal(plain, maybe_flipped) or torch.equal(plain.flip(1), maybe_flipped)
+        assert torch.equal(plain, maybe_flipped) or torch.equal(plain.flip(-1), maybe_flipped)
     assert flips == {True, False}
 
 

@@ -237,7 +237,7 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> Splits:
         test=_limit(test, data_args.max_eval_samples, seed) if test is not None else None,
         class_names=names,
     )
-    # Images are decoded in the lazy transform, where the JPEG decoder can skip detail we don't need.
+    # Images are decoded in the lazy transform, which logs an unreadable file instead of failing the batch.
     image = data_args.image_column_name
     for attr in ("train", "validation", "test"):
         dataset = getattr(splits, attr)

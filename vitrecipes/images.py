@@ -8,7 +8,6 @@ import struct
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 # What Pillow raises for a file that is not a readable image: not an image, cut short, corrupt, or too big.
@@ -65,8 +64,3 @@ def describe(value: Any) -> str:
     if isinstance(value, dict):
         return value.get("path") or f"<{len(value.get('bytes') or b'')} bytes in the dataset>"
     return str(value) if isinstance(value, (str, os.PathLike)) else f"<{type(value).__name__}>"
-
-
-def as_pixels(image: Image.Image) -> torch.Tensor:
-    """An RGB image as a (H, W, 3) uint8 tensor."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8))

@@ -1,39 +1,34 @@
-"""Classify images with a trained output folder, through exactly the eval transform of its run.
+"""Classify images with a trained output folder (or a Hub model) through transformers' `pipeline()`.
 
     from vitrecipes.predict import predict
     predict("outputs/smoke", ["cat.png", "photos/", "https://example.com/dog.jpg"], top_k=3)
 
-Inputs are files, folders (searched recursively for images), http(s) URLs or PIL images. An input
-that cannot be read becomes a result with an "error" key; the other inputs are still classified.
+The image processor a run saves applies exactly its evaluation transform (`Preprocessing.serving_processor`),
+so the pipeline reproduces the run's evaluation. Inputs are files, folders (searched recursively for images),
+http(s) URLs or PIL images, decoded as the training data was. An input that cannot be read becomes a result
+with an "error" key; the other inputs are still classified.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 import sys
 import urllib.request
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
+from transformers import ImageClassificationPipeline
 
-from .config import DataArguments, read_yaml
 from .errors import RecipeError
 from .hub import is_hub_id
 from .images import load_rgb
-from .outputs import RESOLVED_RECIPE_NAME
-from .transforms import Preprocessing
 
 IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 URL_TIMEOUT_S = 30
-# Files a prediction needs from a Hub repository; weights of other frameworks are not fetched.
-_HUB_FILES = ["*.json", "*.safetensors", RESOLVED_RECIPE_NAME]
 
 
 def is_url(value: Any) -> bool:
@@ -55,58 +50,22 @@ def expand_inputs(items: Iterable[Any]) -> list[Any]:
     return expanded
 
 
-def read_image(item: Any, decode=load_rgb) -> Image.Image:
+def read_image(item: Any) -> Image.Image:
     """An RGB image from a path, a URL or a PIL image, decoded as the training data was."""
     if isinstance(item, Image.Image):
-        return decode(item)
+        return load_rgb(item)
     if is_url(item):
         request = urllib.request.Request(item, headers={"User-Agent": "vitrecipes-predict"})
         with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
-            return decode(response.read())
+            return load_rgb(response.read())
     path = Path(item)
     if path.is_dir():
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
     if not path.exists():
         raise FileNotFoundError("no such file")
-    image = decode(path)
+    image = load_rgb(path)
     image.load()  # decode now, so a truncated file fails here and is reported for this file only
     return image
-
-
-def _recipe_data_arguments(model_dir: Path) -> tuple[DataArguments, dict]:
-    """The run's DataArguments and recipe values, so the eval transform matches evaluation exactly."""
-    path = model_dir / RESOLVED_RECIPE_NAME
-    values = read_yaml(path) if path.is_file() else {}
-    names = {f.name for f in dataclasses.fields(DataArguments) if f.init}
-    return DataArguments(**{k: v for k, v in values.items() if k in names}), values
-
-
-def _resolve_model_dir(model: str | os.PathLike) -> Path:
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise RecipeError(
-                f"--model: {path} holds no config.json. Give an output folder of a training run "
-                "(config.json, model.safetensors, preprocessor_config.json), e.g. outputs/smoke."
-            )
-        return path
-    text = str(model)
-    if not is_hub_id(text):
-        raise RecipeError(
-            f"--model: the folder {text} does not exist. Give the output folder of a training run "
-            "(e.g. outputs/smoke, written by `python run_snacks.py recipes/smoke.yaml`) or a Hub model id."
-        )
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(text, allow_patterns=_HUB_FILES))
-    except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise RecipeError(
-            f"--model: {text} is not a local folder and could not be fetched from the Hugging Face Hub "
-            f"({type(error).__name__}: {first_line}). Check the id and your network (HF_HUB_OFFLINE must not "
-            "be set), or download the repository and give its folder."
-        ) from None
 
 
 def _pick_device(device: str | None) -> torch.device:
@@ -120,49 +79,40 @@ def _pick_device(device: str | None) -> torch.device:
         raise RecipeError(f"--device {device}: not a device name; use cpu, cuda or cuda:N.") from None
 
 
-@dataclass
-class Classifier:
-    """A trained model with the eval transform of its run: load once, classify many batches."""
+def load_classifier(model: str | os.PathLike, device: str | None = None) -> ImageClassificationPipeline:
+    """The image-classification pipeline of an output folder or a Hub model id: load once, classify many."""
+    from transformers import pipeline
 
-    model: torch.nn.Module
-    transform: Any
-    labels: list[str]
-    device: torch.device
-    source: str
-    decode: Any = load_rgb  # the evaluation's decoding
-
-    @classmethod
-    def load(cls, model: str | os.PathLike, device: str | None = None) -> Classifier:
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-        model_dir = _resolve_model_dir(model)
-        data_args, recipe = _recipe_data_arguments(model_dir)
-        try:
-            processor = AutoImageProcessor.from_pretrained(model_dir)
-            network = AutoModelForImageClassification.from_pretrained(model_dir)
-        except (OSError, ValueError) as error:
+    name, folder = str(model), Path(model).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise RecipeError(
+            f"--model: {folder} holds no config.json. Give an output folder of a training run "
+            "(config.json, model.safetensors, preprocessor_config.json), e.g. outputs/smoke."
+        )
+    if not folder.is_dir() and not is_hub_id(name):
+        raise RecipeError(
+            f"--model: the folder {name} does not exist. Give the output folder of a training run "
+            "(e.g. outputs/smoke, written by `python run_snacks.py recipes/smoke.yaml`) or a Hub model id."
+        )
+    target = _pick_device(device)
+    try:
+        return pipeline(
+            "image-classification",
+            model=str(folder) if folder.is_dir() else name,
+            device=target,
+            model_kwargs={"use_safetensors": True},  # never unpickle weights
+        )
+    except Exception as error:  # noqa: BLE001 - any loading or download failure gets the same advice
+        cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if folder.is_dir():
             raise RecipeError(
-                f"--model: could not load an image classifier and its image processor from {model_dir} "
-                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})."
+                f"--model: could not load an image classifier and its image processor from {folder} ({cause})."
             ) from None
-        # The same call as training, so resize, crop and normalisation are identical.
-        prep = Preprocessing.build(processor, data_args, mean=recipe.get("image_mean"), std=recipe.get("image_std"))
-        target = _pick_device(device)
-        id2label = network.config.id2label
-        labels = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(network.config.num_labels)]
-        decode = functools.partial(prep.decode, train=False)
-        return cls(network.to(target).eval(), prep.eval, labels, target, str(model_dir), decode)
-
-    @torch.inference_mode()
-    def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = torch.stack([self.transform(image) for image in images]).to(self.device)
-        logits = self.model(pixel_values=pixels).logits
-        return logits.float().softmax(dim=-1).cpu()
-
-    def result(self, name: str, probabilities: torch.Tensor, top_k: int) -> dict:
-        scores, indices = probabilities.topk(min(top_k, len(self.labels)))
-        top = [{"label": self.labels[i], "score": float(s)} for s, i in zip(scores.tolist(), indices.tolist())]
-        return {"input": name, "label": top[0]["label"], "score": top[0]["score"], "top_k": top}
+        raise RecipeError(
+            f"--model: {name} is not a local folder and could not be fetched from the Hugging Face Hub ({cause}). "
+            "Check the id and your network (HF_HUB_OFFLINE must not be set), or download the repository and "
+            "give its folder."
+        ) from None
 
 
 def _display_name(item: Any, position: int) -> str:
@@ -170,7 +120,7 @@ def _display_name(item: Any, position: int) -> str:
 
 
 def iter_predictions(
-    model: str | os.PathLike | Classifier,
+    model: str | os.PathLike | ImageClassificationPipeline,
     images: Iterable[Any],
     top_k: int = 1,
     batch_size: int = 32,
@@ -179,29 +129,26 @@ def iter_predictions(
     """Results in input order, one batch at a time, so a large folder never sits in memory at once."""
     if top_k < 1 or batch_size < 1:
         raise RecipeError(f"top_k and batch_size must be at least 1, got top_k={top_k}, batch_size={batch_size}.")
-    classifier = model if isinstance(model, Classifier) else Classifier.load(model, device)
+    classifier = model if isinstance(model, ImageClassificationPipeline) else load_classifier(model, device)
     items = expand_inputs([images] if isinstance(images, (str, os.PathLike, Image.Image)) else images)
     for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        results: list[dict | None] = [None] * len(batch)
-        loaded, where = [], []
-        for offset, item in enumerate(batch):
-            name = _display_name(item, start + offset)
+        names = [_display_name(item, start + i) for i, item in enumerate(items[start : start + batch_size])]
+        results, loaded = {}, {}
+        for offset, item in enumerate(items[start : start + batch_size]):
             try:
-                loaded.append(read_image(item, classifier.decode))
-                where.append(offset)
+                loaded[offset] = read_image(item)
             except Exception as error:  # noqa: BLE001 - one bad input must not stop the others
-                results[offset] = {"input": name, "error": f"{type(error).__name__}: {error}"}
+                results[offset] = {"input": names[offset], "error": f"{type(error).__name__}: {error}"}
         if loaded:
-            probabilities = classifier.probabilities(loaded)
-            for row, offset in enumerate(where):
-                name = _display_name(batch[offset], start + offset)
-                results[offset] = classifier.result(name, probabilities[row], top_k)
-        yield from results
+            outputs = classifier(list(loaded.values()), top_k=top_k, batch_size=batch_size)
+            for offset, top in zip(loaded, outputs):
+                best = top[0]
+                results[offset] = {"input": names[offset], "label": best["label"], "score": best["score"], "top_k": top}
+        yield from (results[offset] for offset in range(len(names)))
 
 
 def predict(
-    model: str | os.PathLike | Classifier,
+    model: str | os.PathLike | ImageClassificationPipeline,
     images: Any,
     top_k: int = 1,
     batch_size: int = 32,
@@ -209,16 +156,12 @@ def predict(
 ) -> list[dict]:
     """Classify images; one dict per image: {input, label, score, top_k: [{label, score}]} or {input, error}.
 
-    `model` is an output folder, a Hub id, or a `Classifier.load(...)` to reuse across calls.
+    `model` is an output folder, a Hub id, or a `load_classifier(...)` to reuse across calls.
     """
     return list(iter_predictions(model, images, top_k=top_k, batch_size=batch_size, device=device))
 
 
 # --- command line -------------------------------------------------------------------------------
-
-
-def format_json(result: dict) -> str:
-    return json.dumps(result, ensure_ascii=False)
 
 
 def format_row(result: dict, width: int, label_width: int, top_k: int) -> str:
@@ -231,26 +174,25 @@ def format_row(result: dict, width: int, label_width: int, top_k: int) -> str:
     return row
 
 
-def table_header(width: int, label_width: int, top_k: int) -> str:
-    header = f"{'file':<{width}}  {'label':<{label_width}}  {'probability':>11}"
-    return header + (f"  top {top_k}" if top_k > 1 else "")
-
-
 def run_cli(args) -> int:
     """Print one line per image (a table, or JSON lines); return 1 if any image failed, else 0."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bar would interleave with the table on a terminal
-    classifier = Classifier.load(args.model, args.device)
+    classifier = load_classifier(args.model, args.device)
     items = expand_inputs(args.images)
     width = min(max((len(_display_name(item, i)) for i, item in enumerate(items)), default=4), 80)
-    label_width = max(len("label"), *(len(label) for label in classifier.labels))
+    label_width = max(len("label"), *(len(str(label)) for label in classifier.model.config.id2label.values()))
     if not args.json:
-        print(table_header(width, label_width, args.top_k), flush=True)
+        header = f"{'file':<{width}}  {'label':<{label_width}}  {'probability':>11}"
+        print(header + (f"  top {args.top_k}" if args.top_k > 1 else ""), flush=True)
     failed = 0
     for result in iter_predictions(classifier, items, top_k=args.top_k, batch_size=args.batch_size):
         failed += "error" in result
-        print(format_json(result) if args.json else format_row(result, width, label_width, args.top_k), flush=True)
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+        else:
+            print(format_row(result, width, label_width, args.top_k), flush=True)
     if failed:
         print(f"{failed} of {len(items)} inputs could not be classified (see the error lines).", file=sys.stderr)
     return 1 if failed else 0

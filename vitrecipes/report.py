@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -43,6 +44,8 @@ from .outputs import (
     PREDICTIONS_FILE,
     REPORT_FILE,
 )
+
+REPORT_TEMPLATE = "report_template.md"
 
 
 @dataclass
@@ -292,70 +295,25 @@ def plot_curves(log_history: list[dict]) -> Figure | None:
     return figure
 
 
+_PAGES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent), trim_blocks=True, lstrip_blocks=True, autoescape=False
+)
+_PAGES.filters["cell"] = lambda text: str(text).replace("|", "\\|")  # a class name inside a Markdown table
+
+
 def render_markdown(metrics: dict, class_names: Sequence[str], n_mistakes: int, curves: bool = False) -> str:
-    k = metrics["top_k"]
-    lines = [
-        f"# Evaluation report: {metrics['split']}",
-        "",
-        f"Checkpoint: `{metrics['checkpoint']}`  ",
-        f"Samples: {metrics['samples']}, classes: {metrics['num_classes']}",
-        "",
-        "| metric | value |",
-        "| --- | ---: |",
-        f"| top-1 accuracy | {metrics['accuracy']:.4f} |",
-        f"| top-{k} accuracy | {metrics['top_k_accuracy']:.4f} |",
-        f"| macro precision / recall / F1 | {_prf(metrics['macro'])} |",
-        f"| weighted precision / recall / F1 | {_prf(metrics['weighted'])} |",
-        "",
-        "## Confusion matrix",
-        "",
-        "Rows are the true class, columns the prediction; colours are normalised per row, numbers are counts.",
-        "",
-        f"![Confusion matrix]({CONFUSION_PNG})",
-        "",
-        "## Most confused pairs",
-        "",
-    ]
-    pairs = metrics["most_confused"]
-    if pairs:
-        lines += ["| true | predicted as | count |", "| --- | --- | ---: |"]
-        lines += [f"| {_cell(p['true'])} | {_cell(p['predicted'])} | {p['count']} |" for p in pairs]
-    else:
-        lines.append("None: every sample was classified correctly.")
-    lines += [
-        "",
-        "## Per class",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for name in class_names:
-        c = metrics["per_class"][name]
-        lines.append(f"| {_cell(name)} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
-    lines += ["", "## Most confident mistakes", ""]
-    if n_mistakes:
-        shown = "all of them" if n_mistakes <= MAX_MISTAKES else f"the {MAX_MISTAKES} the model was surest of"
-        lines.append(f"{n_mistakes} mistakes in all; shown: {shown}, most confident first.")
-    else:
-        lines.append("No mistakes on this split (the picture below says so too).")
-    lines += [
-        "",
-        f"![Most confident mistakes]({MISTAKES_PNG})",
-        "",
-        *(["## Training curves", "", f"![Loss and validation accuracy by step]({CURVES_PNG})", ""] if curves else []),
-        f"Raw numbers: `{METRICS_FILE}`, `{CONFUSION_JSON}`; logits and labels to recompute them: "
-        f"`{PREDICTIONS_FILE}`.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _prf(scores: dict) -> str:
-    return f"{scores['precision']:.4f} / {scores['recall']:.4f} / {scores['f1']:.4f}"
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|")
+    files = {
+        "confusion_png": CONFUSION_PNG,
+        "mistakes_png": MISTAKES_PNG,
+        "curves_png": CURVES_PNG,
+        "metrics": METRICS_FILE,
+        "confusion_json": CONFUSION_JSON,
+        "predictions": PREDICTIONS_FILE,
+    }
+    page = _PAGES.get_template(REPORT_TEMPLATE).render(
+        m=metrics, class_names=class_names, n_mistakes=n_mistakes, max_mistakes=MAX_MISTAKES, curves=curves, files=files
+    )
+    return page.rstrip() + "\n"
 
 
 def _short(text: str, limit: int) -> str:
