@@ -108,11 +108,13 @@ def test_runs_take_turns_one_at_a_time():
 @pytest.mark.parametrize("args, message", [(["--epochs", "0"], "--epochs must be 1 or more"),
                                            (["--repeats", "0"], "--repeats must be 1 or more"),
                                            (["--interleave_steps", "-5"], "--interleave_steps must be 0")])  # fmt: skip
-def test_benchmark_rejects_bad_options_before_any_work(args, message):
-    script = str(ROOT / "benchmarks" / "bench_pipeline.py")
-    result = subprocess.run([sys.executable, script, "recipes/smoke.yaml", *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+def test_benchmark_rejects_bad_options_before_any_work(args, message, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_pipeline import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recipes/smoke.yaml", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_time_to_accuracy_benchmark_summarises_seeds_and_resumes(tmp_path, tiny_dinov2, jpeg_folder):
