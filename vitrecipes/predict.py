@@ -132,9 +132,10 @@ def iter_predictions(
     classifier = model if isinstance(model, ImageClassificationPipeline) else load_classifier(model, device)
     items = expand_inputs([images] if isinstance(images, (str, os.PathLike, Image.Image)) else images)
     for start in range(0, len(items), batch_size):
-        names = [_display_name(item, start + i) for i, item in enumerate(items[start : start + batch_size])]
+        batch = items[start : start + batch_size]
+        names = [_display_name(item, start + i) for i, item in enumerate(batch)]
         results, loaded = {}, {}
-        for offset, item in enumerate(items[start : start + batch_size]):
+        for offset, item in enumerate(batch):
             try:
                 loaded[offset] = read_image(item)
             except Exception as error:  # noqa: BLE001 - one bad input must not stop the others
