@@ -45,7 +45,6 @@ from vitrecipes.training import (
     effective_batch_size,
     eval_view,
     evaluate_splits,
-    format_summary,
     log_report_images,
 )
 from vitrecipes.transforms import Preprocessing
@@ -180,7 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("Wrote %s", metrics_path)
         if training_args.do_train:
             finish_for_hub(training_args.output_dir, hub, metrics, recipe_path, argv)
-        print(format_summary(metrics, training_args.output_dir, metrics_path), flush=True)
+        for split in ("train", "validation", "test"):
+            if split in metrics:
+                trainer.log_metrics(split, metrics[split])
+        bad = {split: len(files) for split, files in metrics["bad_images"].items() if files}
+        if bad:
+            print(f"Unreadable images left out: {bad} (listed in {metrics_path})", flush=True)
+        print(f"Metrics: {metrics_path}; model, processor, card and recipe: {training_args.output_dir}", flush=True)
     return metrics
 
 

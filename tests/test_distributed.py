@@ -51,7 +51,7 @@ def test_accuracy_equals_a_single_process_evaluation(two_process_run):
 def test_files_and_logs_come_from_the_main_process_only(two_process_run):
     out, result = two_process_run
     combined = result.stdout + result.stderr
-    assert result.stdout.count("Run summary") == 1
+    assert result.stdout.count("***** validation metrics *****") == 1
     assert combined.count("Effective batch size 64") == 1
     assert combined.count("Wrote ") == 2  # resolved recipe + metrics, once each
     written = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("eval_only"))

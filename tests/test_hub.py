@@ -115,7 +115,9 @@ def test_model_card_metadata_matches_metrics(run_dir):
     body = card.text
     assert f"| validation | {metrics['validation']['accuracy']:.4f} |" in body
     assert f"| test | {metrics['test']['accuracy']:.4f} |" in body
-    assert "| learning rate | 0.002 |" in body and "| effective batch size | 32 |" in body
+    assert "| learning_rate | 0.002 |" in body and "| effective batch size | 32 |" in body
+    # Optional keys get a row only where the run changed them: the smoke recipe turns flips off, no MixUp.
+    assert "| horizontal_flip | False |" in body and "mixup_alpha" not in body and "lora_rank" not in body
     labels = json.loads((run_dir / "config.json").read_text())["id2label"]
     assert all(f"`{i}` {name}" in body for i, name in labels.items())
     assert 'pipeline("image-classification", model="someone/vit-digits")' in body
@@ -247,7 +249,7 @@ def test_end_of_training_push_never_writes_or_logs_the_token(run_dir, tmp_path, 
     assert "python push_to_hub.py" in caplog.text and "someone/digits" in caplog.text
     assert (run_dir / "model.safetensors").is_file() and (run_dir / "README.md").is_file()
     card = (run_dir / "README.md").read_text()
-    assert "--hub_token *** --hub_token *** --hub_model_id someone/digits" in card
+    assert "--hub_token *** --hub_token=*** --hub_model_id someone/digits" in card
     assert str(tmp_path) not in card  # the recipe is quoted by its name, not its path
     captured = capsys.readouterr()
     assert FAKE_TOKEN not in caplog.text + captured.out + captured.err

@@ -222,12 +222,5 @@ def fit_linear_head(
         "probe_fit_seconds": round(time.perf_counter() - extracted, 2),
         "probe_train_accuracy": float(classifier.score(scaler.transform(features), labels)),
     }
-    logger.info(
-        "Linear probe: %d features of %d images in %.1f s, fitted in %.1f s (train accuracy %.3f).",
-        features.shape[1],
-        summary["probe_samples"],
-        summary["probe_feature_seconds"],
-        summary["probe_fit_seconds"],
-        summary["probe_train_accuracy"],
-    )
+    logger.info("Linear probe on %d features: %s", features.shape[1], summary)
     return summary

@@ -11,12 +11,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .config import ARGUMENT_CLASSES
 from .errors import RecipeError
 from .hub import is_hub_id, resolve_token, scrub
 from .outputs import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME
@@ -29,42 +30,14 @@ _SPLITS = ("validation", "test")
 _VERSIONS_OF = ("transformers", "torch", "datasets", "huggingface_hub")
 
 
-def _when(key: str, value: object):
-    return lambda recipe: recipe.get(key) == value
-
-
-# (recipe key, row label[, test on the recipe: the row is shown only where it holds])
-_HYPERPARAMETERS = [
-    ("adaptation", "adaptation mode (how the pretrained backbone was adapted)"),
-    ("freeze_blocks", "frozen encoder blocks", _when("adaptation", "freeze")),
-    ("lora_rank", "LoRA rank (merged into the weights)", _when("adaptation", "lora")),
-    ("learning_rate", "learning rate"),
-    ("head_learning_rate_multiplier", "head learning-rate multiplier"),
-    ("layer_decay", "layer-wise learning-rate decay"),
-    ("lr_scheduler_type", "learning-rate schedule"),
-    ("warmup_steps", "warm-up steps (below 1: fraction of all steps)"),
-    ("num_train_epochs", "epochs"),
-    ("max_steps", "max steps (-1: epochs decide)", lambda r: r["max_steps"] not in (-1, None)),
-    ("per_device_train_batch_size", "batch size per device"),
-    ("gradient_accumulation_steps", "gradient accumulation steps"),
-    ("weight_decay", "weight decay"),
-    ("optim", "optimiser"),
-    ("label_smoothing_factor", "label smoothing"),
-    ("max_grad_norm", "gradient clipping (max norm)"),
-    ("bf16", "bf16"),
-    ("fp16", "fp16"),
-    ("train_augmentation", "train augmentation"),
-    ("random_resized_crop_scale", "random-resized-crop scale", _when("train_augmentation", "random_resized_crop")),
-    ("horizontal_flip", "horizontal flip"),
-    ("auto_augment", "auto-augment policy"),
-    ("random_erasing", "random erasing probability"),
-    ("mixup_alpha", "MixUp alpha"),
-    ("cutmix_alpha", "CutMix alpha"),
-    ("drop_path_rate", "stochastic depth (drop path rate)"),
-    ("ema_decay", "weight EMA decay (the saved weights are the average)"),
-    ("eval_crop_pct", "eval crop fraction"),
-    ("seed", "seed"),
-]
+# The recipe keys in the card's training table: the first ones always, the others only where they differ
+# from their default, so that a technique the run did not use takes no row.
+_ALWAYS_SHOWN = ["adaptation", "learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs",
+                 "per_device_train_batch_size", "weight_decay", "optim", "train_augmentation", "seed"]  # fmt: skip
+_SHOWN_WHEN_SET = ["freeze_blocks", "lora_rank", "lora_alpha", "head_learning_rate_multiplier", "layer_decay",
+                   "max_steps", "gradient_accumulation_steps", "label_smoothing_factor", "max_grad_norm", "bf16",
+                   "fp16", "random_resized_crop_scale", "horizontal_flip", "auto_augment", "random_erasing",
+                   "mixup_alpha", "cutmix_alpha", "drop_path_rate", "ema_decay", "eval_crop_pct"]  # fmt: skip
 
 
 def folder_name(path: str | Path) -> str:
@@ -168,8 +141,15 @@ def card_data(run: RunFiles, model_name: str, license: str | None = None) -> Mod
 
 def _training_rows(run: RunFiles) -> list[tuple[str, object]]:
     recipe, train = run.recipe, run.metrics.get("train") or {}
+    defaults = {
+        f.name: f.default if f.default_factory is MISSING else f.default_factory()
+        for cls in ARGUMENT_CLASSES
+        for f in fields(cls)
+    }
     rows = [
-        (label, recipe[key]) for key, label, *when in _HYPERPARAMETERS if key in recipe and all(w(recipe) for w in when)
+        (key, recipe[key])
+        for key in _ALWAYS_SHOWN + _SHOWN_WHEN_SET
+        if key in recipe and (key in _ALWAYS_SHOWN or recipe[key] != defaults.get(key))
     ]
     extra = [
         ("input size (pixels)", run.config.get("image_size")),

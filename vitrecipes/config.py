@@ -19,7 +19,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
@@ -69,13 +69,13 @@ class ModelArguments:
             "repositories whose code you have read."
         },
     )
-    attn_implementation: str | None = field(
+    attn_implementation: Literal[ATTENTION_KERNELS] | None = field(
         default=None,
         metadata={
-            "help": f"Attention kernel: one of {', '.join(ATTENTION_KERNELS)}, or null for the library's choice "
-            "(sdpa where the architecture supports it, else eager; convolutional models have none). 'sdpa' "
-            "(PyTorch's scaled_dot_product_attention) picks flash or memory-efficient attention on a GPU "
-            "and is fast on CPUs too; 'eager' is the plain reference implementation."
+            "help": "Attention kernel, or null for the library's choice (sdpa where the architecture supports "
+            "it, else eager; convolutional models have none). 'sdpa' (PyTorch's scaled_dot_product_attention) "
+            "picks flash or memory-efficient attention on a GPU and is fast on CPUs too; 'eager' is the plain "
+            "reference implementation."
         },
     )
     ignore_mismatched_sizes: bool = field(
@@ -94,7 +94,7 @@ class ModelArguments:
         default=None,
         metadata={"help": "Stochastic depth for checkpoints whose config has drop_path_rate (DINOv2, BEiT...)."},
     )
-    adaptation: str = field(
+    adaptation: Literal[ADAPTATIONS] = field(
         default="full",
         metadata={
             "help": "How the pretrained backbone is adapted: 'full' (every weight trains), 'linear_probe' (frozen "
@@ -133,8 +133,6 @@ class ModelArguments:
     def __post_init__(self):
         if self.attn_implementation is not None:
             check_attention_kernel(self.attn_implementation)
-        if self.adaptation not in ADAPTATIONS:
-            raise RecipeError(f"adaptation: {self.adaptation!r} is not known; use one of {', '.join(ADAPTATIONS)}.")
         if self.adaptation == "freeze" and self.freeze_blocks < 1:
             raise RecipeError(
                 "adaptation 'freeze' needs freeze_blocks: the number of encoder blocks to freeze (1 or more)."
@@ -185,7 +183,7 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use at most this many validation and test images each."}
     )
-    train_augmentation: str = field(
+    train_augmentation: Literal["random_resized_crop", "none"] = field(
         default="random_resized_crop",
         metadata={"help": "'random_resized_crop' (RandomResizedCrop + optional flip) or 'none' (the eval transform)."},
     )
@@ -194,7 +192,7 @@ class DataArguments:
         metadata={"help": "Area range of RandomResizedCrop, as a fraction of the image."},
     )
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips while training."})
-    auto_augment: str = field(
+    auto_augment: Literal["none", "trivial", "rand"] = field(
         default="none",
         metadata={"help": "After crop and flip: 'trivial' (TrivialAugmentWide), 'rand' (RandAugment) or 'none'."},
     )
@@ -233,17 +231,11 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        if self.auto_augment not in ("none", "trivial", "rand"):
-            raise RecipeError(f"auto_augment: {self.auto_augment!r} is not known; use 'none', 'trivial' or 'rand'.")
         for key in ("mixup_alpha", "cutmix_alpha"):
             if getattr(self, key) < 0:
                 raise RecipeError(f"{key} must be 0 (off) or positive, got {getattr(self, key)}.")
         if not 0.0 <= self.random_erasing <= 1.0:
             raise RecipeError(f"random_erasing is a probability in [0, 1], got {self.random_erasing}.")
-        if self.train_augmentation not in ("random_resized_crop", "none"):
-            raise RecipeError(
-                f"train_augmentation: {self.train_augmentation!r} is not known; use 'random_resized_crop' or 'none'."
-            )
         if not 0.0 < self.validation_split_size < 1.0:
             raise RecipeError(
                 f"validation_split_size must lie strictly between 0 and 1, got {self.validation_split_size}."
@@ -252,7 +244,11 @@ class DataArguments:
             raise RecipeError(f"eval_crop_pct must lie in (0, 1], got {self.eval_crop_pct}.")
 
 
-@dataclass
+def _recipe_default(name: str, value):
+    return field(default=value, metadata=TrainingArguments.__dataclass_fields__[name].metadata)
+
+
+@dataclass(repr=False)  # TrainingArguments' own repr, which hides the Hub token
 class RecipeTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the defaults a classification recipe wants."""
 
@@ -274,29 +270,16 @@ class RecipeTrainingArguments(TrainingArguments):
             "--model_name_or_path on the command line) on validation and test."
         },
     )
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to validate: 'no', 'steps' or 'epoch'."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
-    save_total_limit: int | None = field(
-        default=2, metadata={"help": "Checkpoints kept on disk (the best one is always kept)."}
-    )
-    load_best_model_at_end: bool = field(
-        default=True, metadata={"help": "Reload the best checkpoint by metric_for_best_model before the final save."}
-    )
-    metric_for_best_model: str | None = field(
-        default="accuracy", metadata={"help": "Validation metric that picks the best checkpoint."}
-    )
-    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every this many steps."})
-    report_to: None | str | list[str] = field(
-        default="none", metadata={"help": "Experiment trackers to report to ('none', 'tensorboard', 'wandb'...)."}
-    )
-    log_level: str = field(default="info", metadata={"help": "Log level of the main process."})
-    log_level_replica: str = field(
-        default="error", metadata={"help": "Log level of the other processes, so that N processes do not log N times."}
-    )
-    ddp_find_unused_parameters: bool | None = field(
-        default=False,
-        metadata={"help": "DDP's search for unused parameters; classifiers use them all, so it is off (faster)."},
-    )
+    # Keys that only change a TrainingArguments default keep transformers' own help text.
+    eval_strategy: str = _recipe_default("eval_strategy", "epoch")
+    save_strategy: str = _recipe_default("save_strategy", "epoch")
+    save_total_limit: int | None = _recipe_default("save_total_limit", 2)
+    load_best_model_at_end: bool = _recipe_default("load_best_model_at_end", True)
+    metric_for_best_model: str | None = _recipe_default("metric_for_best_model", "accuracy")
+    logging_steps: float = _recipe_default("logging_steps", 10)
+    log_level: str = _recipe_default("log_level", "info")
+    log_level_replica: str = _recipe_default("log_level_replica", "error")  # N processes must not log N times
+    ddp_find_unused_parameters: bool | None = _recipe_default("ddp_find_unused_parameters", False)  # faster
     hub_license: str = field(default="apache-2.0", metadata={"help": "License written into the model card's metadata."})
     head_learning_rate_multiplier: float = field(
         default=1.0,
@@ -446,6 +429,7 @@ class RecipeParser(HfArgumentParser):
         if message.startswith("unrecognized arguments"):
             message += ". Overrides look like '--learning_rate 3.0e-4'"
         message = re.sub(r"^argument (--[\w.]+)(/--[\w.-]+)?", r"\1", message)  # one spelling of the key
+        message = message.replace(", None)", ", null)")  # an optional key's choices, as a recipe spells them
         raise RecipeError(f"{message}.")
 
     def check_keys(self, keys, source: str) -> None:

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import huggingface_hub
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from .bad_images import BadImageLog, find_unreadable
 from .config import DataArguments
-from .errors import RecipeError
+from .errors import RecipeError, hub_unreachable
 from .images import describe
 
 logger = logging.getLogger(__name__)
@@ -133,13 +132,9 @@ def _load_from_hub(data_args: DataArguments) -> DatasetDict:
             return datasets.load_dataset(name, name=data_args.dataset_config_name, revision=PARQUET_REVISION)
         except Exception as error:  # noqa: BLE001
             message = f"{message} Then the Parquet export failed too: {error}"
-    hint = (
-        "HF_HUB_OFFLINE is set, so the Hub cannot be reached. "
-        if huggingface_hub.constants.HF_HUB_OFFLINE
-        else "The Hub may be unreachable, or the id may be misspelt. "
-    )
+    hint = hub_unreachable("The Hub may be unreachable, or the id may be misspelt")
     raise RecipeError(
-        f"Could not load dataset '{name}' from the Hugging Face Hub. {hint}To use a local copy, set "
+        f"Could not load dataset '{name}' from the Hugging Face Hub. {hint}. To use a local copy, set "
         "dataset_name to a folder: an imagefolder laid out as <split>/<class name>/<image> (e.g. "
         "../shared/data/snacks) or a folder written by save_to_disk. Cause: "
         f"{type(first_error).__name__}: {message}"

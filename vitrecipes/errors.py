@@ -21,3 +21,16 @@ def user_message(error: BaseException) -> str:
             if "Error: " in line:
                 return line.split("Error: ", 1)[1]
     return text
+
+
+def cause(error: BaseException) -> str:
+    """`Type: first line of the message`: how a one-paragraph error quotes the library error behind it."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def hub_unreachable(otherwise: str) -> str:
+    """Why a Hub call failed: HF_HUB_OFFLINE when it is set, else `otherwise`."""
+    from huggingface_hub import constants
+
+    return "HF_HUB_OFFLINE is set, so the Hub cannot be reached" if constants.HF_HUB_OFFLINE else otherwise

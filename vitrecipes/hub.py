@@ -7,17 +7,17 @@ only; they are scrubbed from every message and never written to the card (see ca
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub import HfApi, get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .errors import RecipeError
+from .errors import RecipeError, cause, hub_unreachable
 from .outputs import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ UPLOAD_PATTERNS = [
 # Belt and braces behind the allow-list: training state that is large, pickled, or may hold secrets.
 NEVER_UPLOAD = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*"]
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
-_SECRET_FLAGS = ("--hub_token", "--token")
 _HIDDEN = "***"
 
 
@@ -73,29 +72,6 @@ def scrub(text: str, *secrets: str | None) -> str:
     return _TOKEN_PATTERN.sub(_HIDDEN, text)
 
 
-def redact_argv(argv: list[str]) -> list[str]:
-    """Command-line arguments with the values of token flags replaced by ***."""
-    redacted, hide_next = [], False
-    for arg in argv:
-        flag = arg.split("=", 1)[0]
-        if hide_next:
-            redacted.append(_HIDDEN)
-            hide_next = False
-        elif arg in _SECRET_FLAGS:
-            redacted.append(arg)
-            hide_next = True
-        elif flag in _SECRET_FLAGS:
-            redacted += [flag, _HIDDEN]
-        else:
-            redacted.append(arg)
-    return redacted
-
-
-def shell_command(argv: list[str]) -> str:
-    """A copy-pasteable command; a redacted value stays a bare *** instead of a quoted '***'."""
-    return " ".join(arg if arg == _HIDDEN else shlex.quote(arg) for arg in argv)
-
-
 # --- push -------------------------------------------------------------------------------------
 
 
@@ -105,16 +81,14 @@ def later_push_command(output_dir: str | Path, repo_id: str, private: bool = Fal
 
 
 def _push_failure(output_dir: Path, repo_id: str, private: bool, error: Exception, token: str | None) -> RecipeError:
-    cause = scrub(f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}", token)
-    hint = (
-        "HF_HUB_OFFLINE is set, so the Hub cannot be reached; unset it. "
-        if constants.HF_HUB_OFFLINE
-        else "Check the network and that your token may write to this repository (`hf auth login`, or the "
-        "HF_TOKEN environment variable). "
+    hint = hub_unreachable(
+        "Check the network and that your token may write to this repository (`hf auth login`, or the "
+        "HF_TOKEN environment variable)"
     )
     return RecipeError(
-        f"Could not push to the Hugging Face Hub repository {repo_id} ({cause}). Nothing is lost: the model, "
-        f"its image processor, metrics and model card are safe on disk at {output_dir.resolve()}. {hint}"
+        f"Could not push to the Hugging Face Hub repository {repo_id} ({scrub(cause(error), token)}). Nothing "
+        "is lost: the model, its image processor, metrics and model card are safe on disk at "
+        f"{output_dir.resolve()}. {hint}. "
         f"Push them later with: {later_push_command(output_dir, repo_id, private)}"
     )
 
@@ -163,28 +137,14 @@ def push_output_dir(
 # --- end of training --------------------------------------------------------------------------
 
 
-@dataclass
-class HubSettings:
-    """The Hub settings of a run, kept apart from TrainingArguments (same attribute names)."""
-
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private_repo: bool | None = None
-    hub_token: str | None = field(default=None, repr=False)  # never in a log line or a debugger's repr
-
-
-def take_hub_settings(training_args) -> HubSettings:
-    """Move the Hub settings out of TrainingArguments, so that Trainer neither pushes nor pickles the token.
+def take_hub_settings(training_args):
+    """Move the Hub settings out of `training_args`, so that Trainer neither pushes nor pickles the token;
+    return a copy that keeps them (its repr hides the token, as TrainingArguments' does).
 
     Trainer would create the repository before training (failing the run when offline), overwrite
     README.md with its own card, and save `hub_token` in training_args.bin.
     """
-    settings = HubSettings(
-        push_to_hub=bool(training_args.push_to_hub),
-        hub_model_id=training_args.hub_model_id,
-        hub_private_repo=training_args.hub_private_repo,
-        hub_token=training_args.hub_token,
-    )
+    settings = copy.copy(training_args)
     training_args.push_to_hub = False
     training_args.hub_token = None
     return settings
@@ -199,12 +159,13 @@ def finish_for_hub(
 ) -> str | None:
     """Write the model card; push when `settings.push_to_hub`. Returns the repository URL, or None.
 
-    `settings` is a HubSettings or a TrainingArguments. A failed push is logged with the command
-    that pushes later; it never raises, because the trained model is already safe on disk.
+    `settings`: the run's TrainingArguments, or what `take_hub_settings` kept of them. A failed push is
+    logged with the command that pushes later; it never raises: the trained model is already safe on disk.
     """
     from .card import write_model_card
 
-    command = shell_command(["python", "run_snacks.py", *redact_argv(list(argv))]) if argv is not None else None
+    # The card is scrubbed of the token, so a --hub_token value on the command line shows as ***.
+    command = shlex.join(["python", "run_snacks.py", *argv]) if argv is not None else None
     token = settings.hub_token
     card = write_model_card(
         output_dir,

@@ -6,12 +6,11 @@ import difflib
 import logging
 from pathlib import Path
 
-import huggingface_hub
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
 from .config import ModelArguments
-from .errors import RecipeError
+from .errors import RecipeError, cause, hub_unreachable
 from .hub import is_hub_id
 
 logger = logging.getLogger(__name__)
@@ -38,13 +37,11 @@ def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:
             f"model_name_or_path: the folder {name} does not exist or holds no model. Give a folder written "
             "by save_pretrained (config.json + model.safetensors) or a Hub id."
         )
-    offline = huggingface_hub.constants.HF_HUB_OFFLINE
-    why = "HF_HUB_OFFLINE is set, so the Hub cannot be reached" if offline else "the Hub could not be reached"
     return RecipeError(
-        f"model_name_or_path: could not load '{name}' ({why}, or the id is misspelt, or it is not in the "
-        "local cache). Download it once with `huggingface-cli download "
-        f"{name}` on a machine with network, or point model_name_or_path at a local folder. "
-        f"Cause: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        f"model_name_or_path: could not load '{name}' ({hub_unreachable('the Hub could not be reached')}, or "
+        f"the id is misspelt, or it is not in the local cache). Download it once with `hf download {name}` on a "
+        "machine with network, or point model_name_or_path at a local folder. "
+        f"Cause: {cause(error)}"
     )
 
 

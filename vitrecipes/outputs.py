@@ -59,8 +59,8 @@ _RESUMABLE_DIFFERENCES = {
 
 
 def resolved_recipe(model_args, data_args, training_args, hub=None) -> dict[str, dict[str, Any]]:
-    """The complete configuration, grouped by dataclass, without secrets. `hub`: the run's HubSettings,
-    when they have been taken out of training_args."""
+    """The complete configuration, grouped by dataclass, without secrets. `hub`: the run's Hub settings,
+    when they have been taken out of training_args (see `hub.take_hub_settings`)."""
     keys = {f.name for f in dataclasses.fields(training_args) if f.init}
     training = {k: v for k, v in training_args.to_dict().items() if k in keys}
     if hub is not None:

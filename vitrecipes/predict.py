@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from transformers import ImageClassificationPipeline
 
-from .errors import RecipeError
+from .errors import RecipeError, cause
 from .hub import is_hub_id
 from .images import load_rgb
 
@@ -103,15 +103,14 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Imag
             model_kwargs={"use_safetensors": True},  # never unpickle weights
         )
     except Exception as error:  # noqa: BLE001 - any loading or download failure gets the same advice
-        cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         if folder.is_dir():
             raise RecipeError(
-                f"--model: could not load an image classifier and its image processor from {folder} ({cause})."
+                f"--model: could not load an image classifier and its image processor from {folder} ({cause(error)})."
             ) from None
         raise RecipeError(
-            f"--model: {name} is not a local folder and could not be fetched from the Hugging Face Hub ({cause}). "
-            "Check the id and your network (HF_HUB_OFFLINE must not be set), or download the repository and "
-            "give its folder."
+            f"--model: {name} is not a local folder and could not be fetched from the Hugging Face Hub "
+            f"({cause(error)}). Check the id and your network (HF_HUB_OFFLINE must not be set), or download the "
+            "repository and give its folder."
         ) from None
 
 

@@ -87,13 +87,9 @@ class RecipeTrainer(Trainer):
     def __init__(self, *args, batch_mixing=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_mixing = batch_mixing
+        self._last_train_log = (time.perf_counter(), 0)  # (time, step) of the previous training log line
         self.start_step = None  # the step training began from: 0, or a resumed checkpoint's
-        self._last_train_log = (time.perf_counter(), 0)
-
-    def _inner_training_loop(self, *args, **kwargs):
-        self.remove_callback(_TrainBegin)
         self.add_callback(_TrainBegin(self))
-        return super()._inner_training_loop(*args, **kwargs)
 
     def log(self, logs: dict, start_time=None):
         if "loss" in logs:  # a training log line: add the speed since the previous one, for the trackers
@@ -305,34 +301,3 @@ def evaluate_splits(
     if splits.test is None:
         logger.warning("No test split: skipping the test evaluation.")
     return results, predictions
-
-
-def format_summary(metrics: dict, output_dir: str | Path, metrics_path: Path) -> str:
-    lines = ["", "=" * 64, "Run summary"]
-    train = metrics.get("train")
-    if train:
-        lines.append(
-            f"  train       loss {train.get('train_loss', float('nan')):.4f}   "
-            f"{train.get('train_samples_per_second', 0):8.1f} samples/s   "
-            f"wall {train.get('train_runtime', 0):.1f} s   effective batch {metrics.get('effective_batch_size')}"
-        )
-    for split in ("validation", "test"):
-        if split in metrics:
-            m = metrics[split]
-            lines.append(
-                f"  {split:<11} accuracy {m.get('accuracy', float('nan')):.4f}   "
-                f"cross-entropy {m.get('cross_entropy', float('nan')):.4f}"
-                f"   {m.get('samples_per_second', 0):8.1f} samples/s   n={m.get('samples')}"
-            )
-            if m.get("report"):
-                lines.append(f"              report: {Path(output_dir) / m['report']}")
-        elif split == "test":
-            lines.append("  test        skipped (the dataset has no test split)")
-    lines.append(f"  metrics: {metrics_path}")
-    if "train" in metrics:
-        lines.append(f"  model, image processor, model card and resolved recipe: {output_dir}")
-    bad = {split: len(files) for split, files in metrics.get("bad_images", {}).items() if files}
-    if bad:
-        lines.append(f"  unreadable images left out: {bad} (listed in metrics.json and bad_images.jsonl)")
-    lines.append("=" * 64)
-    return "\n".join(lines)
