@@ -45,13 +45,6 @@ def folder_name(path: str | Path) -> str:
     return Path(os.path.abspath(os.path.expanduser(str(path).rpartition(":")[2]))).name
 
 
-def dataset_for_card(dataset_name: str | None, dataset_name_for_card: str | None = None) -> str:
-    """The dataset as a user would name it: `dataset_name_for_card`, else the Hub id, else the folder's name."""
-    if dataset_name_for_card or is_hub_id(dataset_name):
-        return str(dataset_name_for_card or dataset_name)
-    return folder_name(dataset_name) if dataset_name else "unknown"
-
-
 @dataclass
 class RunFiles:
     """What an output folder says about its run."""
@@ -90,7 +83,9 @@ class RunFiles:
 
     @property
     def dataset(self) -> str:
-        return dataset_for_card(self.recipe.get("dataset_name"), self.recipe.get("dataset_name_for_card"))
+        """The dataset as a user would name it: `dataset_name_for_card`, else the Hub id, else the folder's name."""
+        name = self.recipe.get("dataset_name") or "unknown"
+        return str(self.recipe.get("dataset_name_for_card") or self.hub_dataset or folder_name(name))
 
     @property
     def hub_dataset(self) -> str | None:

@@ -546,8 +546,6 @@ def _build(values: dict[str, Any], source: str):
             switched_off = switch_off_gpu_only_settings(kwargs)
         try:
             built.append(cls(**kwargs))
-        except RecipeError:
-            raise
         except (ValueError, TypeError) as error:
             raise RecipeError(f"Invalid value in {source} ({cls.__name__}): {error}") from None
     # Kept on the arguments so that the run logs it and the resolved recipe records it.

@@ -25,14 +25,10 @@ GPU_ONLY_SETTINGS = {
 ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
-def has_cuda(values: dict[str, Any]) -> bool:
-    return torch.cuda.is_available() and not values.get("use_cpu", False)
-
-
 def switch_off_gpu_only_settings(values: dict[str, Any]) -> list[str]:
     """On a machine without a usable CUDA GPU, turn GPU-only settings off in `values` (coerced
     TrainingArguments keywords). Returns one sentence per setting switched off."""
-    if has_cuda(values):
+    if torch.cuda.is_available() and not values.get("use_cpu", False):
         return []
     notes = []
     for key, why in GPU_ONLY_SETTINGS.items():

@@ -16,19 +16,6 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image
 _HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
-def open_image(value: Any) -> Image.Image:
-    """Open what a datasets Image column holds: {'bytes', 'path'}, a path, raw bytes or a PIL image."""
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return Image.open(io.BytesIO(value["bytes"]))
-        return Image.open(value["path"])
-    if isinstance(value, (bytes, bytearray)):
-        return Image.open(io.BytesIO(value))
-    return Image.open(value)
-
-
 def to_rgb(image: Image.Image) -> Image.Image:
     """Orient by EXIF and convert to 8-bit RGB; transparent areas become white."""
     image = ImageOps.exif_transpose(image)
@@ -46,8 +33,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_checked(value: Any, max_pixels: int | None = None) -> Image.Image:
-    """`open_image`, refusing images above `max_pixels` from their header, before decoding anything."""
-    image = open_image(value)
+    """Open what a datasets Image column holds ({'bytes', 'path'}, a path, raw bytes or a PIL image),
+    refusing images above `max_pixels` from their header, before decoding anything."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value["path"]
+    if isinstance(value, (bytes, bytearray)):
+        value = io.BytesIO(value)
+    image = value if isinstance(value, Image.Image) else Image.open(value)
     if max_pixels and image.width * image.height > max_pixels:
         raise Image.DecompressionBombError(
             f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"

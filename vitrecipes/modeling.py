@@ -45,11 +45,6 @@ def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:
     )
 
 
-def _attention_kwargs(model_args: ModelArguments) -> dict:
-    """Only an explicit choice is passed: left out, transformers picks sdpa where the architecture has it."""
-    return {} if model_args.attn_implementation is None else {"attn_implementation": model_args.attn_implementation}
-
-
 def scratch_config(model_args: ModelArguments, **extra):
     """The config of a from-scratch model: the architecture's defaults plus `config_overrides`."""
     overrides = model_args.config_overrides or {}
@@ -73,32 +68,24 @@ def build_image_processor(model_args: ModelArguments):
     if model_args.model_name_or_path is None:
         config = scratch_config(model_args)
         size = getattr(config, "image_size", 224)
-        return ViTImageProcessor(
-            size={"height": size, "width": size},
-            image_mean=model_args.image_mean or [0.5, 0.5, 0.5],
-            image_std=model_args.image_std or [0.5, 0.5, 0.5],
-        )
+        return ViTImageProcessor(size={"height": size, "width": size})
     name = model_args.image_processor_name or model_args.model_name_or_path
     try:
-        processor = AutoImageProcessor.from_pretrained(name, **_hub_kwargs(model_args))
+        return AutoImageProcessor.from_pretrained(name, **_hub_kwargs(model_args))
     except OSError as error:
         raise _missing_checkpoint_error(name, error) from None
-    if model_args.image_mean:
-        processor.image_mean = list(model_args.image_mean)
-    if model_args.image_std:
-        processor.image_std = list(model_args.image_std)
-    return processor
 
 
 def build_model(model_args: ModelArguments, class_names: list[str]):
     """An image classifier with one output per class and the class names in its config."""
     label2id = {name: i for i, name in enumerate(class_names)}
     id2label = {i: name for i, name in enumerate(class_names)}
-    labels = {"num_labels": len(class_names), "label2id": label2id, "id2label": id2label}
+    # The classes, and the attention kernel (None: the library's choice, sdpa where the architecture has it).
+    labels = {"label2id": label2id, "id2label": id2label, "attn_implementation": model_args.attn_implementation}
     if model_args.model_name_or_path is None:
         config = scratch_config(model_args, **labels)
         return _as_classifier(
-            lambda: AutoModelForImageClassification.from_config(config, **_attention_kwargs(model_args)),
+            lambda: AutoModelForImageClassification.from_config(config),
             model_args.model_type,
         )
 
@@ -121,7 +108,6 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
                 config=config,
                 ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
                 use_safetensors=True,  # never unpickle weights
-                **_attention_kwargs(model_args),
                 **_hub_kwargs(model_args),
             ),
             name,

@@ -61,8 +61,7 @@ _RESUMABLE_DIFFERENCES = {
 def resolved_recipe(model_args, data_args, training_args, hub=None) -> dict[str, dict[str, Any]]:
     """The complete configuration, grouped by dataclass, without secrets. `hub`: the run's Hub settings,
     when they have been taken out of training_args (see `hub.take_hub_settings`)."""
-    keys = {f.name for f in dataclasses.fields(training_args) if f.init}
-    training = {k: v for k, v in training_args.to_dict().items() if k in keys}
+    training = training_args.to_dict()
     if hub is not None:
         training.update(push_to_hub=hub.push_to_hub, hub_model_id=hub.hub_model_id)
     groups = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": training}
@@ -139,13 +138,8 @@ def is_complete_checkpoint(path: Path) -> bool:
         return False
 
 
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Checkpoint folders, oldest first."""
-    return [Path(p) for p in sort_checkpoints(str(output_dir))]
-
-
 def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    for path in reversed(checkpoint_dirs(output_dir)):
+    for path in map(Path, reversed(sort_checkpoints(str(output_dir)))):
         if is_complete_checkpoint(path):
             return path
         logger.warning("Skipping %s: it is incomplete (the process probably died while saving it).", path)
@@ -194,7 +188,7 @@ def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) ->
             _start_afresh(output_dir)
         return None
     finished = (output_dir / METRICS_FILE).exists()
-    existing = checkpoint_dirs(output_dir)
+    existing = sort_checkpoints(str(output_dir))
     if not finished and not existing:
         return None
     if finished:

@@ -24,8 +24,7 @@ from typing import Any
 
 import jinja2
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure  # a bare Figure, no pyplot: no global backend switch, no figures left open
 from scipy.special import softmax
 from sklearn.metrics import (
     accuracy_score,
@@ -198,18 +197,11 @@ def most_confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, limit
     return wrong[np.argsort(-confidence, kind="stable")][:limit]
 
 
-def _new_figure(width: float, height: float, dpi: int = 100) -> Figure:
-    # A bare Figure on an Agg canvas: no pyplot, so no global backend switch and no figures left open.
-    figure = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
     """Colours are row-normalised (recall per true class), so rare classes are as visible as common ones."""
     n = len(class_names)
     side = min(4.0 + 0.45 * n, 40.0)
-    figure = _new_figure(side, side * 0.9)
+    figure = Figure(figsize=(side, side * 0.9), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     row_totals = counts.sum(axis=1, keepdims=True)
     fractions = np.divide(counts, row_totals, out=np.zeros(counts.shape, dtype=float), where=row_totals > 0)
@@ -245,14 +237,14 @@ def plot_mistakes(
     A placeholder instead of no file keeps report.md's link and any tool reading the folder working.
     """
     if len(indices) == 0:
-        figure = _new_figure(5, 2)
+        figure = Figure(figsize=(5, 2), dpi=100, layout="constrained")
         figure.text(0.5, 0.5, f"No mistakes\n{title}", ha="center", va="center", fontsize=13)
         return figure
 
     rows_of_dataset = predictions.dataset.with_format(None)  # drops the transform: raw rows, undecoded image
     columns = min(4, len(indices))
     grid_rows = -(-len(indices) // columns)
-    figure = _new_figure(3.2 * columns, 3.6 * grid_rows + 0.6)
+    figure = Figure(figsize=(3.2 * columns, 3.6 * grid_rows + 0.6), dpi=100, layout="constrained")
     figure.suptitle(f"Most confident mistakes: {title}", fontsize=12)
     for tile, index in enumerate(indices):
         axes = figure.add_subplot(grid_rows, columns, tile + 1)
@@ -282,7 +274,7 @@ def plot_curves(log_history: list[dict]) -> Figure | None:
     }
     if not series["loss"] and not series["eval_loss"]:
         return None
-    figure = _new_figure(10, 4)
+    figure = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     losses, accuracy = figure.subplots(1, 2)
     for key, label in (("loss", "training loss"), ("eval_loss", "validation loss")):
         if series[key]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import sort_checkpoints
 
 from .adaptation import parameter_groups
 from .bad_images import IGNORE_INDEX, BadImageLog, bad_image_limit
@@ -17,7 +19,6 @@ from .config import DataArguments
 from .data import Splits
 from .errors import RecipeError
 from .metrics import compute_metrics
-from .outputs import checkpoint_dirs
 from .report import SplitPredictions
 from .transforms import Preprocessing
 
@@ -35,12 +36,7 @@ def attach_transforms(splits: Splits, prep: Preprocessing, data_args: DataArgume
     for name, dataset in splits.items():
         bad_images.limits[name] = bad_image_limit(data_args.max_bad_images, len(dataset))
         transformed[name] = _with_transform(dataset, name, name == "train", prep, data_args, bad_images)
-    return Splits(
-        train=transformed["train"],
-        validation=transformed["validation"],
-        test=transformed.get("test"),
-        class_names=splits.class_names,
-    )
+    return dataclasses.replace(splits, **transformed)
 
 
 def eval_view(train: Dataset, prep: Preprocessing, data_args: DataArguments, bad_images: BadImageLog) -> Dataset:
@@ -124,9 +120,9 @@ class RecipeTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         pixels, targets = self.batch_mixing(inputs["pixel_values"], inputs["labels"])
         outputs = model(pixel_values=pixels)
-        smoothing = self.args.label_smoothing_factor
-        targets = targets * (1.0 - smoothing) + smoothing / targets.shape[-1]
-        loss = -(targets * torch.log_softmax(outputs.logits.float(), dim=-1)).sum(-1).mean()
+        loss = torch.nn.functional.cross_entropy(
+            outputs.logits.float(), targets, label_smoothing=self.args.label_smoothing_factor
+        )
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -138,7 +134,7 @@ class RecipeTrainer(Trainer):
         if not finite.item():
             value = loss.item() if not here.item() else "NaN or infinite on another process"
             step = self.state.global_step + 1
-            saved = checkpoint_dirs(self.args.output_dir)
+            saved = sort_checkpoints(self.args.output_dir)
             kept = self.state.best_model_checkpoint or (str(saved[-1]) if saved else None)
             raise NonFiniteLossError(
                 f"The training loss became {value} at step {step} "

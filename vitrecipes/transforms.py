@@ -98,19 +98,14 @@ class Preprocessing:
         return self.eval_uint8(pixels) if self.train_transform is None else self.train_transform(pixels)
 
     def serving_processor(self):
-        """An image processor that gives `pipeline()` exactly the evaluation transform's pixels."""
+        """An image processor that gives `pipeline()` exactly the evaluation transform's pixels (with
+        BitImageProcessor's defaults: RGB, resize, centre crop, rescale by 1/255, normalise)."""
         return BitImageProcessor(
-            do_resize=True,
             size={"shortest_edge": self.resize_to},
             resample=PILImageResampling.BILINEAR,
-            do_center_crop=True,
             crop_size={"height": self.size[0], "width": self.size[1]},
-            do_rescale=True,
-            rescale_factor=1 / 255,
-            do_normalize=True,
             image_mean=list(self.mean),
             image_std=list(self.std),
-            do_convert_rgb=True,
         )
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
