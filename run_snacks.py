@@ -43,9 +43,9 @@ from vitrecipes.training import (
     attach_transforms,
     build_trainer,
     effective_batch_size,
-    eval_view,
     evaluate_splits,
     log_report_images,
+    with_preprocessing,
 )
 from vitrecipes.transforms import Preprocessing
 
@@ -111,10 +111,11 @@ def main(argv: list[str] | None = None) -> dict:
             return model
         model = prepare_for_adaptation(model, model_args)
         if model_args.adaptation in ("linear_probe", "lp_ft") and resume_from is None:
+            # The probe fits on the training images through the evaluation transform (no augmentation).
             # Every process fits the same head on all the images (not on its shard), so replicas agree;
             # with the feature cache on, the main process computes the features and the others read them.
             probe_images = DataLoader(
-                eval_view(untransformed_train, prep, data_args, bad_images),
+                with_preprocessing(untransformed_train, "train", False, prep, data_args, bad_images),
                 batch_size=training_args.per_device_eval_batch_size,
                 collate_fn=prep.collate,
                 num_workers=training_args.dataloader_num_workers,

@@ -203,6 +203,10 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> Splits:
         )
     for split_name, dataset in raw.items():
         _check_columns(split_name, dataset, data_args)
+    # Images are decoded in the lazy transform, which logs an unreadable file instead of failing the batch.
+    image = data_args.image_column_name
+    if isinstance(raw[data_args.train_split].features[image], datasets.Image):
+        raw = raw.cast_column(image, datasets.Image(decode=False))
     label = data_args.label_column_name
     names = _class_names(raw[data_args.train_split], label)
     found = {k: _as_class_label(k, v, label, names) for k, v in raw.items()}
@@ -226,19 +230,12 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> Splits:
             "No test split ('%s') in %s: the test step will be skipped.", data_args.test_split, data_args.dataset_name
         )
 
-    splits = Splits(
+    return Splits(
         train=_limit(train, data_args.max_train_samples, seed),
         validation=_limit(validation, data_args.max_eval_samples, seed),
         test=_limit(test, data_args.max_eval_samples, seed) if test is not None else None,
         class_names=names,
     )
-    # Images are decoded in the lazy transform, which logs an unreadable file instead of failing the batch.
-    image = data_args.image_column_name
-    for attr in ("train", "validation", "test"):
-        dataset = getattr(splits, attr)
-        if dataset is not None and isinstance(dataset.features[image], datasets.Image):
-            setattr(splits, attr, dataset.cast_column(image, datasets.Image(decode=False)))
-    return splits
 
 
 def drop_unreadable(

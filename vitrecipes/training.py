@@ -35,16 +35,12 @@ def attach_transforms(splits: Splits, prep: Preprocessing, data_args: DataArgume
     transformed = {}
     for name, dataset in splits.items():
         bad_images.limits[name] = bad_image_limit(data_args.max_bad_images, len(dataset))
-        transformed[name] = _with_transform(dataset, name, name == "train", prep, data_args, bad_images)
+        transformed[name] = with_preprocessing(dataset, name, name == "train", prep, data_args, bad_images)
     return dataclasses.replace(splits, **transformed)
 
 
-def eval_view(train: Dataset, prep: Preprocessing, data_args: DataArguments, bad_images: BadImageLog) -> Dataset:
-    """The (untransformed) training split through the evaluation transform: what a linear probe fits on."""
-    return _with_transform(train, "train", False, prep, data_args, bad_images)
-
-
-def _with_transform(dataset, split, train, prep, data_args, bad_images) -> Dataset:
+def with_preprocessing(dataset, split: str, train: bool, prep, data_args, bad_images) -> Dataset:
+    """`dataset` (one split) through the training or the evaluation transform, lazily."""
     transform = prep.batch_transform(
         train=train,
         image_column=data_args.image_column_name,
