@@ -129,3 +129,33 @@ def test_builtin_digits_are_real_pngs_in_fixed_splits():
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (1197, 300, 300)
     assert len(splits.class_names) == 10
     assert next(root.glob("train/*/*.png")).stat().st_size > 0
+
+
+def test_class_only_in_validation_or_test_is_named_not_made_a_class(imagefolder):
+    # The imagefolder builder takes its class list from every split; train has no zebra or okapi.
+    for split, name in (("validation", "zebra"), ("test", "zebra"), ("test", "okapi")):
+        (imagefolder / split / name).mkdir()
+        class_image((0, 0, 0), 1).save(imagefolder / split / name / "0.png")
+    (imagefolder / "train" / "zebra").mkdir()  # an empty train folder does not give the class images
+    named = r"'okapi' \(in test\), 'zebra' \(in validation, test\).*no train images"
+    with pytest.raises(RecipeError, match=named) as e:
+        load_splits(DataArguments(dataset_name=str(imagefolder)))
+    assert "\n" not in str(e.value)
+
+
+def test_empty_train_class_folder_is_named_in_a_warning(imagefolder, caplog):
+    (imagefolder / "train" / "yellow").mkdir()
+    splits = load_splits(DataArguments(dataset_name=str(imagefolder)))
+    assert splits.class_names == sorted(CLASS_COLOURS)
+    assert f"{imagefolder / 'train' / 'yellow'} holds no images" in caplog.text
+
+
+@pytest.mark.parametrize("files", [[], ["notes.txt"], ["train/red/notes.txt"]])
+def test_folder_without_images_names_the_folder_and_the_layout(tmp_path, files):
+    (tmp_path / "data").mkdir()
+    for name in files:
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_text("not an image")
+    with pytest.raises(RecipeError, match=r"dataset_name: the folder .*data holds no image files.*<split>/<class") as e:
+        load_splits(DataArguments(dataset_name=str(tmp_path / "data")))
+    assert "\n" not in str(e.value)

@@ -151,3 +151,29 @@ def test_tiny_vit_on_the_real_snacks_photos(tmp_path):
     assert np.isfinite(metrics["test"]["loss"]) and metrics["train"]["global_step"] == 10  # 160 photos / 16
     config = json.loads(Path(out / "config.json").read_text())
     assert len(config["id2label"]) == 20 and config["id2label"]["8"] == "hot dog"
+
+
+def test_class_order_of_the_dataset_is_the_models(tmp_path):
+    import datasets
+    from conftest import class_image
+
+    colours = {"banana": (230, 210, 40), "apple": (220, 30, 30), "hot dog": (30, 40, 220)}  # not sorted
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(colours))})
+
+    def split(per_class, seed):
+        ids = [k for _ in range(per_class) for k in range(len(colours))]
+        images = [class_image(list(colours.values())[k], seed + i) for i, k in enumerate(ids)]
+        return datasets.Dataset.from_dict({"image": images, "label": ids}, features)
+
+    datasets.DatasetDict({"train": split(8, 0), "validation": split(2, 500)}).save_to_disk(tmp_path / "fruit")
+    out = tmp_path / "out"
+    run_snacks.main(
+        ["recipes/smoke.yaml", "--dataset_name", str(tmp_path / "fruit"), "--output_dir", str(out),
+         "--num_train_epochs", "2", "--per_device_train_batch_size", "8"]
+    )  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "banana", "1": "apple", "2": "hot dog"}
+    assert config["label2id"] == {"banana": 0, "apple": 1, "hot dog": 2}
+    classifier = pipeline("image-classification", model=str(out))
+    for name, colour in colours.items():  # a new image of each class is named as that class
+        assert classifier(class_image(colour, 999), top_k=1)[0]["label"] == name

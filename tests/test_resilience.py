@@ -341,3 +341,22 @@ def test_data_and_model_mistakes_are_one_paragraph(tmp_path, args, message):
         run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(tmp_path / "out"), *args])
     assert "\n" not in str(raised.value)
     yaml.safe_load("a: 1")
+
+
+def test_unreadable_images_in_validation_and_test_count_for_nothing(tmp_path):
+    data = write_imagefolder(tmp_path / "data", {"train": 8, "validation": 3, "test": 3})
+    red = data / "validation" / "red"
+    (red / "truncated.png").write_bytes((red / "0.png").read_bytes()[:60])
+    (data / "test" / "green" / "empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    result = run_cli(*_tiny_args(data, out, "--max_bad_images", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bad_images"] == {"validation": ["validation/red/truncated.png"], "test": ["test/green/empty.png"]}
+    for split in ("validation", "test"):  # 3 readable images of each class, and the unreadable one
+        assert (metrics[split]["samples"], metrics[split]["unreadable_images"]) == (9, 1)
+        stored = np.load(out / f"eval_{split}" / "predictions.npz")
+        assert np.bincount(stored["labels"]).tolist() == [3, 3, 3] and len(stored["logits"]) == 9
+        recomputed = float((stored["logits"].argmax(1) == stored["labels"]).mean())
+        assert recomputed > 0  # so a placeholder counted as a wrong answer would lower the reported accuracy
+        assert metrics[split]["accuracy"] == pytest.approx(recomputed)

@@ -104,13 +104,27 @@ def load_raw_dataset(data_args: DataArguments) -> DatasetDict:
         if _is_saved_to_disk(path):
             loaded = datasets.load_from_disk(str(path))
             return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-        return datasets.load_dataset("imagefolder", data_dir=str(path))
+        return _load_imagefolder(path)
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
         raise RecipeError(
             f"dataset_name: the folder {name} does not exist. Check the path, or give a Hub id such as "
             "'Matthijs/snacks'."
         )
     return _load_from_hub(data_args)
+
+
+def _load_imagefolder(path: Path) -> DatasetDict:
+    from PIL import Image
+
+    # Checked first: the builder fails on a folder without images with an error that depends on what else is there.
+    extensions = Image.registered_extensions()
+    if not any(file.suffix.lower() in extensions for file in path.rglob("*")):
+        raise RecipeError(
+            f"dataset_name: the folder {path} holds no image files. Lay it out as an imagefolder, "
+            "<split>/<class name>/<image> (e.g. train/cat/1.jpg and validation/cat/2.jpg; validation/ and test/ "
+            "are optional), or give a folder written by save_to_disk."
+        )
+    return datasets.load_dataset("imagefolder", data_dir=str(path))
 
 
 def _load_from_hub(data_args: DataArguments) -> DatasetDict:
@@ -188,6 +202,35 @@ def _as_class_label(split_name: str, dataset: Dataset, column: str, names: list[
     return dataset.cast_column(column, ClassLabel(names=names))
 
 
+def _check_train_has_every_class(found: dict[str, Dataset], data_args: DataArguments, names: list[str]) -> None:
+    """Name the classes that other splits have and train does not: the imagefolder builder takes its class
+    list from every split, so a folder only in validation/ or test/ would become a class never trained on."""
+    label, train_split = data_args.label_column_name, data_args.train_split
+    in_train = set(found[train_split].unique(label))
+    missing: dict[str, list[str]] = {}
+    for split_name, dataset in found.items():
+        for index in sorted(set(dataset.unique(label)) - in_train):
+            if index >= 0:  # -1: ClassLabel's "no label"
+                missing.setdefault(names[index], []).append(split_name)
+    if missing:
+        listed = ", ".join(f"'{name}' (in {', '.join(splits)})" for name, splits in sorted(missing.items()))
+        raise RecipeError(
+            f"{data_args.dataset_name}: the classes {listed} have no train images (split '{train_split}'), so the "
+            "model would get classes it never learns. Add their images to train, or remove them from those splits."
+        )
+
+
+def _warn_empty_class_folders(train: Dataset, image_column: str) -> None:
+    """An imagefolder's train class folder without images is not a class at all: say so, by folder."""
+    class_folders = {Path(value["path"]).parent for value in train[image_column] if value.get("path")}
+    for split_folder in {folder.parent for folder in class_folders}:
+        for folder in sorted(split_folder.iterdir()):
+            if folder.is_dir() and folder not in class_folders and not folder.name.startswith("."):
+                logger.warning(
+                    "%s holds no images, so it is not a class of the model. Add images to it or remove it.", folder
+                )
+
+
 def _limit(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     if limit is None or limit >= len(dataset):
         return dataset
@@ -210,6 +253,10 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> Splits:
     label = data_args.label_column_name
     names = _class_names(raw[data_args.train_split], label)
     found = {k: _as_class_label(k, v, label, names) for k, v in raw.items()}
+    _check_train_has_every_class(found, data_args, names)
+    folder = Path(data_args.dataset_name).expanduser()
+    if folder.is_dir() and not _is_saved_to_disk(folder):
+        _warn_empty_class_folders(raw[data_args.train_split], image)
     train = found[data_args.train_split]
 
     validation = found.get(data_args.validation_split)
