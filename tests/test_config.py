@@ -243,6 +243,7 @@ def test_too_old_libraries_stop_the_run_at_start_up(monkeypatch):
         (["--adaptation", "linear_probe", "--ema_decay", "0.9", "--load_best_model_at_end", "false"], "ema_decay: "),
         (["--adaptation", "linear_probe", "--layer_decay", "0.8"], "layer_decay: .*no Trainer loop"),
         (["--adaptation", "linear_probe", "--drop_path_rate", "0.1"], "drop_path_rate: .*no Trainer loop"),
+        (["--adaptation", "linear_probe", "--sweep", "recipes/smoke.yaml"], "sweep: .*no Trainer loop"),
         (["--num_train_epochs", "0"], r"num_train_epochs: 0 .*trains 0 steps"),
         (["--adaptation", "lp_ft", "--num_train_epochs", "0", "--max_steps", "0"], "num_train_epochs: 0"),
         (["--freeze_blocks", "2"], r"freeze_blocks: .*only with adaptation freeze \(this run: full\)"),

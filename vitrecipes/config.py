@@ -618,7 +618,7 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
 # Keys that only the Trainer loop reads (its batches, loss, optimiser and train mode); linear_probe has none.
 TRAINER_LOOP_KEYS = ("mixup_alpha", "cutmix_alpha", "ema_decay", "layer_decay", "head_learning_rate_multiplier",
                      "label_smoothing_factor", "drop_path_rate", "train_augmentation", "random_resized_crop_scale",
-                     "horizontal_flip", "auto_augment", "random_erasing")  # fmt: skip
+                     "horizontal_flip", "auto_augment", "random_erasing", "sweep")  # fmt: skip
 # Keys that act only with these adaptations. probe_feature_cache is not one: it only says where features come from.
 ADAPTATION_KEYS = {
     ("freeze",): ("freeze_blocks",),
