@@ -47,19 +47,21 @@ EXAMPLE = {
     "weight_decay": 0.0,
     "label_smoothing_factor": 0.0,
     "layer_decay": 1.0,
-    "random_resized_crop_scale": "0.08,1.0",
+    "random_resized_crop_scale": [0.08, 1.0],
     "eval_crop_pct": 1.0,
     "eval_strategy": "epoch",
     "save_strategy": "epoch",
     "load_best_model_at_end": True,
 }
+NO_PROBE = {"probe_regularization": 0.1}  # the recipe's probe key back at its default: it cannot act without a probe
 PIPELINES = {
-    "example": EXAMPLE,
+    "example": {**EXAMPLE, **NO_PROBE},
     "recipe": {},
-    "linear_probe": {"adaptation": "linear_probe"},
-    "full": {"adaptation": "full", "head_learning_rate_multiplier": 10},
-    "freeze": {"adaptation": "freeze", "freeze_blocks": 6, "head_learning_rate_multiplier": 10},
-    "lora": {"adaptation": "lora", "learning_rate": 5.0e-4},
+    # The recipe's fine-tuning keys back at their defaults: a probe runs no Trainer loop for them to act in.
+    "linear_probe": {"adaptation": "linear_probe", "layer_decay": 1.0, "random_resized_crop_scale": [0.08, 1.0]},
+    "full": {"adaptation": "full", "head_learning_rate_multiplier": 10, **NO_PROBE},
+    "freeze": {"adaptation": "freeze", "freeze_blocks": 6, "head_learning_rate_multiplier": 10, **NO_PROBE},
+    "lora": {"adaptation": "lora", "learning_rate": 5.0e-4, **NO_PROBE},
 }
 
 
@@ -68,7 +70,9 @@ def run_once(name: str, seed: int, out: Path, recipe: Path, extra: list[str], re
     record = folder / "benchmark_run.json"
     if record.is_file():
         return _entry(json.loads(record.read_text()), folder)
-    overrides = [f"--{k}={v}" for k, v in PIPELINES[name].items()]
+    overrides = [
+        arg for k, v in PIPELINES[name].items() for arg in [f"--{k}", *map(str, v if isinstance(v, list) else [v])]
+    ]
     command = [
         sys.executable, str(ROOT / "run_snacks.py"), str(recipe), *overrides, f"--seed={seed}",
         f"--output_dir={folder}", "--overwrite_output_dir", f"--probe_feature_cache={reuse_features}", *extra,

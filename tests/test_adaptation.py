@@ -230,3 +230,93 @@ def test_image_size_makes_a_vit_checkpoint_native_at_the_new_size(tmp_path, tiny
     assert model.vit.embeddings.position_embeddings.shape[1] == 1 + (48 // 8) ** 2
     model(pixel_values=torch.zeros(1, 3, 48, 48))  # no interpolate_pos_encoding flag needed
     assert metrics["validation"]["samples"] == 12
+
+
+def _random_batches(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {"pixel_values": torch.randn(6, 3, 32, 32, generator=generator), "labels": torch.tensor([0, 1, 2] * 2)}
+        for _ in range(3)
+    ]
+
+
+@pytest.mark.parametrize("corruption", ["truncated", "emptied", "bit-flipped"])
+def test_unreadable_feature_cache_is_named_removed_and_recomputed(tmp_path, tiny_dinov2, caplog, corruption):
+    cache = tmp_path / "probe-features" / "entry.npz"
+    model = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=3)
+    fit_linear_head(model, _random_batches(), regularization=0.5, cache_file=cache)
+    fitted = model.classifier.weight.detach().clone()
+    data = bytearray(cache.read_bytes())
+    if corruption == "truncated":
+        data = data[: len(data) // 2]
+    elif corruption == "emptied":
+        data = bytearray()
+    else:
+        data[len(data) // 2] ^= 0xFF  # inside the stored feature array: only the zip's CRC notices
+    cache.write_bytes(bytes(data))
+
+    summary = fit_linear_head(model, _random_batches(), regularization=0.5, cache_file=cache)
+    assert not summary["probe_features_cached"]
+    assert any(str(cache) in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert torch.allclose(model.classifier.weight, fitted)
+    with np.load(cache) as stored:  # rewritten whole, so the next run reads it
+        assert stored["features"].shape[0] == 18
+    assert fit_linear_head(model, _random_batches(), regularization=0.5, cache_file=cache)["probe_features_cached"]
+    assert [p.name for p in cache.parent.iterdir()] == ["entry.npz"]  # no temporary file left behind
+
+
+def test_lp_ft_fine_tunes_from_the_fitted_probe_head(tmp_path, tiny_dinov2, jpeg_folder, monkeypatch):
+    """At learning rate 0 fine-tuning moves nothing, so the saved head is the one training started from: it must
+    give the decisions of a logistic regression fitted here on the features the run cached."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    monkeypatch.setenv("VITRECIPES_CACHE", str(tmp_path / "cache"))
+    out, _ = _run(
+        tmp_path, tiny_dinov2, jpeg_folder, "--adaptation", "lp_ft", "--learning_rate", "0", "--max_steps", "2",
+        "--save_strategy", "no", "--eval_strategy", "no", "--load_best_model_at_end", "false",
+    )  # fmt: skip
+    (cache,) = (tmp_path / "cache" / "probe-features").glob("*.npz")
+    with np.load(cache) as stored:
+        features, labels = stored["features"], stored["labels"]
+    scaler = StandardScaler().fit(features)
+    expected = LogisticRegression(C=0.1, max_iter=1000).fit(scaler.transform(features), labels)
+    expected = expected.decision_function(scaler.transform(features))
+    saved = _weights(out)
+    logits = features @ saved["classifier.weight"].double().numpy().T + saved["classifier.bias"].double().numpy()
+    np.testing.assert_allclose(
+        logits - logits.mean(1, keepdims=True), expected - expected.mean(1, keepdims=True), atol=1e-3
+    )
+
+
+def test_saved_model_is_the_moving_average_of_the_weights(tmp_path, tiny_dinov2, jpeg_folder, monkeypatch):
+    """An average computed here, step by step with torch's EMA rule, must be what the output folder holds."""
+    from transformers import TrainerCallback
+
+    decay, average, last = 0.5, {}, {}
+
+    class Recorder(TrainerCallback):  # runs after WeightAverage's step hook: added later
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            for name, value in model.named_parameters():
+                value = value.detach().double().clone()
+                # AveragedModel copies the weights at its first update, then lerps towards each step's.
+                average[name] = value if name not in average else decay * average[name] + (1 - decay) * value
+                last[name] = value
+
+    build = run_snacks.build_trainer
+
+    def with_recorder(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(Recorder())
+        return trainer
+
+    monkeypatch.setattr(run_snacks, "build_trainer", with_recorder)
+    out, metrics = _run(
+        tmp_path, tiny_dinov2, jpeg_folder, "--ema_decay", str(decay), "--load_best_model_at_end", "false",
+        "--save_strategy", "no", "--eval_strategy", "no", "--max_steps", "4",
+    )  # fmt: skip
+    assert metrics["train"]["global_step"] == 4
+    saved = _weights(out)
+    for name, value in average.items():
+        torch.testing.assert_close(saved[name].double(), value, atol=1e-6, rtol=1e-5)
+    assert any(not torch.allclose(saved[name].double(), last[name]) for name in last)

@@ -234,3 +234,43 @@ def test_too_old_libraries_stop_the_run_at_start_up(monkeypatch):
     monkeypatch.undo()
     assert set(hardware.REQUIREMENTS) <= pinned
     hardware.check_requirements()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--adaptation", "linear_probe", "--mixup_alpha", "0.2"], r"mixup_alpha: .*adaptation linear_probe"),
+        (["--adaptation", "linear_probe", "--ema_decay", "0.9", "--load_best_model_at_end", "false"], "ema_decay: "),
+        (["--adaptation", "linear_probe", "--layer_decay", "0.8"], "layer_decay: .*no Trainer loop"),
+        (["--adaptation", "linear_probe", "--drop_path_rate", "0.1"], "drop_path_rate: .*no Trainer loop"),
+        (["--adaptation", "linear_probe", "--sweep", "recipes/smoke.yaml"], "sweep: .*no Trainer loop"),
+        (["--num_train_epochs", "0"], r"num_train_epochs: 0 .*trains 0 steps"),
+        (["--adaptation", "lp_ft", "--num_train_epochs", "0", "--max_steps", "0"], "num_train_epochs: 0"),
+        (["--freeze_blocks", "2"], r"freeze_blocks: .*only with adaptation freeze \(this run: full\)"),
+        (["--adaptation", "lora", "--freeze_blocks", "2"], "freeze_blocks: .*this run: lora"),
+        (["--lora_rank", "8"], "lora_rank: .*only with adaptation lora"),
+        (["--lora_target_modules", "query"], "lora_target_modules: .*only with adaptation lora"),
+        (["--adaptation", "freeze", "--freeze_blocks", "1", "--probe_regularization", "0.01"],
+         "probe_regularization: .*only with adaptation linear_probe or lp_ft"),
+        (["--adaptation", "freeze", "--freeze_blocks", "-1"],
+         r"freeze_blocks: -1 .*1 or more, up to the model's number of encoder blocks"),
+        (["--adaptation", "lora", "--lora_rank", "0"], "lora_rank must be 1 or more, got 0"),
+        (["--adaptation", "lora", "--lora_alpha", "0"], "lora_alpha must be positive"),
+        (["--adaptation", "lora", "--lora_dropout", "1"], r"lora_dropout must lie in \[0, 1\)"),
+        (["--drop_path_rate", "1.5"], r"drop_path_rate must lie in \[0, 1\)"),
+        (["--model_name_or_path", "null", "--model_type", "vit", "--image_size", "64"],
+         "image_size: 64 cannot act .*from-scratch model takes its sizes from config_overrides"),
+    ],
+)  # fmt: skip
+def test_keys_that_cannot_act_are_refused_at_parse_time(tmp_path, args, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe([write(tmp_path, "seed: 1\n"), *args])
+
+
+def test_keys_that_act_and_unset_ones_are_accepted(tmp_path):
+    recipe = write(tmp_path, "seed: 1\n")
+    # Default values of another adaptation's keys are not "set"; a probe needs no Trainer steps.
+    parse_recipe([recipe, "--adaptation", "linear_probe", "--num_train_epochs", "0", "--probe_regularization", "1"])
+    parse_recipe([recipe, "--adaptation", "lora", "--lora_rank", "4", "--lora_dropout", "0.1", "--max_steps", "5",
+                  "--num_train_epochs", "0"])  # fmt: skip
+    parse_recipe([recipe, "--adaptation", "lp_ft", "--mixup_alpha", "0.2", "--probe_feature_cache", "false"])

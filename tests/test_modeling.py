@@ -97,3 +97,12 @@ def test_attention_kernel_defaults_to_the_library_choice_and_an_unsupported_one_
                          config_overrides={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                            "intermediate_size": 64, "image_size": 32})  # fmt: skip
     assert build_model(vit, ["a", "b"]).config._attn_implementation == "eager"
+
+
+def test_drop_path_rate_acts_on_a_from_scratch_model_or_is_refused():
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32}
+    dinov2 = ModelArguments(model_name_or_path=None, model_type="dinov2", config_overrides=small, drop_path_rate=0.2)
+    assert build_model(dinov2, CLASSES).config.drop_path_rate == 0.2
+    vit = ModelArguments(model_name_or_path=None, model_type="vit", config_overrides=small, drop_path_rate=0.2)
+    with pytest.raises(RecipeError, match="drop_path_rate: vit models have no stochastic depth"):
+        build_model(vit, CLASSES)

@@ -18,13 +18,14 @@ import logging
 import os
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import RecipeError
+from .errors import RecipeError, cause
 
 logger = logging.getLogger(__name__)
 
@@ -187,10 +188,15 @@ def fit_linear_head(
     start = time.perf_counter()
     cached = cache_file is not None and cache_file.is_file()
     if cached:
-        with np.load(cache_file) as stored:
-            features, labels = stored["features"], stored["labels"]
-        logger.info("Linear probe: features read from %s.", cache_file)
-    else:
+        try:
+            with np.load(cache_file) as stored:
+                features, labels = stored["features"], stored["labels"]
+            logger.info("Linear probe: features read from %s.", cache_file)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # truncated, emptied, flipped
+            logger.warning("Feature cache %s is unreadable (%s): removed, recomputing it.", cache_file, cause(error))
+            cache_file.unlink(missing_ok=True)
+            cached = False
+    if not cached:
         features, labels = head_features(model, train_loader)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,20 @@ class ModelArguments:
             check_attention_kernel(self.attn_implementation)
         if self.adaptation == "freeze" and self.freeze_blocks < 1:
             raise RecipeError(
-                "adaptation 'freeze' needs freeze_blocks: the number of encoder blocks to freeze (1 or more)."
+                f"freeze_blocks: {self.freeze_blocks} blocks cannot be frozen; adaptation 'freeze' needs freeze_blocks "
+                "set to 1 or more, up to the model's number of encoder blocks (checked when the model loads)."
+            )
+        if self.lora_rank < 1:
+            raise RecipeError(f"lora_rank must be 1 or more, got {self.lora_rank}.")
+        if self.lora_alpha <= 0:
+            raise RecipeError(
+                f"lora_alpha must be positive (the adapters' scale is alpha / rank), got {self.lora_alpha}."
+            )
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise RecipeError(f"lora_dropout must lie in [0, 1) (a probability), got {self.lora_dropout}.")
+        if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
+            raise RecipeError(
+                f"drop_path_rate must lie in [0, 1) (the chance that a block is skipped), got {self.drop_path_rate}."
             )
         if self.image_size is not None and self.image_size < 8:
             raise RecipeError(f"image_size must be a side in pixels (8 or more), got {self.image_size}.")
@@ -530,6 +543,7 @@ def parse_recipe(argv: list[str] | None = None):
         _evaluate_the_trained_model(values, model_given="model_name_or_path" in given)
     model_args, data_args, training_args = _build(values, source)
     check_consistency(model_args, training_args)
+    refuse_keys_that_cannot_act(model_args, data_args, training_args)
     if training_args.remove_unused_columns:
         logging.getLogger(__name__).warning(
             "remove_unused_columns: forced to false; the lazy transform needs the image and label columns."
@@ -598,4 +612,56 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
         raise RecipeError(
             "config_overrides only applies to from-scratch models (model_type). To change a checkpoint's "
             "architecture, train from scratch or save a modified config next to the checkpoint."
+        )
+
+
+# Keys that only the Trainer loop reads (its batches, loss, optimiser and train mode); linear_probe has none.
+TRAINER_LOOP_KEYS = ("mixup_alpha", "cutmix_alpha", "ema_decay", "layer_decay", "head_learning_rate_multiplier",
+                     "label_smoothing_factor", "drop_path_rate", "train_augmentation", "random_resized_crop_scale",
+                     "horizontal_flip", "auto_augment", "random_erasing", "sweep")  # fmt: skip
+# Keys that act only with these adaptations. probe_feature_cache is not one: it only says where features come from.
+ADAPTATION_KEYS = {
+    ("freeze",): ("freeze_blocks",),
+    ("lora",): ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules"),
+    ("linear_probe", "lp_ft"): ("probe_regularization",),
+}
+# Keys that act only when loading a checkpoint; a from-scratch model takes its sizes from config_overrides.
+CHECKPOINT_KEYS = ("image_processor_name", "model_revision", "image_size", "ignore_mismatched_sizes")
+
+
+def _default(args, key: str):
+    spec = next(f for f in dataclasses.fields(args) if f.name == key)
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+
+
+def refuse_keys_that_cannot_act(model_args, data_args, training_args) -> None:
+    """A key set away from its default that this training run cannot use is an error, so that the model card
+    and the resolved recipe never record a setting that did not apply."""
+    if not training_args.do_train:
+        return  # an evaluation reads the trained recipe's keys as the record of that training
+    mode = model_args.adaptation
+    unusable = [
+        (key, f"it acts only with adaptation {' or '.join(modes)} (this run: {mode})")
+        for modes, keys in ADAPTATION_KEYS.items()
+        if mode not in modes
+        for key in keys
+    ]
+    if mode == "linear_probe":
+        reason = "adaptation linear_probe fits the head by logistic regression on un-augmented images: no Trainer loop"
+        unusable += [(key, reason) for key in TRAINER_LOOP_KEYS]
+    if model_args.model_name_or_path is None:
+        reason = "it applies to a loaded checkpoint; a from-scratch model takes its sizes from config_overrides"
+        unusable += [(key, reason) for key in CHECKPOINT_KEYS]
+    owner = {f.name: args for args in (model_args, data_args, training_args) for f in dataclasses.fields(args)}
+    for key, reason in unusable:
+        value, default = getattr(owner[key], key), _default(owner[key], key)
+        if value != default:
+            raise RecipeError(
+                f"{key}: {value} cannot act in this run, because {reason}. Remove the key or set it back to its "
+                f"default ({'null' if default is None else default}), or choose the adaptation or model it belongs to."
+            )
+    if mode != "linear_probe" and training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise RecipeError(
+            f"num_train_epochs: {training_args.num_train_epochs:g} (with max_steps {training_args.max_steps}) trains "
+            f"0 steps, so adaptation {mode} would save an untrained model. Set num_train_epochs or max_steps above 0."
         )

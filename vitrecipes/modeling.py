@@ -84,6 +84,7 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
     labels = {"label2id": label2id, "id2label": id2label, "attn_implementation": model_args.attn_implementation}
     if model_args.model_name_or_path is None:
         config = scratch_config(model_args, **labels)
+        _set_drop_path_rate(config, model_args.drop_path_rate)
         return _as_classifier(
             lambda: AutoModelForImageClassification.from_config(config),
             model_args.model_type,
@@ -94,13 +95,7 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         config = AutoConfig.from_pretrained(name, **labels, **_hub_kwargs(model_args))
     except OSError as error:
         raise _missing_checkpoint_error(name, error) from None
-    if model_args.drop_path_rate is not None:
-        if not hasattr(config, "drop_path_rate"):
-            raise RecipeError(
-                f"drop_path_rate: {config.model_type} models have no stochastic depth (their config has no "
-                "drop_path_rate). Remove the key."
-            )
-        config.drop_path_rate = model_args.drop_path_rate
+    _set_drop_path_rate(config, model_args.drop_path_rate)
     try:
         model = _as_classifier(
             lambda: AutoModelForImageClassification.from_pretrained(
@@ -117,6 +112,17 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
     if model_args.image_size:
         resize_position_embeddings(model, model_args.image_size)
     return model
+
+
+def _set_drop_path_rate(config, rate: float | None) -> None:
+    if rate is None:
+        return
+    if not hasattr(config, "drop_path_rate"):
+        raise RecipeError(
+            f"drop_path_rate: {config.model_type} models have no stochastic depth (their config has no "
+            "drop_path_rate). Remove the key."
+        )
+    config.drop_path_rate = rate
 
 
 def resize_position_embeddings(model, image_size: int) -> None:
