@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
             # The probe fits on the training images through the evaluation transform (no augmentation).
             # Every process fits the same head on all the images (not on its shard), so replicas agree;
             # with the feature cache on, the main process computes the features and the others read them.
+            # On the accelerator: the model is still on the CPU here, where accelerate launch allows one thread.
             probe_images = DataLoader(
                 with_preprocessing(untransformed_train, "train", False, prep, data_args, bad_images),
                 batch_size=training_args.per_device_eval_batch_size,
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                     probe_images,
                     model_args.probe_regularization,
                     cache if model_args.probe_feature_cache else None,
+                    device=training_args.device,
                 )
         return model
 

@@ -25,14 +25,15 @@ pipeline efficiency = project images/s over all its timed epochs / limit images/
 steps of the same minutes (with turns; otherwise of all its steps), printed also for the first epoch
 alone and for the later epochs, each against the limit of its own minutes. The baseline is compared
 in the same way, and project / baseline is the ratio of the two efficiencies. Evaluation and
-prediction images/s and peak memory are measured on the project path. Prints a table, then one
-JSON line.
+prediction images/s and peak memory are measured on the project path; the peak GPU memory is that of
+each repeat (all its runs, which share the GPU). Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -301,6 +302,9 @@ class Setup:
 
 def measure(setup: Setup) -> dict:
     """One whole measurement: limit, project and baseline, taking turns."""
+    if setup.device == "cuda":  # this repeat's own peak, not the process's since its first run
+        gc.collect()  # the previous repeat's trainers hold their models in reference cycles
+        torch.cuda.reset_peak_memory_stats()
     opts, splits, processor, per_step = setup.opts, setup.splits, setup.processor, setup.per_step
     model_args, training_args = setup.model_args, setup.training_args
     interleave = setup.interleave
@@ -400,6 +404,7 @@ def measure(setup: Setup) -> dict:
     predict(str(setup.work / "model"), files, batch_size=training_args.per_device_eval_batch_size)
     result["predict_ips"] = round(len(files) / (time.perf_counter() - start), 1)
     result["input_size"] = list(prep.size)
+    result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20) if setup.device == "cuda" else None
     print("  " + json.dumps(result), flush=True)
     return result
 
@@ -423,7 +428,6 @@ def summarise(repeats: list[dict], setup: Setup) -> dict:
         "interleave_steps": setup.interleave,
         "dataloader_num_workers": setup.workers,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if setup.device != "cpu" else None,
         "figures": figures,
         "repeats": repeats,
     }

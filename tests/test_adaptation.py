@@ -45,8 +45,23 @@ def _backbone(state: dict) -> dict:
 def test_linear_probe_keeps_the_backbone_fits_the_head_and_reuses_its_features(
     tmp_path, tiny_dinov2, jpeg_folder, monkeypatch
 ):
+    import vitrecipes.adaptation
+
     monkeypatch.setenv("VITRECIPES_CACHE", str(tmp_path / "cache"))
+    asked, used, extract = [], [], vitrecipes.adaptation.head_features
+
+    def spy(model, loader, **kwargs):  # the device asked for, and the one the backbone computes on
+        asked.append(kwargs.get("device"))
+        hook = model.register_forward_pre_hook(lambda module, _: used.append(next(module.parameters()).device))
+        try:
+            return extract(model, loader, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(vitrecipes.adaptation, "head_features", spy)
     out, metrics = _run(tmp_path, tiny_dinov2, jpeg_folder, "--adaptation", "linear_probe")
+    # The features are computed on the Trainer's device (here the CPU; a GPU where there is one).
+    assert asked == [torch.device("cpu")] and set(used) == {torch.device("cpu")}
     saved = _weights(out)
     original = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=3).state_dict()
     for key, value in _backbone(saved).items():
@@ -184,6 +199,37 @@ def test_batch_mixing_gives_soft_targets_and_spares_placeholders():
     assert (targets > 0).sum() > 6  # two classes per row after mixing
     _, targets = mixing(pixels, torch.tensor([0, 1, -100, 3, 0, 1]))
     assert targets[2].sum() == 0 and torch.equal(targets[0], torch.tensor([1.0, 0, 0, 0]))
+
+
+def _first_step_log(tmp_path, per_device: int, accumulation: int, mixing) -> dict:
+    """Loss and gradient norm of one optimiser step over the same 16 images."""
+    from vitrecipes.config import RecipeTrainingArguments
+
+    torch.manual_seed(0)
+    model = _tiny_vit(num_labels=3)
+    generator = torch.Generator().manual_seed(0)
+    images = [{"pixel_values": torch.randn(3, 16, 16, generator=generator), "labels": i % 3} for i in range(16)]
+    args = RecipeTrainingArguments(
+        output_dir=str(tmp_path / f"{per_device}x{accumulation}"), per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation, max_steps=1, logging_steps=1, use_cpu=True, report_to="none",
+        eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+    )  # fmt: skip
+    trainer = RecipeTrainer(model=model, args=args, train_dataset=images, batch_mixing=mixing)
+    trainer.train()
+    return trainer.state.log_history[0]
+
+
+def _one_hot(pixels, labels):  # a deterministic stand-in for MixUp: the mixing path's soft targets, unmixed
+    return pixels, torch.nn.functional.one_hot(labels, 3).float()
+
+
+@pytest.mark.parametrize("mixing", [None, _one_hot], ids=["plain", "mixing"])
+def test_accumulated_batches_give_the_loss_and_gradient_of_one_big_batch(tmp_path, mixing):
+    whole, accumulated = _first_step_log(tmp_path, 16, 1, mixing), _first_step_log(tmp_path, 8, 2, mixing)
+    assert accumulated["loss"] == pytest.approx(whole["loss"], rel=1e-4)
+    assert accumulated["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+    if mixing is not None:  # one-hot targets: the mixing loss is the plain cross-entropy
+        assert whole["loss"] == pytest.approx(_first_step_log(tmp_path, 16, 1, None)["loss"], rel=1e-4)
 
 
 def test_every_technique_together_trains_and_saves_the_weight_average(tmp_path, tiny_dinov2, jpeg_folder):

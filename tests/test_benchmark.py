@@ -72,6 +72,33 @@ def test_benchmark_can_run_one_after_the_other():
     assert repeat["efficiency"] == pytest.approx(repeat["train_ips"] / repeat["limit_ips"], abs=3e-3)
 
 
+def test_each_repeat_reports_its_own_peak_gpu_memory(monkeypatch, capsys):
+    """No GPU here: torch.cuda's memory counters are stood in for, the runs themselves stay on the CPU."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_pipeline
+
+    real_setup = bench_pipeline.Setup.__post_init__
+
+    def on_a_gpu(setup):
+        real_setup(setup)
+        setup.device = "cuda"
+
+    counter = {"resets": 0}  # the fake peak is 100 MiB x the resets so far: each repeat must read its own
+    monkeypatch.setattr(bench_pipeline.Setup, "__post_init__", on_a_gpu)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: counter.update(resets=counter["resets"] + 1))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: counter["resets"] * 100 * 2**20)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a stand-in GPU")
+    report = bench_pipeline.main(
+        ["recipes/smoke.yaml", "--warmup_steps", "1", "--eval_samples", "8", "--predict_samples", "4",
+         "--max_train_samples", "120", "--steps", "2", "--epochs", "1", "--repeats", "2", "--interleave_steps", "0",
+         "--skip_baseline"]
+    )  # fmt: skip
+    assert counter["resets"] == 2
+    assert [r["peak_gpu_mib"] for r in report["repeats"]] == [100, 200]
+
+
 def test_runs_take_turns_one_at_a_time():
     """Turns (the benchmark's scheduler) runs one thread at a time, in rotation, until each retires."""
     import threading

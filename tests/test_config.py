@@ -180,6 +180,21 @@ def test_gpu_settings_are_switched_off_without_a_gpu_and_recorded(tmp_path):
     assert training.torch_compile is False and training.torch_compile_mode is None
 
 
+def test_tf32_is_switched_off_on_a_gpu_older_than_ampere(monkeypatch):
+    from vitrecipes.hardware import switch_off_gpu_only_settings
+
+    # No such GPU here: the two queries the check makes stand in for a V100 (compute capability 7.0).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    values = {"tf32": True, "bf16": False}
+    notes = switch_off_gpu_only_settings(values)
+    assert values["tf32"] is None and len(notes) == 1
+    assert notes[0].startswith("tf32: switched off") and "Ampere" in notes[0]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    values = {"tf32": True}
+    assert switch_off_gpu_only_settings(values) == [] and values["tf32"] is True
+
+
 def test_removed_speed_ups_name_themselves(tmp_path):
     for key in ("decoded_image_cache_mib: 512", "jpeg_draft: true", "decode_ahead: false"):
         with pytest.raises(RecipeError, match=f"'{key.split(':')[0]}'.*removed.*delete the key"):

@@ -153,33 +153,44 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 @torch.inference_mode()
-def head_features(model: nn.Module, loader) -> tuple[np.ndarray, np.ndarray]:
-    """What the classifier head sees for every batch of `loader`, with the labels (unreadable ones dropped)."""
+def head_features(model: nn.Module, loader, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """What the classifier head sees for every batch of `loader`, with the labels (unreadable ones dropped).
+
+    Computed on `device` (the accelerator, when the model is still on the CPU); the model goes back after.
+    """
     head = classifier_head(model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0].float().cpu()))
-    device = next(model.parameters()).device
+    home = next(model.parameters()).device
+    device = home if device is None else torch.device(device)
     labels = []
-    model.eval()
+    model.eval().to(device)
     try:
         for batch in loader:
             model(pixel_values=batch["pixel_values"].to(device))
             labels.append(batch["labels"])
     finally:
         hook.remove()
+        model.to(home)  # where the caller left it: Trainer places it (or shards it, under FSDP) itself
     features, labels = torch.cat(captured).numpy(), torch.cat(labels).numpy()
     keep = labels >= 0
     return features[keep], labels[keep]
 
 
 def fit_linear_head(
-    model: nn.Module, train_loader, regularization: float, cache_file: Path | None = None, max_iter: int = 1000
+    model: nn.Module,
+    train_loader,
+    regularization: float,
+    cache_file: Path | None = None,
+    max_iter: int = 1000,
+    device=None,
 ) -> dict:
     """Fit the head as a multinomial logistic regression on frozen features (scikit-learn), in place.
 
     The features are standardised for the solver, and the standardisation is folded into the head's
     weights afterwards, so the model needs no extra layer. With `cache_file`, features computed once
-    are kept there and reused by later runs with the same backbone, images and transform.
+    are kept there and reused by later runs with the same backbone, images and transform. They are
+    computed on `device` (default: where the model is).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -197,7 +208,7 @@ def fit_linear_head(
             cache_file.unlink(missing_ok=True)
             cached = False
     if not cached:
-        features, labels = head_features(model, train_loader)
+        features, labels = head_features(model, train_loader, device=device)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             partial = cache_file.with_suffix(f".{os.getpid()}.npz")

@@ -27,9 +27,13 @@ ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", 
 
 def switch_off_gpu_only_settings(values: dict[str, Any]) -> list[str]:
     """On a machine without a usable CUDA GPU, turn GPU-only settings off in `values` (coerced
-    TrainingArguments keywords). Returns one sentence per setting switched off."""
+    TrainingArguments keywords), and tf32 on a GPU older than Ampere. Returns one sentence per setting
+    switched off."""
     if torch.cuda.is_available() and not values.get("use_cpu", False):
-        return []
+        if not values.get("tf32") or torch.cuda.get_device_capability() >= (8, 0):
+            return []
+        values["tf32"] = None  # TrainingArguments refuses it there; like on a CPU, the recipe runs without
+        return [f"tf32: switched off, this GPU is older than Ampere ({GPU_ONLY_SETTINGS['tf32']})."]
     notes = []
     for key, why in GPU_ONLY_SETTINGS.items():
         compile_implied = key == "torch_compile" and (

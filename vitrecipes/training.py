@@ -77,11 +77,14 @@ class RecipeTrainer(Trainer):
     """
 
     def __init__(self, *args, batch_mixing=None, **kwargs):
+        if batch_mixing is not None:  # through Trainer's own loss hook, which scales it for accumulation
+            kwargs["compute_loss_func"] = self._soft_target_loss
         super().__init__(*args, **kwargs)
         self.batch_mixing = batch_mixing
         self._last_train_log = (time.perf_counter(), 0)  # (time, step) of the previous training log line
         self.start_step = None  # the step training began from: 0, or a resumed checkpoint's
-        self.add_callback(_TrainBegin(self))
+        self._nonfinite = None  # see training_step
+        self.add_callback(_TrainerHooks(self))
 
     def log(self, logs: dict, start_time=None):
         if "loss" in logs:  # a training log line: add the speed since the previous one, for the trackers
@@ -112,35 +115,50 @@ class RecipeTrainer(Trainer):
         return super().create_optimizer(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.batch_mixing is None or not model.training:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        pixels, targets = self.batch_mixing(inputs["pixel_values"], inputs["labels"])
-        outputs = model(pixel_values=pixels)
+        if self.batch_mixing is not None and model.training:
+            pixels, targets = self.batch_mixing(inputs["pixel_values"], inputs["labels"])
+            inputs = {**inputs, "pixel_values": pixels, "labels": targets}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _soft_target_loss(self, outputs, labels, num_items_in_batch=None):
+        """Cross-entropy on class indices or soft targets; with `num_items_in_batch` (the readable images of
+        the whole accumulated batch) summed and divided by it, as Trainer expects of this hook."""
+        reduction = "mean" if num_items_in_batch is None else "sum"
         loss = torch.nn.functional.cross_entropy(
-            outputs.logits.float(), targets, label_smoothing=self.args.label_smoothing_factor
+            outputs.logits.float(), labels, label_smoothing=self.args.label_smoothing_factor, reduction=reduction
         )
-        return (loss, outputs) if return_outputs else loss
+        return loss if num_items_in_batch is None else loss / num_items_in_batch
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        here = torch.isfinite(loss.detach()).all().reshape(1)
-        finite = here
-        if self.args.world_size > 1:  # every process stops together, not only the one whose batch diverged
-            finite = self.accelerator.gather(here.to(self.args.device)).all()
-        if not finite.item():
-            value = loss.item() if not here.item() else "NaN or infinite on another process"
-            step = self.state.global_step + 1
-            saved = sort_checkpoints(self.args.output_dir)
-            kept = self.state.best_model_checkpoint or (str(saved[-1]) if saved else None)
-            raise NonFiniteLossError(
-                f"The training loss became {value} at step {step} "
-                f"(epoch {self.state.epoch or 0:.2f}). "
-                f"Likely causes: a learning rate too high for this model and batch ({self.args.learning_rate:g}; "
-                "try 3-10x lower or a longer warm-up), fp16 overflow (use bf16 on GPUs that support it), or a "
-                "corrupt batch. The run stopped before saving anything from this step; "
-                + (f"the last good checkpoint is {kept}." if kept else "no checkpoint had been saved yet.")
-            )
+        # Noted on the device, without waiting for it; read only where Trainer logs, evaluates or saves.
+        value = loss.detach().float()
+        if self._nonfinite is None:
+            self._nonfinite = torch.zeros(2, device=value.device)  # (step, loss) of the first non-finite loss
+        first = ~torch.isfinite(value) & (self._nonfinite[0] == 0)
+        found = torch.stack([torch.full_like(value, self.state.global_step + 1), value])
+        self._nonfinite = torch.where(first, found, self._nonfinite)
         return loss
+
+    def stop_if_nonfinite(self) -> None:
+        """Raise NonFiniteLossError, on every process together, if a loss so far was NaN or infinite."""
+        if self._nonfinite is None:
+            return
+        steps = self.accelerator.gather(self._nonfinite[:1])
+        if not steps.any():
+            return
+        step = int(steps[steps > 0].min())
+        here_step, here_loss = self._nonfinite.tolist()
+        value = here_loss if here_step == step else "NaN or infinite on another process"
+        saved = sort_checkpoints(self.args.output_dir)
+        kept = self.state.best_model_checkpoint or (str(saved[-1]) if saved else None)
+        raise NonFiniteLossError(
+            f"The training loss became {value} at step {step}. "
+            f"Likely causes: a learning rate too high for this model and batch ({self.args.learning_rate:g}; "
+            "try 3-10x lower or a longer warm-up), fp16 overflow (use bf16 on GPUs that support it), or a "
+            "corrupt batch. The run stopped before saving anything from that step on; "
+            + (f"the last good checkpoint is {kept}." if kept else "no checkpoint had been saved yet.")
+        )
 
     def _plain_reload(self) -> bool:
         # Trainer's own reload is right for these (a LoRA checkpoint holds only the adapters and the head).
@@ -161,13 +179,21 @@ class RecipeTrainer(Trainer):
         load_weights(self.model, self.state.best_model_checkpoint)
 
 
-class _TrainBegin(TrainerCallback):
+class _TrainerHooks(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer.start_step = state.global_step  # restored from the checkpoint by now, when resuming
         self.trainer._last_train_log = (time.perf_counter(), state.global_step)
+        self.trainer._nonfinite = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # After Trainer's flow callback has decided; the same steps on every process, so the gather matches.
+        if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
+            self.trainer.stop_if_nonfinite()
+
+    on_epoch_end = on_step_end
 
 
 def log_report_images(trainer: Trainer, reports: dict[str, Path]) -> None:
