@@ -26,7 +26,7 @@ from vitrecipes.bad_images import BadImageLog, shareable_names
 from vitrecipes.config import parse_recipe
 from vitrecipes.data import cache_root, drop_unreadable, load_splits
 from vitrecipes.errors import RecipeError, user_message
-from vitrecipes.experiments import run_seeds, run_sweep
+from vitrecipes.experiments import finished_run, run_seeds, run_sweep
 from vitrecipes.hardware import check_requirements
 from vitrecipes.hub import finish_for_hub, take_hub_settings
 from vitrecipes.modeling import build_image_processor, build_model
@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.sweep:
         trainer = build_trainer(None, processor, training_args, splits, prep, data_args, model_init=make_model)
         best_recipe = run_sweep(trainer, model_args, data_args, training_args, hub, training_args.sweep)
+        kept = finished_run([str(best_recipe)])
+        if kept is not None:
+            return kept
         logger.info("Sweep done; training its best recipe, %s, which also evaluates test once.", best_recipe)
         return main([str(best_recipe)])
     trainer = build_trainer(make_model(), processor, training_args, splits, prep, data_args)

@@ -602,6 +602,18 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
         raise RecipeError("seeds and sweep cannot be combined: run the sweep, then --seeds on its best_recipe.yaml.")
     if training_args.sweep and not Path(training_args.sweep).is_file():
         raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
+    if training_args.sweep:
+        from .experiments import load_search_space  # experiments imports this module
+
+        load_search_space(training_args.sweep, training_args)  # its mistakes, before any data is loaded
+    seeds = training_args.seeds or []
+    for key, values in (("seed", [training_args.seed]), ("data_seed", [training_args.data_seed]), ("seeds", seeds)):
+        for value in values:
+            if value is not None and not 0 <= value < 2**32:
+                raise RecipeError(f"{key} must be a whole number from 0 to 2**32 - 1 (numpy's range), got {value}.")
+    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if twice:
+        raise RecipeError(f"seeds: {twice[0]} is given twice; each seed runs once, into output_dir/seed-{twice[0]}.")
     if not 0.0 < training_args.layer_decay <= 1.0:
         raise RecipeError(f"layer_decay must lie in (0, 1] (1 is off), got {training_args.layer_decay}.")
     if training_args.head_learning_rate_multiplier <= 0:
