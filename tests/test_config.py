@@ -234,3 +234,10 @@ def test_too_old_libraries_stop_the_run_at_start_up(monkeypatch):
     monkeypatch.undo()
     assert set(hardware.REQUIREMENTS) <= pinned
     hardware.check_requirements()
+
+
+def test_lora_under_fsdp_is_refused_before_loading(tmp_path, monkeypatch):
+    # Folding adapters into FSDP2-sharded weights left the final evaluation failing on mixed Tensor/DTensor.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    with pytest.raises(RecipeError, match=r"adaptation: lora .*accelerate_configs/ddp\.yaml"):
+        parse_recipe([write(tmp_path, "adaptation: lora\nuse_cpu: true\n")])

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import difflib
 import logging
+import os
 import re
 import sys
 import typing
@@ -583,6 +584,15 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
         raise RecipeError(
             "ema_decay: the averaged weights become the final model, so the best checkpoint cannot be reloaded "
             "over them. Set load_best_model_at_end: false (or ema_decay: 0)."
+        )
+    # accelerate launch sets ACCELERATE_USE_FSDP for an FSDP config; TrainingArguments.fsdp is the other way in.
+    fsdp = training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if model_args.adaptation == "lora" and training_args.do_train and fsdp:
+        raise RecipeError(
+            "adaptation: lora does not run under FSDP: folding the adapters into sharded weights (merge_and_unload) "
+            "leaves a model that FSDP can no longer run for the final evaluation. LoRA trains a small fraction of "
+            "the weights, so plain data parallel fits the models FSDP would: launch with "
+            "recipes/accelerate_configs/ddp.yaml, or use adaptation: full under FSDP."
         )
     if training_args.seeds and training_args.sweep:
         raise RecipeError("seeds and sweep cannot be combined: run the sweep, then --seeds on its best_recipe.yaml.")
