@@ -280,7 +280,8 @@ class RecipeTrainingArguments(TrainingArguments):
     logging_steps: float = _recipe_default("logging_steps", 10)
     log_level: str = _recipe_default("log_level", "info")
     log_level_replica: str = _recipe_default("log_level_replica", "error")  # N processes must not log N times
-    ddp_find_unused_parameters: bool | None = _recipe_default("ddp_find_unused_parameters", False)  # faster
+    # DDP's fast path (no graph walk per step): unused weights are frozen instead (adaptation.freeze_unused).
+    ddp_find_unused_parameters: bool | None = _recipe_default("ddp_find_unused_parameters", False)
     hub_license: str = field(default="apache-2.0", metadata={"help": "License written into the model card's metadata."})
     head_learning_rate_multiplier: float = field(
         default=1.0,
