@@ -135,7 +135,9 @@ def freeze_unused(model: nn.Module, size: tuple[int, int]) -> list[str]:
     forward and backward finds them, the same way on every process (eval mode: no random numbers drawn).
     """
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    first = trainable[0][1] if trainable else next(model.parameters())
+    if not trainable:
+        return []
+    first = trainable[0][1]
     pixels = torch.zeros(1, getattr(model.config, "num_channels", 3), *size, device=first.device, dtype=first.dtype)
     was_training = model.training
     model.eval()
@@ -144,10 +146,11 @@ def freeze_unused(model: nn.Module, size: tuple[int, int]) -> list[str]:
         grads = torch.autograd.grad(logits.sum(), [p for _, p in trainable], allow_unused=True)
     finally:
         model.train(was_training)
-    unused = [name for (name, p), grad in zip(trainable, grads) if grad is None]
-    for name, p in trainable:
-        if name in unused:
-            p.requires_grad_(False)
+    unused = []
+    for (name, parameter), grad in zip(trainable, grads):
+        if grad is None:
+            parameter.requires_grad_(False)
+            unused.append(name)
     if unused:
         logger.info("Frozen, as the classification forward does not use them: %s", ", ".join(unused))
     return unused
