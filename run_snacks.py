@@ -21,12 +21,18 @@ import transformers
 from torch.utils.data import DataLoader
 from transformers import set_seed
 
-from vitrecipes.adaptation import feature_cache_file, fit_linear_head, merge_lora, prepare_for_adaptation
+from vitrecipes.adaptation import (
+    feature_cache_file,
+    fit_linear_head,
+    freeze_unused,
+    merge_lora,
+    prepare_for_adaptation,
+)
 from vitrecipes.bad_images import BadImageLog, shareable_names
 from vitrecipes.config import parse_recipe
 from vitrecipes.data import cache_root, drop_unreadable, load_splits
 from vitrecipes.errors import RecipeError, user_message
-from vitrecipes.experiments import run_seeds, run_sweep
+from vitrecipes.experiments import finished_run, run_seeds, run_sweep
 from vitrecipes.hardware import check_requirements
 from vitrecipes.hub import finish_for_hub, take_hub_settings
 from vitrecipes.modeling import build_image_processor, build_model
@@ -78,8 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
             path = save_resolved_recipe(training_args.output_dir, model_args, data_args, training_args)
             logger.info("Wrote %s", path)
 
-    # The main process loads (and, with verify_images, decodes) first; the others reuse its work.
-    with training_args.main_process_first(desc="loading and checking the data"):
+    # The main process loads (and, with verify_images, decodes) first; the others reuse its work. With
+    # verify_images, the main process of all machines (local=False): each machine's own would read the
+    # bad-image log before machine 0 had written it, and machines would train on different images.
+    with training_args.main_process_first(local=not data_args.verify_images, desc="loading and checking the data"):
         splits = load_splits(data_args, seed=training_args.seed)
         if data_args.verify_images:
             splits = drop_unreadable(
@@ -110,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not training_args.do_train:
             return model
         model = prepare_for_adaptation(model, model_args)
+        freeze_unused(model, prep.size)  # so that DDP keeps its fast path (no find_unused_parameters)
         if model_args.adaptation in ("linear_probe", "lp_ft") and resume_from is None:
             # The probe fits on the training images through the evaluation transform (no augmentation).
             # Every process fits the same head on all the images (not on its shard), so replicas agree;
@@ -138,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.sweep:
         trainer = build_trainer(None, processor, training_args, splits, prep, data_args, model_init=make_model)
         best_recipe = run_sweep(trainer, model_args, data_args, training_args, hub, training_args.sweep)
+        kept = finished_run([str(best_recipe)])
+        if kept is not None:
+            return kept
         logger.info("Sweep done; training its best recipe, %s, which also evaluates test once.", best_recipe)
         return main([str(best_recipe)])
     trainer = build_trainer(make_model(), processor, training_args, splits, prep, data_args)

@@ -289,3 +289,10 @@ def test_keys_that_act_and_unset_ones_are_accepted(tmp_path):
     parse_recipe([recipe, "--adaptation", "lora", "--lora_rank", "4", "--lora_dropout", "0.1", "--max_steps", "5",
                   "--num_train_epochs", "0"])  # fmt: skip
     parse_recipe([recipe, "--adaptation", "lp_ft", "--mixup_alpha", "0.2", "--probe_feature_cache", "false"])
+
+
+def test_lora_under_fsdp_is_refused_before_loading(tmp_path, monkeypatch):
+    # Folding adapters into FSDP2-sharded weights left the final evaluation failing on mixed Tensor/DTensor.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    with pytest.raises(RecipeError, match=r"adaptation: lora .*accelerate_configs/ddp\.yaml"):
+        parse_recipe([write(tmp_path, "adaptation: lora\nuse_cpu: true\n")])

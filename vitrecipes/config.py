@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import difflib
 import logging
+import os
 import re
 import sys
 import typing
@@ -292,7 +293,8 @@ class RecipeTrainingArguments(TrainingArguments):
     logging_steps: float = _recipe_default("logging_steps", 10)
     log_level: str = _recipe_default("log_level", "info")
     log_level_replica: str = _recipe_default("log_level_replica", "error")  # N processes must not log N times
-    ddp_find_unused_parameters: bool | None = _recipe_default("ddp_find_unused_parameters", False)  # faster
+    # DDP's fast path (no graph walk per step): unused weights are frozen instead (adaptation.freeze_unused).
+    ddp_find_unused_parameters: bool | None = _recipe_default("ddp_find_unused_parameters", False)
     hub_license: str = field(default="apache-2.0", metadata={"help": "License written into the model card's metadata."})
     head_learning_rate_multiplier: float = field(
         default=1.0,
@@ -598,10 +600,31 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
             "ema_decay: the averaged weights become the final model, so the best checkpoint cannot be reloaded "
             "over them. Set load_best_model_at_end: false (or ema_decay: 0)."
         )
+    # accelerate launch sets ACCELERATE_USE_FSDP for an FSDP config; TrainingArguments.fsdp is the other way in.
+    fsdp = training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if model_args.adaptation == "lora" and training_args.do_train and fsdp:
+        raise RecipeError(
+            "adaptation: lora does not run under FSDP: folding the adapters into sharded weights (merge_and_unload) "
+            "leaves a model that FSDP can no longer run for the final evaluation. LoRA trains a small fraction of "
+            "the weights, so plain data parallel fits the models FSDP would: launch with "
+            "recipes/accelerate_configs/ddp.yaml, or use adaptation: full under FSDP."
+        )
     if training_args.seeds and training_args.sweep:
         raise RecipeError("seeds and sweep cannot be combined: run the sweep, then --seeds on its best_recipe.yaml.")
     if training_args.sweep and not Path(training_args.sweep).is_file():
         raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
+    if training_args.sweep:
+        from .experiments import load_search_space  # experiments imports this module
+
+        load_search_space(training_args.sweep, training_args)  # its mistakes, before any data is loaded
+    seeds = training_args.seeds or []
+    for key, values in (("seed", [training_args.seed]), ("data_seed", [training_args.data_seed]), ("seeds", seeds)):
+        for value in values:
+            if value is not None and not 0 <= value < 2**32:
+                raise RecipeError(f"{key} must be a whole number from 0 to 2**32 - 1 (numpy's range), got {value}.")
+    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if twice:
+        raise RecipeError(f"seeds: {twice[0]} is given twice; each seed runs once, into output_dir/seed-{twice[0]}.")
     if not 0.0 < training_args.layer_decay <= 1.0:
         raise RecipeError(f"layer_decay must lie in (0, 1] (1 is off), got {training_args.layer_decay}.")
     if training_args.head_learning_rate_multiplier <= 0:
