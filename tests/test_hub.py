@@ -18,7 +18,7 @@ from huggingface_hub.utils import filter_repo_objects
 import push_to_hub as push_script
 from vitrecipes.card import BASE_TAGS, build_model_card, write_model_card
 from vitrecipes.config import RecipeTrainingArguments
-from vitrecipes.errors import RecipeError
+from vitrecipes.errors import PushError, RecipeError
 from vitrecipes.hub import NEVER_UPLOAD, UPLOAD_PATTERNS, finish_for_hub, is_hub_id, push_output_dir, take_hub_settings
 
 FAKE_TOKEN = "hf_FAKEtoken1234567890"
@@ -243,10 +243,11 @@ def test_end_of_training_push_never_writes_or_logs_the_token(run_dir, tmp_path, 
     assert not args.push_to_hub and args.hub_token is None  # Trainer will neither push nor pickle the token
     torch.save(args, run_dir / "training_args.bin")  # what Trainer.save_model writes
     logging.getLogger("vitrecipes").info("settings: %s %r", settings, settings)
-    with caplog.at_level(logging.INFO):
-        assert finish_for_hub(run_dir, settings, recipe_path=recipe, argv=argv) is None
+    with caplog.at_level(logging.INFO), pytest.raises(PushError) as error_info:
+        finish_for_hub(run_dir, settings, recipe_path=recipe, argv=argv)
 
-    assert "python push_to_hub.py" in caplog.text and "someone/digits" in caplog.text
+    assert f"python push_to_hub.py {run_dir} --hub_model_id someone/digits" in str(error_info.value)
+    assert FAKE_TOKEN not in str(error_info.value)
     assert (run_dir / "model.safetensors").is_file() and (run_dir / "README.md").is_file()
     card = (run_dir / "README.md").read_text()
     assert "--hub_token *** --hub_token=*** --hub_model_id someone/digits" in card
