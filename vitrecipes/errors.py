@@ -10,6 +10,10 @@ class BadImagesError(RecipeError):
     """Too many unreadable images in one split."""
 
 
+class PushError(RecipeError):
+    """The Hub push failed; the run's files are safe on disk. `run_snacks.py` exits with status 3 for it."""
+
+
 def user_message(error: BaseException) -> str:
     """The paragraph to show for an error, without the traceback text a DataLoader worker wraps it in."""
     # Message text: torch >=2.4 (checked: 2.14.1) re-raises a worker's error as its type, with the worker's traceback
