@@ -212,11 +212,8 @@ class BatchMixing:
     def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float):
         from torchvision.transforms import v2
 
-        choices = []
-        if mixup_alpha > 0:
-            choices.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
-        if cutmix_alpha > 0:
-            choices.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        choices = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
+        choices += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else []
         self.num_classes = num_classes
         self.mix = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
 
@@ -253,15 +250,7 @@ class WeightAverage(TrainerCallback):
             logger.info("The final model holds the moving average of the weights (ema_decay %g).", self.decay)
 
 
-def build_trainer(
-    model,
-    processor,
-    args: TrainingArguments,
-    splits: Splits,
-    prep: Preprocessing,
-    data_args: DataArguments | None = None,
-    model_init=None,
-) -> Trainer:
+def build_trainer(model, processor, args, splits: Splits, prep, data_args=None, model_init=None) -> RecipeTrainer:
     mixing = None
     if data_args is not None and (data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0):
         mixing = BatchMixing(len(splits.class_names), data_args.mixup_alpha, data_args.cutmix_alpha)
@@ -279,9 +268,7 @@ def build_trainer(
     )
 
 
-def evaluate_splits(
-    trainer: Trainer, splits: Splits
-) -> tuple[dict[str, dict[str, float]], dict[str, SplitPredictions]]:
+def evaluate_splits(trainer: Trainer, splits: Splits) -> tuple[dict[str, dict], dict[str, SplitPredictions]]:
     """Validation and test metrics keyed by split (prefixes removed), and the raw predictions."""
     results, predictions = {}, {}
     for name, dataset in splits.items():
