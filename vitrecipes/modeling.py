@@ -22,12 +22,8 @@ from .hub import is_hub_id
 logger = logging.getLogger(__name__)
 
 
-def _hub_kwargs(model_args: ModelArguments) -> dict:
-    return {
-        "revision": model_args.model_revision,
-        "cache_dir": model_args.cache_dir,
-        "trust_remote_code": model_args.trust_remote_code,
-    }
+def _hub_kwargs(args: ModelArguments) -> dict:
+    return {"revision": args.model_revision, "cache_dir": args.cache_dir, "trust_remote_code": args.trust_remote_code}
 
 
 def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:

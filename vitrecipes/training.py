@@ -82,9 +82,8 @@ class RecipeTrainer(Trainer):
             now, step = time.perf_counter(), self.state.global_step
             last_time, last_step = self._last_train_log
             if step > last_step:
-                logs["images_per_second"] = round(
-                    (step - last_step) * effective_batch_size(self.args) / (now - last_time), 2
-                )
+                speed = (step - last_step) * effective_batch_size(self.args) / (now - last_time)
+                logs["images_per_second"] = round(speed, 2)
             self._last_train_log = (now, step)
         super().log(logs, start_time)
 
