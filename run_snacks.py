@@ -8,6 +8,9 @@
 
 Steps: parse the recipe -> load the splits -> labels -> transforms -> model -> train -> evaluate
 validation and test -> save the model, its processor, the metrics and the resolved recipe.
+
+Exit status: 0 done, 2 a mistake in the recipe, data or checkpoint (one paragraph, no traceback), 3 the
+run finished and is saved but push_to_hub failed (the message gives the command that pushes later).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from vitrecipes.adaptation import (
 from vitrecipes.bad_images import BadImageLog, shareable_names
 from vitrecipes.config import parse_recipe
 from vitrecipes.data import cache_root, drop_unreadable, load_splits
-from vitrecipes.errors import RecipeError, user_message
+from vitrecipes.errors import PushError, RecipeError, user_message
 from vitrecipes.experiments import finished_run, run_seeds, run_sweep
 from vitrecipes.hardware import check_requirements
 from vitrecipes.hub import finish_for_hub, take_hub_settings
@@ -186,20 +189,21 @@ def main(argv: list[str] | None = None) -> dict:
                 data_args.image_column_name,
                 checkpoint=str(checkpoint),
                 log_history=trainer.state.log_history if training_args.do_train else None,
+                final_validation=split_metrics.get("validation"),
             )
             metrics[name]["report"] = str(reports[name].relative_to(training_args.output_dir))
         if training_args.do_train:
             log_report_images(trainer, reports)
         metrics_path = write_metrics(training_args.output_dir, metrics, trained=training_args.do_train)
         logger.info("Wrote %s", metrics_path)
-        if training_args.do_train:
-            finish_for_hub(training_args.output_dir, hub, metrics, recipe_path, argv)
         for split in ("train", "validation", "test"):
             if split in metrics:
                 trainer.log_metrics(split, metrics[split])
         bad = {split: len(files) for split, files in metrics["bad_images"].items() if files}
         if bad:
             print(f"Unreadable images left out: {bad} (listed in {metrics_path})", flush=True)
+        if training_args.do_train:  # last: a failed push raises, with everything else written and reported
+            finish_for_hub(training_args.output_dir, hub, metrics, recipe_path, argv)
         print(f"Metrics: {metrics_path}; model, processor, card and recipe: {training_args.output_dir}", flush=True)
     return metrics
 
@@ -214,6 +218,9 @@ def _setup_logging(training_args) -> None:
 if __name__ == "__main__":
     try:
         main()
+    except PushError as error:
+        print(f"\nError: {error} (Exit status 3: the run finished; only the push failed.)\n", file=sys.stderr)
+        sys.exit(3)
     except RecipeError as error:
         print(f"\nError: {user_message(error)}\n", file=sys.stderr)
         sys.exit(2)
