@@ -24,10 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="Print one JSON object per image instead of a table.")
     parser.add_argument("--batch_size", type=int, default=32, help="Images per forward pass (default 32).")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: the GPU if there is one).")
-    args = parser.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        parser.error("--top_k and --batch_size must be at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,9 @@
 
 Steps: parse the recipe -> load the splits -> labels -> transforms -> model -> train -> evaluate
 validation and test -> save the model, its processor, the metrics and the resolved recipe.
+
+Exit status: 0 done, 2 a mistake in the recipe, data or checkpoint (one paragraph, no traceback), 3 the
+run finished and is saved but push_to_hub failed (the message gives the command that pushes later).
 """
 
 from __future__ import annotations
@@ -21,12 +24,18 @@ import transformers
 from torch.utils.data import DataLoader
 from transformers import set_seed
 
-from vitrecipes.adaptation import feature_cache_file, fit_linear_head, merge_lora, prepare_for_adaptation
+from vitrecipes.adaptation import (
+    feature_cache_file,
+    fit_linear_head,
+    freeze_unused,
+    merge_lora,
+    prepare_for_adaptation,
+)
 from vitrecipes.bad_images import BadImageLog, shareable_names
 from vitrecipes.config import parse_recipe
 from vitrecipes.data import cache_root, class_names, drop_unreadable, load_splits
-from vitrecipes.errors import RecipeError, user_message
-from vitrecipes.experiments import run_seeds, run_sweep
+from vitrecipes.errors import PushError, RecipeError, user_message
+from vitrecipes.experiments import finished_run, run_seeds, run_sweep
 from vitrecipes.hardware import check_requirements
 from vitrecipes.hub import finish_for_hub, take_hub_settings
 from vitrecipes.modeling import build_image_processor, build_model
@@ -78,8 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
             path = save_resolved_recipe(training_args.output_dir, model_args, data_args, training_args)
             logger.info("Wrote %s", path)
 
-    # The main process loads (and, with verify_images, decodes) first; the others reuse its work.
-    with training_args.main_process_first(desc="loading and checking the data"):
+    # The main process loads (and, with verify_images, decodes) first; the others reuse its work. With
+    # verify_images, the main process of all machines (local=False): each machine's own would read the
+    # bad-image log before machine 0 had written it, and machines would train on different images.
+    with training_args.main_process_first(local=not data_args.verify_images, desc="loading and checking the data"):
         splits = load_splits(data_args, seed=training_args.seed)
         if data_args.verify_images:
             splits = drop_unreadable(splits, data_args, bad_images, fresh=training_args.process_index == 0)
@@ -108,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not training_args.do_train:
             return model
         model = prepare_for_adaptation(model, model_args)
+        freeze_unused(model, prep.size)  # so that DDP keeps its fast path (no find_unused_parameters)
         if model_args.adaptation in ("linear_probe", "lp_ft") and resume_from is None:
             # The probe fits on the training images through the evaluation transform (no augmentation).
             # Every process fits the same head on all the images (not on its shard), so replicas agree;
@@ -136,6 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.sweep:
         trainer = build_trainer(None, processor, training_args, splits, prep, data_args, model_init=make_model)
         best_recipe = run_sweep(trainer, model_args, data_args, training_args, hub, training_args.sweep)
+        kept = finished_run([str(best_recipe)])
+        if kept is not None:
+            return kept
         logger.info("Sweep done; training its best recipe, %s, which also evaluates test once.", best_recipe)
         return main([str(best_recipe)])
     trainer = build_trainer(make_model(), processor, training_args, splits, prep, data_args)
@@ -172,20 +187,21 @@ def main(argv: list[str] | None = None) -> dict:
                 data_args.image_column_name,
                 checkpoint=str(checkpoint),
                 log_history=trainer.state.log_history if training_args.do_train else None,
+                final_validation=split_metrics.get("validation"),
             )
             metrics[name]["report"] = str(reports[name].relative_to(training_args.output_dir))
         if training_args.do_train:
             log_report_images(trainer, reports)
         metrics_path = write_metrics(training_args.output_dir, metrics, trained=training_args.do_train)
         logger.info("Wrote %s", metrics_path)
-        if training_args.do_train:
-            finish_for_hub(training_args.output_dir, hub, metrics, recipe_path, argv)
         for split in ("train", "validation", "test"):
             if split in metrics:
                 trainer.log_metrics(split, metrics[split])
         bad = {split: len(files) for split, files in metrics["bad_images"].items() if files}
         if bad:
             print(f"Unreadable images left out: {bad} (listed in {metrics_path})", flush=True)
+        if training_args.do_train:  # last: a failed push raises, with everything else written and reported
+            finish_for_hub(training_args.output_dir, hub, metrics, recipe_path, argv)
         print(f"Metrics: {metrics_path}; model, processor, card and recipe: {training_args.output_dir}", flush=True)
     return metrics
 
@@ -200,6 +216,9 @@ def _setup_logging(training_args) -> None:
 if __name__ == "__main__":
     try:
         main()
+    except PushError as error:
+        print(f"\nError: {error} (Exit status 3: the run finished; only the push failed.)\n", file=sys.stderr)
+        sys.exit(3)
     except RecipeError as error:
         print(f"\nError: {user_message(error)}\n", file=sys.stderr)
         sys.exit(2)

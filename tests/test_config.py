@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 import pytest
@@ -258,7 +259,8 @@ def test_too_old_libraries_stop_the_run_at_start_up(monkeypatch):
         (["--adaptation", "linear_probe", "--ema_decay", "0.9", "--load_best_model_at_end", "false"], "ema_decay: "),
         (["--adaptation", "linear_probe", "--layer_decay", "0.8"], "layer_decay: .*no Trainer loop"),
         (["--adaptation", "linear_probe", "--drop_path_rate", "0.1"], "drop_path_rate: .*no Trainer loop"),
-        (["--adaptation", "linear_probe", "--sweep", "recipes/smoke.yaml"], "sweep: .*no Trainer loop"),
+        (["--adaptation", "linear_probe", "--sweep", "recipes/dinov2-small/snacks/sweep_lr.yaml"],
+         "sweep: .*no Trainer loop"),
         (["--num_train_epochs", "0"], r"num_train_epochs: 0 .*trains 0 steps"),
         (["--adaptation", "lp_ft", "--num_train_epochs", "0", "--max_steps", "0"], "num_train_epochs: 0"),
         (["--freeze_blocks", "2"], r"freeze_blocks: .*only with adaptation freeze \(this run: full\)"),
@@ -289,3 +291,49 @@ def test_keys_that_act_and_unset_ones_are_accepted(tmp_path):
     parse_recipe([recipe, "--adaptation", "lora", "--lora_rank", "4", "--lora_dropout", "0.1", "--max_steps", "5",
                   "--num_train_epochs", "0"])  # fmt: skip
     parse_recipe([recipe, "--adaptation", "lp_ft", "--mixup_alpha", "0.2", "--probe_feature_cache", "false"])
+
+
+def test_lora_under_fsdp_is_refused_before_loading(tmp_path, monkeypatch):
+    # Folding adapters into FSDP2-sharded weights left the final evaluation failing on mixed Tensor/DTensor.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    with pytest.raises(RecipeError, match=r"adaptation: lora .*accelerate_configs/ddp\.yaml"):
+        parse_recipe([write(tmp_path, "adaptation: lora\nuse_cpu: true\n")])
+
+
+def test_a_tracker_that_is_missing_or_broken_is_named_with_its_pip_line(tmp_path, monkeypatch):
+    recipe = write(tmp_path, "seed: 1\n")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # absent, whatever this machine has installed
+    with pytest.raises(RecipeError, match=r"report_to: wandb is not installed.*pip install wandb"):
+        parse_recipe([recipe, "--report_to", "wandb"])
+    monkeypatch.undo()
+    # Installed but broken: found on the path, fails when imported (as Trainer would import it).
+    (tmp_path / "site" / "trackio").mkdir(parents=True)
+    (tmp_path / "site" / "trackio" / "__init__.py").write_text("raise ImportError('libfoo.so: cannot open')\n")
+    monkeypatch.syspath_prepend(tmp_path / "site")
+    for value in ("trackio", "all"):  # "all": every tracker found installed, so the broken one too
+        with pytest.raises(RecipeError, match=r"report_to: trackio fails to import.*libfoo.*pip install trackio"):
+            parse_recipe([recipe, "--report_to", value])
+    assert parse_recipe([recipe, "--report_to", "tensorboard"])[2].report_to == ["tensorboard"]
+
+
+def test_duplicate_keys_name_the_key_the_file_and_both_lines(tmp_path):
+    recipe = write(tmp_path, "learning_rate: 1.0e-4\nseed: 1\nlearning_rate: 3.0e-4\n")
+    with pytest.raises(RecipeError, match=rf"{recipe} sets 'learning_rate' twice \(lines 1 and 3\)"):
+        parse_recipe([recipe])
+    nested = write(tmp_path, "config_overrides:\n  hidden_size: 64\n  hidden_size: 32\n")
+    with pytest.raises(RecipeError, match=r"sets 'hidden_size' twice \(lines 2 and 3\)"):
+        parse_recipe([nested])
+    # Search-space files are read the same way.
+    from vitrecipes.experiments import load_search_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text("n_trials: 2\nparams:\n  learning_rate: {low: 1.0e-5, high: 1.0e-3}\n  learning_rate: {low: 1}\n")
+    with pytest.raises(RecipeError, match=rf"{space} sets 'learning_rate' twice \(lines 3 and 4\)"):
+        load_search_space(space, parse_recipe([write(tmp_path, "seed: 1\n")])[2])
+
+
+def test_an_empty_output_dir_is_refused(tmp_path):
+    with pytest.raises(RecipeError, match=r"output_dir is empty"):
+        parse_recipe([write(tmp_path, "seed: 1\n"), "--output_dir", ""])
+    with pytest.raises(RecipeError, match=r"output_dir is empty"):
+        parse_recipe([write(tmp_path, "output_dir: ''\n")])

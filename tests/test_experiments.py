@@ -1,14 +1,18 @@
 """Watching and comparing runs: tracker event files, training curves, several seeds, sweeps, comparisons."""
 
 import json
+import logging
+import shutil
 import statistics
 import sys
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 import run_snacks
+from vitrecipes.config import parse_recipe
+from vitrecipes.errors import RecipeError
 
 SMALL = ["--max_train_samples", "128", "--max_eval_samples", "60", "--num_train_epochs", "2", "--logging_steps", "1"]
 
@@ -61,6 +65,64 @@ def test_several_seeds_in_one_command_write_a_summary_that_matches_each_run(tmp_
     assert table.count("| seed-") == 3 and "**mean ± std** (n=3)" in table
 
 
+def test_rerunning_seeds_keeps_finished_seeds_and_resumes_the_interrupted_one(tmp_path, caplog):
+    out = tmp_path / "seeds"
+    command = ["recipes/smoke.yaml", "--output_dir", str(out), "--seeds", "1", "2", *SMALL, "--save_total_limit", "2"]
+    run_snacks.main(command)
+    seed_1 = {p: p.stat().st_mtime_ns for p in (out / "seed-1").rglob("*") if p.is_file()}
+    # seed-2 as a kill -9 during its second epoch leaves it: the first epoch's checkpoint, no metrics, no summary.
+    for path in [
+        out / "seed-2" / "checkpoint-8",
+        out / "seed-2" / "metrics.json",
+        out / "summary.json",
+        out / "summary.md",
+    ]:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with caplog.at_level(logging.WARNING):
+        summary = run_snacks.main(command)
+    assert "seed-1 finished: kept" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in seed_1} == seed_1  # not retrained, nothing rewritten
+    train = json.loads((out / "seed-2" / "metrics.json").read_text())["train"]
+    assert train["start_step"] == 4 and train["global_step"] == 8  # resumed from checkpoint-4
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert [run["run"] for run in summary["runs"]] == ["seed-1", "seed-2"]
+    # A finished seed of another recipe is refused, as a single run's folder is.
+    with pytest.raises(RecipeError, match=r"seed-1 already holds a finished run"):
+        run_snacks.main([*command, "--learning_rate", "1e-3"])
+    assert {p: p.stat().st_mtime_ns for p in seed_1} == seed_1
+
+
+def test_a_seed_given_twice_is_refused_before_anything_runs(tmp_path):
+    result = run_cli("recipes/smoke.yaml", "--output_dir", tmp_path / "out", "--seeds", "42", "42", *SMALL)
+    assert result.returncode == 2 and "seeds: 42 is given twice" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [["--seed", "-1"], ["--seeds", "1", "-1"], ["--seed", str(2**32)]])
+def test_a_seed_outside_numpys_range_is_a_recipe_error(args):
+    with pytest.raises(RecipeError, match=r"seeds? must .* 0 to 2\*\*32 - 1"):
+        parse_recipe(["recipes/smoke.yaml", *args])
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("n_trials: 0\nparams:\n  learning_rate: {low: 1.0e-4, high: 1.0e-3}\n", "n_trials"),
+        ("n_trials: -2\nparams:\n  learning_rate: {low: 1.0e-4, high: 1.0e-3}\n", "n_trials"),
+        ("n_trials: 2.5\nparams:\n  learning_rate: {low: 1.0e-4, high: 1.0e-3}\n", "n_trials"),
+        ("n_trials: 2\nparams:\n  learning_rate: {low: 1.0e-3, high: 1.0e-4}\n", "learning_rate"),
+        ("n_trials: 2\nparams:\n  learning_rate: {low: 0.0, high: 1.0e-3, log: true}\n", "learning_rate"),
+        ("n_trials: 2\nparams:\n  learning_rate: {low: small, high: 1.0e-3}\n", "learning_rate"),
+        ("n_trials: 2\nparams:\n  lr_scheduler_type: {choices: []}\n", "lr_scheduler_type"),
+    ],
+)
+def test_a_bad_search_space_is_refused_at_parse_time(tmp_path, text, key):
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    with pytest.raises(RecipeError, match=rf"Search space {space}: '{key}'"):
+        parse_recipe(["recipes/smoke.yaml", "--sweep", str(space)])  # parsing only: no data is loaded
+
+
 def test_a_sweep_writes_its_trials_and_a_best_recipe_that_reruns_to_the_same_accuracy(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("n_trials: 3\nparams:\n  learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}\n")
@@ -77,6 +139,49 @@ def test_a_sweep_writes_its_trials_and_a_best_recipe_that_reruns_to_the_same_acc
     assert final["validation"]["accuracy"] == pytest.approx(best["validation_accuracy"], abs=1e-9)
     assert json.loads((out / "best" / "metrics.json").read_text())["test"]["samples"] == 60
     assert not any("test" in key for t in trials for key in t)
+    # The sampler is seeded from the recipe's seed (42): its values are those of TPESampler(seed=42).
+    import optuna
+
+    seeded = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=42))
+    lr = optuna.distributions.FloatDistribution(1.0e-4, 3.0e-3, log=True)
+    expected = [seeded.ask({"learning_rate": lr}).params["learning_rate"] for _ in range(3)]
+    assert [t["learning_rate"] for t in trials] == pytest.approx(expected)
+
+    # The same command again reports what the sweep found and changes nothing: no trial, no retraining.
+    written = [out / "sweep_trials.json", out / "sweep_trials.md", out / "best_recipe.yaml", *(out / "best").rglob("*")]
+    before = {p: p.stat().st_mtime_ns for p in written if p.is_file()}
+    again = run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(out), "--sweep", str(space), *SMALL])
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert not (out / "run-3").exists()
+    assert len(optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}").trials) == 3
+    assert again["validation"]["accuracy"] == pytest.approx(final["validation"]["accuracy"], abs=1e-12)
+
+
+def test_an_interrupted_sweep_goes_on_from_where_it_stopped(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    space = tmp_path / "space.yaml"
+    space.write_text("n_trials: 2\nparams:\n  learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}\n")
+    out = tmp_path / "sweep"
+    out.mkdir()
+    # The study a kill -9 leaves during the second trial: trial 0 complete, trial 1 still RUNNING.
+    study = optuna.create_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}", direction="maximize")
+    lr = FloatDistribution(1.0e-4, 3.0e-3, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"learning_rate": 1e-4}, distributions={"learning_rate": lr},
+                                              value=-1.0))  # fmt: skip
+    study.ask({"learning_rate": lr})
+    run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(out), "--sweep", str(space), *SMALL])
+    states = [
+        t.state.name for t in optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}").trials
+    ]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]  # the interrupted trial is not counted; one more ran
+    assert not (out / "run-0").exists()  # the finished trial was kept, not retrained
+    trials = json.loads((out / "sweep_trials.json").read_text())
+    assert [t["trial"] for t in trials] == [0, 2] and trials[1]["best"]
+    recipe = yaml.safe_load((out / "best_recipe.yaml").read_text())
+    assert recipe["learning_rate"] == pytest.approx(trials[1]["learning_rate"])
+    assert (out / "best" / "metrics.json").is_file()
 
 
 def test_a_sweep_key_must_be_a_training_key(tmp_path):
@@ -118,3 +223,23 @@ def test_compare_gives_a_verdict_by_welchs_t_test(tmp_path):
     assert row["single"]["verdict"].startswith("no test")
     main([str(base), str(better), "--out", str(tmp_path / "comparison")])
     assert "**better**" in (tmp_path / "comparison.md").read_text()
+
+
+def test_compare_keeps_one_column_per_folder_when_last_names_repeat(tmp_path):
+    """`A/seed-1 B/seed-1` (or `*/best`): each folder its own column, labelled by the shortest suffix that differs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_runs import compare, main
+
+    folders = {}
+    for path, accuracy in [("x/a/seed-1", 0.5), ("x/b/seed-1", 0.6), ("y/b/seed-1", 0.7), ("x/c", 0.8)]:
+        folder = folders[path] = tmp_path / path
+        folder.mkdir(parents=True)
+        summary = {"test_accuracy": {"mean": accuracy, "values": [accuracy]}}
+        (folder / "summary.json").write_text(json.dumps({"runs": [], "summary": summary}))
+    result = compare(list(folders.values()))
+    means = {label: r["mean"] for label, r in result["rows"][0]["recipes"].items()}
+    assert means == {"a/seed-1": 0.5, "x/b/seed-1": 0.6, "y/b/seed-1": 0.7, "c": 0.8}
+    assert result["baseline"] == "a/seed-1"
+    with pytest.raises(SystemExit) as exit_info:  # the same folder twice has no suffix that tells it apart
+        main([str(folders["x/c"]), str(tmp_path / "x" / ".." / "x" / "c"), "--out", str(tmp_path / "comparison")])
+    assert exit_info.value.code == 2

@@ -1,7 +1,12 @@
 """Heads of another size are replaced, from-scratch configs are checked, bad checkpoints are explained."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import run_cli
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
 from vitrecipes.config import ModelArguments
@@ -106,3 +111,28 @@ def test_drop_path_rate_acts_on_a_from_scratch_model_or_is_refused():
     vit = ModelArguments(model_name_or_path=None, model_type="vit", config_overrides=small, drop_path_rate=0.2)
     with pytest.raises(RecipeError, match="drop_path_rate: vit models have no stochastic depth"):
         build_model(vit, CLASSES)
+
+
+def test_a_checkpoint_that_ships_its_own_code_needs_trust_remote_code(tiny_checkpoint, tmp_path):
+    """Its code is never run; the message names the folder and the key that allows it. An unknown model_type
+    gave transformers' raw ValueError; a known one (vit) silently built the library's class instead."""
+    marker = tmp_path / "code_ran"
+
+    def with_code(model_type: str) -> Path:
+        folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / model_type))
+        config = json.loads((folder / "config.json").read_text())
+        auto_map = {"AutoConfig": "custom.EvilConfig", "AutoModelForImageClassification": "custom.EvilModel"}
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": model_type, "auto_map": auto_map}))
+        (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+        return folder
+
+    folder = with_code("evilnet")
+    result = run_cli("recipes/smoke.yaml", "--model_name_or_path", folder, "--model_type", "null",
+                     "--config_overrides", "null", "--output_dir", tmp_path / "out", "--max_train_samples", "32",
+                     "--max_eval_samples", "16", "--num_train_epochs", "1")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{folder} ships its own code" in result.stderr and "trust_remote_code: true" in result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises(RecipeError, match=r"ships its own code.*trust_remote_code: true"):
+        ModelArguments(model_name_or_path=str(with_code("vit")))
+    assert not marker.exists()

@@ -54,7 +54,7 @@ def test_cli_reproduces_the_validation_accuracy_exactly(model_dir, validation_di
         [sys.executable, str(ROOT / "predict.py"), "--model", str(model_dir), str(validation_dir), "--json"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -143,6 +143,16 @@ def test_table_output_is_readable(model_dir, validation_dir, capsys):
         assert top[0] == label and len(top) == 4  # "label score, label score"
 
 
+def test_top_k_above_the_number_of_classes_is_clamped_with_one_note(model_dir, validation_dir, capsys):
+    image = sorted(validation_dir.glob("five/*.png"))[0]
+    assert predict_script.main(["--model", str(model_dir), str(image), "--top_k", "1000"]) == 0
+    captured = capsys.readouterr()
+    header, row = captured.out.splitlines()
+    assert header.split()[-2:] == ["top", "10"] and len(row.split()) == 3 + 2 * 10
+    assert "--top_k 1000: the model has 10 classes, so all 10 are shown." in captured.err
+    assert captured.err.count("--top_k") == 1
+
+
 def test_http_urls_are_downloaded(model_dir, validation_dir, classifier, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")
@@ -181,9 +191,8 @@ def test_bad_usage_is_a_clear_message_with_status_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"could not load an image classifier and its image processor from {tmp_path}" in err
     assert "Traceback" not in err
-    with pytest.raises(SystemExit) as exit_info:
-        predict_script.main(["--model", str(tmp_path), "x.png", "--top_k", "0"])
-    assert exit_info.value.code == 2
+    assert predict_script.main(["--model", str(tmp_path), "x.png", "--top_k", "0"]) == 2
+    assert "top_k and batch_size must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")

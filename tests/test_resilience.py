@@ -38,8 +38,10 @@ def test_sigkill_then_same_command_resumes_and_matches_an_uninterrupted_run(tmp_
     assert baseline.returncode == 0, baseline.stderr[-3000:]
 
     out = tmp_path / "crashed"
-    process = subprocess.Popen(_command(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
+    # stderr to a file: an unread pipe fills up and stalls the run, the more so the slower the machine.
+    with open(tmp_path / "crashed.log", "w") as log_file:
+        process = subprocess.Popen(_command(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    deadline = time.time() + 600  # only a guard against a hung run, as the other subprocess timeouts are
     while not (out / "checkpoint-10").exists() or not is_complete_checkpoint(out / "checkpoint-10"):
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline, "no checkpoint appeared"
@@ -172,6 +174,7 @@ def test_overwrite_starts_afresh(tmp_path, trained_checkpoint):
     args = ["recipes/smoke.yaml", "--output_dir", str(copy), "--max_train_samples", "64", "--max_eval_samples", "32"]
     metrics = run_snacks.main([*args, "--num_train_epochs", "1", "--overwrite_output_dir"])
     assert metrics["train"]["epoch"] == pytest.approx(1.0)
+    assert metrics["train"]["start_step"] == 0  # not a resume of the old run's checkpoint
 
 
 def test_overwrite_removes_the_old_runs_results_so_a_crash_is_not_taken_for_it(tmp_path, trained_checkpoint):
@@ -201,15 +204,20 @@ def test_evaluation_only_reports_its_own_bad_images_and_keeps_the_runs(tmp_path,
     assert json.loads((copy / "eval_only_metrics.json").read_text())["bad_images"] == {}
 
 
-def test_resolved_recipe_records_that_the_run_pushed(tmp_path, caplog):
+def test_a_failed_push_exits_3_with_the_later_command_and_keeps_the_run(tmp_path):
     out = tmp_path / "out"
-    run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(out), "--max_train_samples", "64",
-                     "--max_eval_samples", "16", "--num_train_epochs", "1", "--push_to_hub", "true",
-                     "--hub_model_id", "someone/smoke", "--hub_token", "hf_NotARealToken123456"])  # fmt: skip
+    result = run_cli("recipes/smoke.yaml", "--output_dir", out, "--max_train_samples", "64", "--max_eval_samples",
+                     "16", "--num_train_epochs", "1", "--push_to_hub", "true", "--hub_model_id", "someone/smoke",
+                     "--hub_token", "hf_NotARealToken123456")  # fmt: skip
+    # Offline here (conftest): the push fails after training, so scripts and CI must notice.
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "Could not push" in result.stderr and "Exit status 3" in result.stderr
+    assert f"python push_to_hub.py {out} --hub_model_id someone/smoke" in result.stderr
+    assert {"metrics.json", "model.safetensors", "README.md", "eval_validation"} <= {p.name for p in out.iterdir()}
     recipe = yaml.safe_load((out / "resolved_recipe.yaml").read_text())
     assert recipe["push_to_hub"] is True and recipe["hub_model_id"] == "someone/smoke"
     assert "hub_token" not in recipe and "hf_NotARealToken123456" not in (out / "resolved_recipe.yaml").read_text()
-    assert "Could not push" in caplog.text  # offline here: the push fails, the run does not
+    assert "hf_NotARealToken123456" not in result.stdout + result.stderr
 
 
 def _bad_image_dataset(root: Path) -> tuple[Path, dict[str, str]]:

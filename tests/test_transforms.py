@@ -180,7 +180,8 @@ def test_train_augmentation_is_reproducible_from_the_seed_and_flips(tmp_path):
     assert flips == {True, False}
 
 
-def test_dataloader_workers_transform_batches(tmp_path):
+@pytest.mark.parametrize("start_method", [None, "spawn"])  # spawn (and forkserver) pickle the transform
+def test_dataloader_workers_transform_batches(tmp_path, start_method):
     """With workers, each worker process decodes and transforms its own batches."""
     import datasets
 
@@ -189,7 +190,9 @@ def test_dataloader_workers_transform_batches(tmp_path):
     raw = datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths], "label": list(range(8))})
     prep = Preprocessing.build(processor, DataArguments())
     dataset = raw.with_transform(prep.batch_transform(True, "image", "label"))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=prep.collate)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=4, num_workers=2, collate_fn=prep.collate, multiprocessing_context=start_method
+    )
     batches = list(loader)
     assert [b["pixel_values"].shape for b in batches] == [(4, 3, 32, 32)] * 2
     assert sorted(torch.cat([b["labels"] for b in batches]).tolist()) == list(range(8))

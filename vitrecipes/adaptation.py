@@ -128,6 +128,35 @@ def prepare_for_adaptation(model: nn.Module, model_args) -> nn.Module:
     return model
 
 
+def freeze_unused(model: nn.Module, size: tuple[int, int]) -> list[str]:
+    """Freeze the trainable parameters that the classification forward never uses; return their names.
+
+    DDP without `ddp_find_unused_parameters` (its fast path) fails at the second step on any such parameter
+    (DINOv2's `embeddings.mask_token`, used only for masked pre-training). One blank image through the
+    forward and backward finds them, the same way on every process (eval mode: no random numbers drawn).
+    """
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        return []
+    first = trainable[0][1]
+    pixels = torch.zeros(1, getattr(model.config, "num_channels", 3), *size, device=first.device, dtype=first.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(pixel_values=pixels).logits
+        grads = torch.autograd.grad(logits.sum(), [p for _, p in trainable], allow_unused=True)
+    finally:
+        model.train(was_training)
+    unused = []
+    for (name, parameter), grad in zip(trainable, grads):
+        if grad is None:
+            parameter.requires_grad_(False)
+            unused.append(name)
+    if unused:
+        logger.info("Frozen, as the classification forward does not use them: %s", ", ".join(unused))
+    return unused
+
+
 def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_modules: list[str]):
     """Wrap `model` with peft LoRA adapters; the classification head trains in full."""
     from peft import LoraConfig, get_peft_model

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib
+import importlib.util
 import logging
+import os
 import re
 import sys
 import typing
@@ -22,11 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, PreTrainedConfig, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
 from .adaptation import ADAPTATIONS
-from .errors import RecipeError
+from .errors import RecipeError, cause
 from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_only_settings
 
 
@@ -156,6 +159,23 @@ class ModelArguments:
             raise RecipeError(
                 f"adaptation '{self.adaptation}' adapts a pretrained checkpoint; from scratch, use 'full'."
             )
+        if not self.trust_remote_code and self.model_name_or_path and Path(self.model_name_or_path).is_dir():
+            _refuse_shipped_code(Path(self.model_name_or_path))
+
+
+def _refuse_shipped_code(folder: Path) -> None:
+    """A checkpoint whose config.json has `auto_map` ships Python code of its own; without trust_remote_code
+    transformers refuses it with a raw error, or (for a known model_type) silently builds its own class."""
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(str(folder))
+    except OSError:
+        return  # no readable config.json: loading the model explains that
+    if config.get("auto_map"):
+        raise RecipeError(
+            f"model_name_or_path: the checkpoint {folder} ships its own code (the Python files that auto_map in its "
+            "config.json names), which is not run unless you allow it. Read that code; if you trust it, set "
+            "trust_remote_code: true."
+        )
 
 
 @dataclass
@@ -292,7 +312,8 @@ class RecipeTrainingArguments(TrainingArguments):
     logging_steps: float = _recipe_default("logging_steps", 10)
     log_level: str = _recipe_default("log_level", "info")
     log_level_replica: str = _recipe_default("log_level_replica", "error")  # N processes must not log N times
-    ddp_find_unused_parameters: bool | None = _recipe_default("ddp_find_unused_parameters", False)  # faster
+    # DDP's fast path (no graph walk per step): unused weights are frozen instead (adaptation.freeze_unused).
+    ddp_find_unused_parameters: bool | None = _recipe_default("ddp_find_unused_parameters", False)
     hub_license: str = field(default="apache-2.0", metadata={"help": "License written into the model card's metadata."})
     head_learning_rate_multiplier: float = field(
         default=1.0,
@@ -340,8 +361,25 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeTrainingArguments)
 _NULL_WORDS = ("null", "~")  # not "none": a value of report_to, auto_augment...
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    def __init__(self, key, first: yaml.Mark, second: yaml.Mark):
+        super().__init__(None, first, f"duplicate key {key!r}", second)
+        self.key, self.lines = key, (first.line + 1, second.line + 1)
+
+
 class _RecipeLoader(yaml.SafeLoader):
-    """YAML 1.2 booleans (only true / false), so that `eval_strategy: no` or `output_dir: on` stay text."""
+    """YAML 1.2 booleans (only true / false), so that `eval_strategy: no` or `output_dir: on` stay text;
+    a key given twice in one mapping is an error (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
 
 
 _RecipeLoader.yaml_implicit_resolvers = {
@@ -365,6 +403,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         )
     try:
         content = load_yaml(path.read_text(encoding="utf-8"))
+    except _DuplicateKey as error:
+        raise RecipeError(
+            f"{path} sets '{error.key}' twice (lines {error.lines[0]} and {error.lines[1]}); YAML would silently "
+            "keep the last value. Delete the one you do not mean."
+        ) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown place"
@@ -535,6 +578,11 @@ def parse_recipe(argv: list[str] | None = None):
         recipe[parent] = {**(recipe.get(parent) or {}), **values}
     values = vars(parser.parse_args(_as_arguments(recipe) + argv))
     values = {k: None if v == [None] else v for k, v in values.items()}
+    if values.get("output_dir") is not None and not str(values["output_dir"]).strip():
+        raise RecipeError(
+            "output_dir is empty (''). Give a folder (e.g. --output_dir outputs/my-run), or leave the key out "
+            "for the default, outputs/<recipe name>."
+        )
     if not values.get("output_dir"):
         if recipe_path is None:
             raise RecipeError("No output_dir: give a recipe file or pass --output_dir PATH.")
@@ -598,16 +646,39 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
             "ema_decay: the averaged weights become the final model, so the best checkpoint cannot be reloaded "
             "over them. Set load_best_model_at_end: false (or ema_decay: 0)."
         )
+    # accelerate launch sets ACCELERATE_USE_FSDP for an FSDP config; TrainingArguments.fsdp is the other way in.
+    fsdp = training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if model_args.adaptation == "lora" and training_args.do_train and fsdp:
+        raise RecipeError(
+            "adaptation: lora does not run under FSDP: folding the adapters into sharded weights (merge_and_unload) "
+            "leaves a model that FSDP can no longer run for the final evaluation. LoRA trains a small fraction of "
+            "the weights, so plain data parallel fits the models FSDP would: launch with "
+            "recipes/accelerate_configs/ddp.yaml, or use adaptation: full under FSDP."
+        )
     if training_args.seeds and training_args.sweep:
         raise RecipeError("seeds and sweep cannot be combined: run the sweep, then --seeds on its best_recipe.yaml.")
     if training_args.sweep and not Path(training_args.sweep).is_file():
         raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
+    if training_args.sweep:
+        from .experiments import load_search_space  # experiments imports this module
+
+        load_search_space(training_args.sweep, training_args)  # its mistakes, before any data is loaded
+    seeds = training_args.seeds or []
+    for key, values in (("seed", [training_args.seed]), ("data_seed", [training_args.data_seed]), ("seeds", seeds)):
+        for value in values:
+            if value is not None and not 0 <= value < 2**32:
+                raise RecipeError(f"{key} must be a whole number from 0 to 2**32 - 1 (numpy's range), got {value}.")
+    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if twice:
+        raise RecipeError(f"seeds: {twice[0]} is given twice; each seed runs once, into output_dir/seed-{twice[0]}.")
     if not 0.0 < training_args.layer_decay <= 1.0:
         raise RecipeError(f"layer_decay must lie in (0, 1] (1 is off), got {training_args.layer_decay}.")
     if training_args.head_learning_rate_multiplier <= 0:
         raise RecipeError(
             f"head_learning_rate_multiplier must be positive, got {training_args.head_learning_rate_multiplier}."
         )
+    for tracker in training_args.report_to:  # a list once TrainingArguments has read "all" / "none"
+        _check_tracker(tracker)
     if model_args.config_overrides and model_args.model_name_or_path:
         raise RecipeError(
             "config_overrides only applies to from-scratch models (model_type). To change a checkpoint's "
@@ -664,4 +735,25 @@ def refuse_keys_that_cannot_act(model_args, data_args, training_args) -> None:
         raise RecipeError(
             f"num_train_epochs: {training_args.num_train_epochs:g} (with max_steps {training_args.max_steps}) trains "
             f"0 steps, so adaptation {mode} would save an untrained model. Set num_train_epochs or max_steps above 0."
+        )
+
+
+# Trackers whose Python package (and `pip install` name) is the report_to name.
+_TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "neptune", "clearml", "dvclive", "swanlab")
+
+
+def _check_tracker(name: str) -> None:
+    """Trainer imports the tracker only when it builds its callbacks, after the data has loaded."""
+    if name not in _TRACKERS:
+        return
+    try:
+        problem = None if importlib.util.find_spec(name) else "is not installed"
+        if problem is None:
+            importlib.import_module(name)  # installed but broken (a missing shared library, a bad version)
+    except Exception as error:  # noqa: BLE001 - whatever the import raises, the advice is the same
+        problem = f"fails to import ({cause(error)})"
+    if problem:
+        raise RecipeError(
+            f"report_to: {name} {problem}, and Trainer needs it to log there. Run `pip install {name}` (or "
+            f"`pip install --upgrade {name}`), or remove {name} from report_to."
         )

@@ -13,6 +13,10 @@ class BadImagesError(RecipeError):
     """Too many unreadable images in one split."""
 
 
+class PushError(RecipeError):
+    """The Hub push failed; the run's files are safe on disk. `run_snacks.py` exits with status 3 for it."""
+
+
 def user_message(error: BaseException) -> str:
     """The paragraph to show for an error, without the traceback text a DataLoader worker wraps it in."""
     text = str(error)

@@ -10,23 +10,28 @@ accuracy only; the test split is evaluated once, by the run of the best trial's 
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from .config import read_yaml
+from .config import parse_recipe, read_yaml
 from .errors import RecipeError
 from .outputs import (
     BEST_RECIPE_NAME,
     METRICS_FILE,
     REPORT_DIR,
+    RESOLVED_RECIPE_NAME,
     SUMMARY_NAME,
     SWEEP_STUDY_FILE,
     SWEEP_TRIALS_NAME,
+    recipe_differences,
     resolved_recipe,
 )
+
+logger = logging.getLogger(__name__)
 
 FIGURES = {
     "validation_accuracy": "validation accuracy",
@@ -87,13 +92,31 @@ def write_summary(summary: dict, output_dir: str | Path, title: str) -> Path:
     return path
 
 
+def finished_run(argv: list[str]) -> dict | None:
+    """The metrics of the finished run in the output_dir of `argv`, when it ran this same recipe; else None
+    (then `main(argv)` resumes it, starts it, or refuses a different recipe's folder)."""
+    model_args, data_args, training_args, _ = parse_recipe(argv)
+    folder = Path(training_args.output_dir)
+    if training_args.overwrite_output_dir or not (folder / RESOLVED_RECIPE_NAME).is_file():
+        return None
+    if not (folder / METRICS_FILE).is_file() or recipe_differences(
+        folder, resolved_recipe(model_args, data_args, training_args)
+    ):
+        return None
+    logger.warning("%s finished: kept (its results are in %s).", folder.name, folder / METRICS_FILE)
+    return json.loads((folder / METRICS_FILE).read_text())
+
+
 def run_seeds(main: Callable, argv: list[str], training_args) -> dict:
-    """One run per seed, one after the other (under the same launcher), then the summary."""
+    """One run per seed, one after the other (under the same launcher), then the summary. A rerun keeps
+    the seeds that finished, resumes the interrupted one, and runs the rest."""
     output_dir = Path(training_args.output_dir)
     folders = []
     for seed in training_args.seeds:
         folder = output_dir / f"seed-{seed}"
-        main([*argv, "--seeds", "null", "--seed", str(seed), "--output_dir", str(folder)])
+        seed_argv = [*argv, "--seeds", "null", "--seed", str(seed), "--output_dir", str(folder)]
+        if finished_run(seed_argv) is None:
+            main(seed_argv)
         folders.append(folder)
     summary = summarise_runs(folders)
     if training_args.process_index == 0:
@@ -117,6 +140,11 @@ def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, d
             "`learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}` or `lr_scheduler_type: {choices: [cosine, "
             "linear]}`" + (f"; it has unknown entries {unknown}." if unknown else ".")
         )
+    n_trials = space.get("n_trials", 10)
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise RecipeError(
+            f"Search space {path}: 'n_trials' must be a whole number of trials, 1 or more; got {n_trials!r}."
+        )
     for key, spec in params.items():
         if not hasattr(training_args, key):
             raise RecipeError(
@@ -125,7 +153,22 @@ def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, d
             )
         if not isinstance(spec, dict) or not ({"choices"} <= set(spec) or {"low", "high"} <= set(spec)):
             raise RecipeError(f"Search space {path}: '{key}' needs either `choices: [...]` or `low` and `high`.")
-    return int(space.get("n_trials", 10)), params
+        if "choices" in spec:
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise RecipeError(f"Search space {path}: '{key}' needs a non-empty list of `choices`.")
+            continue
+        try:  # float(), as optuna_space reads them: PyYAML reads `1e-4` as text
+            ordered = float(spec["low"]) <= float(spec["high"])
+        except (TypeError, ValueError):
+            ordered = False
+        if not ordered:
+            raise RecipeError(
+                f"Search space {path}: '{key}' needs numbers with low <= high; got low {spec['low']!r}, "
+                f"high {spec['high']!r}."
+            )
+        if spec.get("log") and float(spec["low"]) <= 0:
+            raise RecipeError(f"Search space {path}: '{key}' has `log: true`, which needs low > 0; got {spec['low']}.")
+    return n_trials, params
 
 
 def optuna_space(params: dict[str, dict]) -> Callable:
@@ -150,31 +193,55 @@ def run_sweep(trainer, model_args, data_args, training_args, hub, space_path: st
     Returns the path of the best recipe, which `run_snacks.py` runs as an ordinary recipe.
     """
     import optuna
+    from optuna.trial import TrialState
 
     n_trials, params = load_search_space(space_path, training_args)
     out = Path(training_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{out.resolve() / SWEEP_STUDY_FILE}"
-    if training_args.process_index == 0:
-        (out / SWEEP_STUDY_FILE).unlink(missing_ok=True)
-    trainer.hyperparameter_search(
-        hp_space=optuna_space(params),
-        compute_objective=lambda metrics: metrics["eval_accuracy"],  # validation only; test is not touched
-        n_trials=n_trials,
-        direction="maximize",
-        backend="optuna",
-        study_name="sweep",
-        storage=storage,
-    )
-    study = optuna.load_study(study_name="sweep", storage=storage)
+    # The study stays in its storage, so a rerun continues it (overwrite_output_dir removes it).
+    study_args = {"study_name": "sweep", "storage": f"sqlite:///{out.resolve() / SWEEP_STUDY_FILE}"}
+    with training_args.main_process_first(desc="opening the sweep's study"):
+        study = optuna.create_study(**study_args, direction="maximize", load_if_exists=True)
+        if study.user_attrs.get("params", params) != params:
+            raise RecipeError(
+                f"output_dir {out} holds a sweep of another search space than {space_path}. Choose another "
+                "output_dir, or add --overwrite_output_dir true to start the sweep afresh."
+            )
+        if training_args.process_index == 0:
+            study.set_user_attr("params", params)
+            # Only one command runs a study, so a trial still RUNNING at its start was cut off by a crash.
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                study.tell(trial.number, state=TrialState.FAIL)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if done < n_trials:
+        logger.info("Sweep %s: %d of %d trials done; running %d.", out, done, n_trials, n_trials - done)
+        trainer.hyperparameter_search(
+            hp_space=optuna_space(params),
+            compute_objective=lambda metrics: metrics["eval_accuracy"],  # validation only; test is not touched
+            n_trials=n_trials - done,
+            direction="maximize",
+            backend="optuna",
+            load_if_exists=True,
+            # Seeded from the recipe; offset by the trials already in the study, so a continued sweep does not
+            # repeat the values of its first trials.
+            sampler=optuna.samplers.TPESampler(seed=(training_args.seed + len(study.trials)) % 2**32),
+            **study_args,
+        )
+    study = optuna.load_study(**study_args)
     best = study.best_trial
+    path = out / BEST_RECIPE_NAME
+    if done >= n_trials and path.is_file():
+        logger.warning(
+            "Sweep %s finished earlier (%d trials; the best, %d, has validation accuracy %.4f): kept %s and %s.",
+            out, done, best.number, best.value, f"{SWEEP_TRIALS_NAME}.md", BEST_RECIPE_NAME,
+        )  # fmt: skip
+        return path
     rows = [{"trial": t.number, **t.params, "validation_accuracy": t.value, "best": t.number == best.number}
-            for t in study.trials]  # fmt: skip
+            for t in study.get_trials(states=(TrialState.COMPLETE,))]  # fmt: skip
     groups = resolved_recipe(model_args, data_args, training_args, hub)
     recipe = {k: v for group in groups.values() for k, v in group.items()}
     # The best trial's values; its validation accuracy is the one after the last epoch, so no best-epoch reload.
     recipe.update(best.params, sweep=None, output_dir=str(out / "best"), load_best_model_at_end=False)
-    path = out / BEST_RECIPE_NAME
     if training_args.process_index == 0:
         (out / f"{SWEEP_TRIALS_NAME}.json").write_text(json.dumps(rows, indent=2) + "\n")
         columns = {"trial": "trial", **{k: k for k in params}, "validation_accuracy": "validation accuracy"}

@@ -17,7 +17,7 @@ from typing import Any
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .errors import RecipeError, cause, hub_unreachable
+from .errors import PushError, cause, hub_unreachable
 from .outputs import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME
 
 logger = logging.getLogger(__name__)
@@ -80,12 +80,12 @@ def later_push_command(output_dir: str | Path, repo_id: str, private: bool = Fal
     return shlex.join(parts + (["--private"] if private else []))
 
 
-def _push_failure(output_dir: Path, repo_id: str, private: bool, error: Exception, token: str | None) -> RecipeError:
+def _push_failure(output_dir: Path, repo_id: str, private: bool, error: Exception, token: str | None) -> PushError:
     hint = hub_unreachable(
         "Check the network and that your token may write to this repository (`hf auth login`, or the "
         "HF_TOKEN environment variable)"
     )
-    return RecipeError(
+    return PushError(
         f"Could not push to the Hugging Face Hub repository {repo_id} ({scrub(cause(error), token)}). Nothing "
         "is lost: the model, its image processor, metrics and model card are safe on disk at "
         f"{output_dir.resolve()}. {hint}. "
@@ -102,7 +102,7 @@ def push_output_dir(
 ) -> str:
     """Upload an output folder's model files to `repo_id` (created if needed); return the repository URL.
 
-    Writes the model card first if the folder has none. Raises RecipeError, without the token, on failure.
+    Writes the model card first if the folder has none. Raises PushError, without the token, on failure.
     """
     from .card import RunFiles, write_model_card  # card.py uses this module's secrets
 
@@ -159,8 +159,8 @@ def finish_for_hub(
 ) -> str | None:
     """Write the model card; push when `settings.push_to_hub`. Returns the repository URL, or None.
 
-    `settings`: the run's TrainingArguments, or what `take_hub_settings` kept of them. A failed push is
-    logged with the command that pushes later; it never raises: the trained model is already safe on disk.
+    `settings`: the run's TrainingArguments, or what `take_hub_settings` kept of them. A failed push raises
+    PushError, which names the command that pushes later; the card and the run's files stay on disk.
     """
     from .card import write_model_card
 
@@ -179,8 +179,4 @@ def finish_for_hub(
     if not settings.push_to_hub:
         return None
     repo_id = settings.hub_model_id or Path(output_dir).resolve().name  # Trainer's default repository name
-    try:
-        return push_output_dir(output_dir, repo_id, private=bool(settings.hub_private_repo), token=token)
-    except RecipeError as error:
-        logger.error("%s", scrub(str(error), token))
-        return None
+    return push_output_dir(output_dir, repo_id, private=bool(settings.hub_private_repo), token=token)

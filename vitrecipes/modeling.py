@@ -111,6 +111,7 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         raise _missing_checkpoint_error(name, error) from None
     if model_args.image_size:
         resize_position_embeddings(model, model_args.image_size)
+    materialize_new_weights(model)
     return model
 
 
@@ -123,6 +124,20 @@ def _set_drop_path_rate(config, rate: float | None) -> None:
             "drop_path_rate). Remove the key."
         )
     config.drop_path_rate = rate
+
+
+def materialize_new_weights(model) -> None:
+    """Give weights left on the meta device (a new head, under FSDP's `fsdp_cpu_ram_efficient_loading`) zeros.
+
+    transformers initialises a new head on the first process of each machine only and leaves it on the meta
+    device elsewhere, for FSDP to overwrite with process 0's weights. Before that, the probe and `freeze_unused`
+    run the head, and accelerate maps the optimiser's parameters by `data_ptr`, which is 0 for every meta tensor.
+    """
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if parameter.is_meta:
+                value = torch.zeros_like(parameter, device="cpu")
+                setattr(module, name, torch.nn.Parameter(value, requires_grad=parameter.requires_grad))
 
 
 def resize_position_embeddings(model, image_size: int) -> None:

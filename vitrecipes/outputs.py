@@ -42,7 +42,7 @@ EVAL_ONLY_BAD_IMAGES_FILE = "eval_only_bad_images.jsonl"
 # What a training run leaves besides the model files; removed by overwrite_output_dir, so that a new
 # run that crashes is not mistaken for the finished old one.
 _RUN_OUTPUTS = [METRICS_FILE, BAD_IMAGES_FILE, CARD_NAME, EVAL_ONLY_METRICS_FILE, EVAL_ONLY_BAD_IMAGES_FILE,
-                "eval_*", "checkpoint-*", "runs"]  # fmt: skip
+                "eval_*", "checkpoint-*", "runs", SWEEP_STUDY_FILE, "run-*"]  # fmt: skip
 # Keys never written to the resolved recipe: secrets, and values set by the launcher per process.
 _UNSAVED_KEYS = {"hub_token", "local_rank"}
 # Keys that may differ between a crashed run and its resumption without changing what is trained.
@@ -189,7 +189,8 @@ def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) ->
         return None
     finished = (output_dir / METRICS_FILE).exists()
     existing = sort_checkpoints(str(output_dir))
-    if not finished and not existing:
+    sweep = (output_dir / SWEEP_STUDY_FILE).exists()  # a sweep's trials, which a rerun continues
+    if not finished and not existing and not sweep:
         return None
     if finished:
         raise RecipeError(
@@ -200,10 +201,12 @@ def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) ->
     different = recipe_differences(output_dir, current_recipe)
     if different:
         raise RecipeError(
-            f"output_dir {output_dir} holds checkpoints of a run with a different recipe (keys that differ: "
-            f"{', '.join(different[:12])}). Resuming would mix two runs. Choose another output_dir, or add "
-            "--overwrite_output_dir true to discard the old checkpoints."
+            f"output_dir {output_dir} holds {'a sweep' if sweep else 'checkpoints of a run'} with a different "
+            f"recipe (keys that differ: {', '.join(different[:12])}). Resuming would mix two runs. Choose another "
+            "output_dir, or add --overwrite_output_dir true to discard the old checkpoints."
         )
+    if sweep and not existing:
+        return None
     if requested == "false":
         raise RecipeError(
             f"output_dir {output_dir} holds checkpoints of an unfinished run and resume_from_checkpoint is false. "

@@ -118,6 +118,11 @@ def _display_name(item: Any, position: int) -> str:
     return f"<image {position}>" if isinstance(item, Image.Image) else str(item)
 
 
+def check_counts(top_k: int, batch_size: int) -> None:
+    if top_k < 1 or batch_size < 1:
+        raise RecipeError(f"top_k and batch_size must be at least 1, got top_k={top_k}, batch_size={batch_size}.")
+
+
 def iter_predictions(
     model: str | os.PathLike | ImageClassificationPipeline,
     images: Iterable[Any],
@@ -126,8 +131,7 @@ def iter_predictions(
     device: str | None = None,
 ) -> Iterator[dict]:
     """Results in input order, one batch at a time, so a large folder never sits in memory at once."""
-    if top_k < 1 or batch_size < 1:
-        raise RecipeError(f"top_k and batch_size must be at least 1, got top_k={top_k}, batch_size={batch_size}.")
+    check_counts(top_k, batch_size)
     classifier = model if isinstance(model, ImageClassificationPipeline) else load_classifier(model, device)
     items = expand_inputs([images] if isinstance(images, (str, os.PathLike, Image.Image)) else images)
     for start in range(0, len(items), batch_size):
@@ -179,20 +183,25 @@ def run_cli(args) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bar would interleave with the table on a terminal
+    check_counts(args.top_k, args.batch_size)  # before the model loads
     classifier = load_classifier(args.model, args.device)
+    classes = len(classifier.model.config.id2label)
+    top_k = min(args.top_k, classes)
+    if args.top_k > classes:  # the pipeline gives every class then; the header must say so
+        print(f"--top_k {args.top_k}: the model has {classes} classes, so all {classes} are shown.", file=sys.stderr)
     items = expand_inputs(args.images)
     width = min(max((len(_display_name(item, i)) for i, item in enumerate(items)), default=4), 80)
     label_width = max(len("label"), *(len(str(label)) for label in classifier.model.config.id2label.values()))
     if not args.json:
         header = f"{'file':<{width}}  {'label':<{label_width}}  {'probability':>11}"
-        print(header + (f"  top {args.top_k}" if args.top_k > 1 else ""), flush=True)
+        print(header + (f"  top {top_k}" if top_k > 1 else ""), flush=True)
     failed = 0
-    for result in iter_predictions(classifier, items, top_k=args.top_k, batch_size=args.batch_size):
+    for result in iter_predictions(classifier, items, top_k=top_k, batch_size=args.batch_size):
         failed += "error" in result
         if args.json:
             print(json.dumps(result, ensure_ascii=False), flush=True)
         else:
-            print(format_row(result, width, label_width, args.top_k), flush=True)
+            print(format_row(result, width, label_width, top_k), flush=True)
     if failed:
         print(f"{failed} of {len(items)} inputs could not be classified (see the error lines).", file=sys.stderr)
     return 1 if failed else 0

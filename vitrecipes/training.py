@@ -250,10 +250,11 @@ class BatchMixing:
 
 
 class WeightAverage(TrainerCallback):
-    """An exponential moving average of the weights (torch's AveragedModel), copied into the model at the end.
+    """An exponential moving average of the trainable weights, copied into the model at the end.
 
     The per-epoch validation during training sees the raw weights; the final evaluation and the saved
-    model use the average.
+    model use the average. One averaged tensor per trainable parameter (torch's EMA update), not an
+    `AveragedModel`, whose deep copy of the model FSDP refuses; under FSDP each process averages its shards.
     """
 
     def __init__(self, decay: float):
@@ -261,15 +262,19 @@ class WeightAverage(TrainerCallback):
         self.average = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+        current = [p.detach() for p in model.parameters() if p.requires_grad]
         if self.average is None:
-            self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
-        self.average.update_parameters(model)
+            self.average = [p.clone() for p in current]
+        else:
+            get_ema_multi_avg_fn(self.decay)(self.average, current, None)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.average is not None:
-            model.load_state_dict(self.average.module.state_dict())
+            with torch.no_grad():
+                for parameter, average in zip([p for p in model.parameters() if p.requires_grad], self.average):
+                    parameter.copy_(average)
             logger.info("The final model holds the moving average of the weights (ema_decay %g).", self.decay)
 
 

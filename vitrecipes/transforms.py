@@ -8,6 +8,7 @@ files is `images.py`'s. Images stay (3, H, W) uint8 until `collate` converts and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -139,20 +140,27 @@ class Preprocessing:
         skip it, batch shapes stay intact (so several processes stay in step), and it is logged.
         Normalisation follows in `collate`.
         """
-        bad_images = bad_images or BadImageLog(None)
-        placeholder = torch.zeros(3, *self.size, dtype=torch.uint8)
-        resize = self.train_uint8 if train else self.eval_uint8
+        # A partial of a module-level function, not a closure: DataLoader workers started by spawn or
+        # forkserver (Linux's default from Python 3.14) receive the transform pickled.
+        return partial(
+            _transform_rows,
+            resize=self.train_uint8 if train else self.eval_uint8,
+            placeholder=torch.zeros(3, *self.size, dtype=torch.uint8),
+            columns=(image_column, label_column),
+            split=split,
+            bad_images=bad_images or BadImageLog(None),
+            max_pixels=max_pixels,
+        )
 
-        def transform(batch: dict[str, list]) -> dict[str, list]:
-            pixels, labels = [], []
-            for value, label in zip(batch[image_column], batch[label_column]):
-                try:
-                    pixels.append(resize(tvF.pil_to_tensor(load_rgb(value, max_pixels))))
-                    labels.append(label)
-                except DECODE_ERRORS as error:
-                    bad_images.record(split, describe(value), error)
-                    pixels.append(placeholder)
-                    labels.append(IGNORE_INDEX)
-            return {"pixel_values": pixels, "labels": labels}
 
-        return transform
+def _transform_rows(batch: dict[str, list], resize, placeholder, columns, split, bad_images, max_pixels) -> dict:
+    pixels, labels = [], []
+    for value, label in zip(batch[columns[0]], batch[columns[1]]):
+        try:
+            pixels.append(resize(tvF.pil_to_tensor(load_rgb(value, max_pixels))))
+            labels.append(label)
+        except DECODE_ERRORS as error:
+            bad_images.record(split, describe(value), error)
+            pixels.append(placeholder)
+            labels.append(IGNORE_INDEX)
+    return {"pixel_values": pixels, "labels": labels}
