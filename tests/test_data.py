@@ -7,8 +7,9 @@ import pytest
 from conftest import CLASS_COLOURS, class_image, write_imagefolder
 
 from vitrecipes import data as data_module
+from vitrecipes.bad_images import BadImageLog
 from vitrecipes.config import DataArguments
-from vitrecipes.data import DIGIT_NAMES, PARQUET_REVISION, class_names, load_splits
+from vitrecipes.data import DIGIT_NAMES, PARQUET_REVISION, class_names, drop_unreadable, load_splits
 from vitrecipes.errors import RecipeError
 from vitrecipes.images import load_rgb
 
@@ -160,3 +161,13 @@ def test_folder_without_images_names_the_folder_and_the_layout(tmp_path, files):
     with pytest.raises(RecipeError, match=r"dataset_name: the folder .*data holds no image files.*<split>/<class") as e:
         load_splits(DataArguments(dataset_name=str(tmp_path / "data")))
     assert "\n" not in str(e.value)
+
+
+def test_verify_images_hands_its_result_to_the_other_processes_through_the_cache(imagefolder, tmp_path):
+    (imagefolder / "train" / "red" / "0.png").write_bytes(b"<html>404</html>")
+    args = DataArguments(dataset_name=str(imagefolder))
+    log = BadImageLog(tmp_path / "bad_images.jsonl")
+    kept = drop_unreadable(load_splits(args), args, log, fresh=True)  # the main process
+    assert len(kept["train"]) == 23 and list(log.read()["train"]) == [str(imagefolder / "train" / "red" / "0.png")]
+    again = drop_unreadable(load_splits(args), args, log, fresh=False)  # another: from the cache, no decoding
+    assert len(again["train"]) == 23 and len(log.path.read_text().splitlines()) == 1

@@ -27,10 +27,8 @@ PARQUET_REVISION = "refs/convert/parquet"
 
 
 def cache_root() -> Path:
-    base = os.environ.get("VITRECIPES_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vitrecipes"
-    )
-    return Path(base)
+    default = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vitrecipes"
+    return Path(os.environ.get("VITRECIPES_CACHE") or default)
 
 
 def builtin_digits(image_size: int = 32) -> DatasetDict:

@@ -29,9 +29,7 @@ def effective_batch_size(args: TrainingArguments) -> int:
     return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
 
 
-def attach_transforms(
-    splits: DatasetDict, prep: Preprocessing, data_args: DataArguments, bad_images: BadImageLog
-) -> DatasetDict:
+def attach_transforms(splits: DatasetDict, prep, data_args: DataArguments, bad_images: BadImageLog) -> DatasetDict:
     """Lazy preprocessing: images are decoded and transformed only when a batch is drawn."""
     transformed = {}
     for name, dataset in splits.items():
