@@ -120,6 +120,16 @@ def test_label_outside_the_train_classes_is_named(tmp_path):
         load_splits(DataArguments(dataset_name=str(tmp_path / "d")))
 
 
+def test_splits_with_different_class_lists_are_refused(tmp_path):
+    def split(names):
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        return datasets.Dataset.from_dict({"image": [class_image((1, 2, 3), 0)], "label": [0]}, features=features)
+
+    datasets.DatasetDict(train=split(["a", "b"]), validation=split(["b", "a"])).save_to_disk(tmp_path / "d")
+    with pytest.raises(RecipeError, match=r"'validation' split's labels are .* must share one class list"):
+        load_splits(DataArguments(dataset_name=str(tmp_path / "d")))
+
+
 def test_max_samples_limit_every_split(imagefolder):
     splits = load_splits(DataArguments(dataset_name=str(imagefolder), max_train_samples=5, max_eval_samples=2))
     assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (5, 2, 2)
