@@ -44,6 +44,10 @@ def _splits(root, classes, per_class):
     return raw, attach_transforms(raw, prep, data_args, BadImageLog(None))
 
 
+def _class_names(splits) -> list[str]:
+    return splits["train"].features["label"].names
+
+
 def _planted_logits(labels, names, rng):
     """Mostly right; both hot dogs called pretzel (confidently, hot dog second); one muffin called cake."""
     logits = rng.normal(0.0, 0.3, size=(len(labels), len(names)))
@@ -60,12 +64,12 @@ def _planted_logits(labels, names, rng):
 def snack_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("snack-report")
     raw, splits = _splits(root / "snacks", SNACK_COLOURS, per_class=2)
-    assert splits.class_names == sorted(SNACK_NAMES)
-    labels = np.array(list(raw.validation["label"]))
-    logits = _planted_logits(labels, splits.class_names, np.random.default_rng(0))
-    predictions = SplitPredictions("validation", logits, labels, splits.validation)
+    assert _class_names(splits) == sorted(SNACK_NAMES)
+    labels = np.array(list(raw["validation"]["label"]))
+    logits = _planted_logits(labels, _class_names(splits), np.random.default_rng(0))
+    predictions = SplitPredictions("validation", logits, labels, splits["validation"])
     out = root / "run" / "eval_validation"
-    report = write_report(out, predictions, splits.class_names, "image", checkpoint="outputs/snacks-run")
+    report = write_report(out, predictions, _class_names(splits), "image", checkpoint="outputs/snacks-run")
     return out, report
 
 
@@ -144,12 +148,12 @@ def test_no_mistakes_gives_a_placeholder_and_says_so(tmp_path):
     raw, splits = _splits(
         tmp_path / "colours", {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}, 3
     )
-    labels = np.array(list(raw.validation["label"]))
+    labels = np.array(list(raw["validation"]["label"]))
     logits = np.eye(3)[labels] * 5.0
     report = write_report(
         tmp_path / "eval",
-        SplitPredictions("validation", logits, labels, splits.validation),
-        splits.class_names,
+        SplitPredictions("validation", logits, labels, splits["validation"]),
+        _class_names(splits),
         "image",
         "ckpt",
     )
@@ -202,7 +206,7 @@ def _evaluate(folder, tiny_checkpoint, tmp_path, **data):
     processor = ViTImageProcessor.from_pretrained(tiny_checkpoint)
     prep = Preprocessing.build(processor, data_args)
     splits = attach_transforms(load_splits(data_args), prep, data_args, BadImageLog(None))
-    model = build_model(ModelArguments(model_name_or_path=str(tiny_checkpoint)), splits.class_names)
+    model = build_model(ModelArguments(model_name_or_path=str(tiny_checkpoint)), _class_names(splits))
     args = TrainingArguments(
         output_dir=str(tmp_path / "run"),
         do_train=False,
@@ -233,7 +237,7 @@ def test_report_from_a_real_model_evaluation(tmp_path, imagefolder, tiny_checkpo
 
     for split in ("validation", "test"):
         out = tmp_path / "run" / f"eval_{split}"
-        write_report(out, predictions[split], splits.class_names, "image", str(tiny_checkpoint))
+        write_report(out, predictions[split], _class_names(splits), "image", str(tiny_checkpoint))
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["accuracy"] == pytest.approx(split_metrics[split]["accuracy"])
         assert metrics["samples"] == split_metrics[split]["samples"] == 9
