@@ -16,10 +16,10 @@ from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.utils import filter_repo_objects
 
 import push_to_hub as push_script
-from vitrecipes.card import BASE_TAGS, build_model_card, write_model_card
+from vitrecipes.card import BASE_TAGS, build_model_card, finish_for_hub, take_hub_settings, write_model_card
 from vitrecipes.config import RecipeTrainingArguments
 from vitrecipes.errors import PushError, RecipeError
-from vitrecipes.hub import NEVER_UPLOAD, UPLOAD_PATTERNS, finish_for_hub, is_hub_id, push_output_dir, take_hub_settings
+from vitrecipes.hub import NEVER_UPLOAD, UPLOAD_PATTERNS, is_hub_id, push_output_dir
 
 FAKE_TOKEN = "hf_FAKEtoken1234567890"
 MODEL_FILES = {
@@ -193,14 +193,16 @@ def test_is_hub_id(name, expected, tmp_path, monkeypatch):
     assert is_hub_id(name) is expected
 
 
-def test_push_uploads_the_model_files_only(run_dir, hub_calls):
+def test_push_uploads_the_model_files_only(run_dir, hub_calls, capsys):
     # Files a careless upload would take along: notes, an eval-only run's results, optimiser state.
     for name in ("notes.txt", "eval_only_metrics.json", "optimizer.pt", "rng_state.pth"):
         (run_dir / name).write_text("local only")
+    (run_dir / "README.md").unlink()
 
-    url = push_output_dir(run_dir, "someone/vit-digits", private=True, token=FAKE_TOKEN)
+    argv = [str(run_dir), "--hub_model_id", "someone/vit-digits", "--private", "--token", FAKE_TOKEN]
+    assert push_script.main(argv) == 0
 
-    assert url == "https://huggingface.co/someone/vit-digits"
+    assert "https://huggingface.co/someone/vit-digits" in capsys.readouterr().out
     (create_name, create), (upload_name, upload) = hub_calls
     assert create_name == "create_repo" and upload_name == "upload_folder"
     assert create == {"repo_id": "someone/vit-digits", "token": FAKE_TOKEN, "private": True, "exist_ok": True}
@@ -278,6 +280,9 @@ def test_push_to_hub_script_offline_names_the_later_command(run_dir, monkeypatch
     assert (run_dir / "README.md").is_file() and _files_holding(run_dir, FAKE_TOKEN) == []
 
 
-def test_push_to_hub_script_rejects_a_folder_without_a_model(tmp_path, capsys):
+def test_push_to_hub_script_rejects_a_folder_without_a_model(tmp_path, capsys, hub_calls):
     assert push_script.main([str(tmp_path / "missing"), "--hub_model_id", "someone/x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "README.md").write_text("# notes\n")  # a card is not a model: nothing is uploaded
+    assert push_script.main([str(tmp_path), "--hub_model_id", "someone/x"]) == 2
+    assert "config.json is missing" in capsys.readouterr().err and hub_calls == []

@@ -60,7 +60,7 @@ _RESUMABLE_DIFFERENCES = {
 
 def resolved_recipe(model_args, data_args, training_args, hub=None) -> dict[str, dict[str, Any]]:
     """The complete configuration, grouped by dataclass, without secrets. `hub`: the run's Hub settings,
-    when they have been taken out of training_args (see `hub.take_hub_settings`)."""
+    when they have been taken out of training_args (see `card.take_hub_settings`)."""
     training = training_args.to_dict()
     if hub is not None:
         training.update(push_to_hub=hub.push_to_hub, hub_model_id=hub.hub_model_id)
