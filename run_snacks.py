@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         if bad:
             print(f"Unreadable images left out: {bad} (listed in {metrics_path})", flush=True)
         if training_args.do_train:  # last: a failed push raises, with everything else written and reported
-            finish_for_hub(training_args.output_dir, hub, metrics, recipe_path, argv)
+            finish_for_hub(training_args.output_dir, hub, recipe_path, argv)
         print(f"Metrics: {metrics_path}; model, processor, card and recipe: {training_args.output_dir}", flush=True)
     return metrics
 

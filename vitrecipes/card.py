@@ -54,7 +54,7 @@ class RunFiles:
     recipe: dict
 
     @classmethod
-    def read(cls, output_dir: str | Path, metrics: dict | None = None) -> RunFiles:
+    def read(cls, output_dir: str | Path) -> RunFiles:
         output_dir = Path(output_dir)
         config_path = output_dir / "config.json"
         metrics_path, recipe_path = output_dir / METRICS_FILE, output_dir / RESOLVED_RECIPE_NAME
@@ -64,8 +64,7 @@ class RunFiles:
                 f"{output_dir} {what}. Give the output folder of a training run, e.g. outputs/smoke after "
                 "`python run_snacks.py recipes/smoke.yaml`."
             )
-        if metrics is None:
-            metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
         recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) if recipe_path.is_file() else None
         return cls(output_dir, json.loads(config_path.read_text(encoding="utf-8")), metrics, recipe or {})
 
@@ -171,12 +170,11 @@ def build_model_card(
     command: str | None = None,
     recipe_path: str | Path | None = None,
     license: str | None = None,
-    metrics: dict | None = None,
     token: str | None = None,
 ) -> ModelCard:
     """A `huggingface_hub.ModelCard` for an output folder; `repo_id` names it in the usage snippet, and
     `token` is scrubbed from it (as is huggingface_hub's own, see `hub.scrub`)."""
-    run = RunFiles.read(output_dir, metrics)
+    run = RunFiles.read(output_dir)
     model_name = (repo_id or "").split("/")[-1] or run.output_dir.resolve().name
     checkpoint = run.recipe.get("model_name_or_path")
     card = ModelCard.from_template(
@@ -232,22 +230,14 @@ def take_hub_settings(args) -> HubSettings:
 
 
 def finish_for_hub(
-    output_dir: str | Path,
-    hub: HubSettings,
-    metrics: dict | None = None,
-    recipe_path: str | Path | None = None,
-    argv: list[str] | None = None,
+    output_dir: str | Path, hub: HubSettings, recipe_path: str | Path | None = None, argv: list[str] | None = None
 ) -> str | None:
-    """Write the model card; push when `hub.push_to_hub` and return the URL. A failed push raises PushError."""
+    """Write the model card (metrics.json written first); push when `hub.push_to_hub` and return the URL.
+    A failed push raises PushError."""
     # The card is scrubbed of the token, so a --hub_token value on the command line shows as ***.
     command = shlex.join(["python", "run_snacks.py", *argv]) if argv is not None else None
     card = write_model_card(
-        output_dir,
-        repo_id=hub.hub_model_id,
-        command=command,
-        recipe_path=recipe_path,
-        metrics=metrics,
-        token=hub.hub_token,
+        output_dir, repo_id=hub.hub_model_id, command=command, recipe_path=recipe_path, token=hub.hub_token
     )
     logger.info("Model card: %s", card)
     if not hub.push_to_hub:
