@@ -5,8 +5,8 @@
 
 Uploads the model, image processor, metrics.json, resolved_recipe.yaml and README.md (the model
 card, written first if the folder has none; --new_card rewrites it). Checkpoints and training
-state stay local. The token comes from --token, else HF_TOKEN, else `hf auth login`; prefer the
-last two, since a command-line argument is visible to other users of the machine.
+state stay local. The token comes from --token, else huggingface_hub finds it (HF_TOKEN or
+`hf auth login`); prefer the last two, since a command-line argument is visible to other users.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from vitrecipes.card import write_model_card
+    from vitrecipes.card import RunFiles, write_model_card
     from vitrecipes.hub import push_output_dir
     from vitrecipes.outputs import CARD_NAME
 
     try:
+        RunFiles.read(args.output_dir)  # refuse a folder without a model before touching the network
         if args.new_card or not (Path(args.output_dir) / CARD_NAME).is_file():
             write_model_card(args.output_dir, repo_id=args.hub_model_id, license=args.license)
         url = push_output_dir(args.output_dir, args.hub_model_id, private=args.private, token=args.token)

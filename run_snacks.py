@@ -32,12 +32,12 @@ from vitrecipes.adaptation import (
     prepare_for_adaptation,
 )
 from vitrecipes.bad_images import BadImageLog, shareable_names
+from vitrecipes.card import finish_for_hub, take_hub_settings
 from vitrecipes.config import parse_recipe
 from vitrecipes.data import cache_root, class_names, drop_unreadable, load_splits
 from vitrecipes.errors import PushError, RecipeError, user_message
 from vitrecipes.experiments import finished_run, run_seeds, run_sweep
 from vitrecipes.hardware import check_requirements
-from vitrecipes.hub import finish_for_hub, take_hub_settings
 from vitrecipes.modeling import build_image_processor, build_model
 from vitrecipes.outputs import (
     REPORT_DIR,
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
         if bad:
             print(f"Unreadable images left out: {bad} (listed in {metrics_path})", flush=True)
         if training_args.do_train:  # last: a failed push raises, with everything else written and reported
-            finish_for_hub(training_args.output_dir, hub, metrics, recipe_path, argv)
+            finish_for_hub(training_args.output_dir, hub, recipe_path, argv)
         print(f"Metrics: {metrics_path}; model, processor, card and recipe: {training_args.output_dir}", flush=True)
     return metrics
 

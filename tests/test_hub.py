@@ -16,10 +16,10 @@ from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.utils import filter_repo_objects
 
 import push_to_hub as push_script
-from vitrecipes.card import BASE_TAGS, build_model_card, write_model_card
+from vitrecipes.card import BASE_TAGS, build_model_card, finish_for_hub, take_hub_settings, write_model_card
 from vitrecipes.config import RecipeTrainingArguments
 from vitrecipes.errors import PushError, RecipeError
-from vitrecipes.hub import NEVER_UPLOAD, UPLOAD_PATTERNS, finish_for_hub, is_hub_id, push_output_dir, take_hub_settings
+from vitrecipes.hub import NEVER_UPLOAD, UPLOAD_PATTERNS, is_hub_id, push_output_dir
 
 FAKE_TOKEN = "hf_FAKEtoken1234567890"
 MODEL_FILES = {
@@ -193,14 +193,16 @@ def test_is_hub_id(name, expected, tmp_path, monkeypatch):
     assert is_hub_id(name) is expected
 
 
-def test_push_uploads_the_model_files_only(run_dir, hub_calls):
+def test_push_uploads_the_model_files_only(run_dir, hub_calls, capsys):
     # Files a careless upload would take along: notes, an eval-only run's results, optimiser state.
     for name in ("notes.txt", "eval_only_metrics.json", "optimizer.pt", "rng_state.pth"):
         (run_dir / name).write_text("local only")
+    (run_dir / "README.md").unlink()
 
-    url = push_output_dir(run_dir, "someone/vit-digits", private=True, token=FAKE_TOKEN)
+    argv = [str(run_dir), "--hub_model_id", "someone/vit-digits", "--private", "--token", FAKE_TOKEN]
+    assert push_script.main(argv) == 0
 
-    assert url == "https://huggingface.co/someone/vit-digits"
+    assert "https://huggingface.co/someone/vit-digits" in capsys.readouterr().out
     (create_name, create), (upload_name, upload) = hub_calls
     assert create_name == "create_repo" and upload_name == "upload_folder"
     assert create == {"repo_id": "someone/vit-digits", "token": FAKE_TOKEN, "private": True, "exist_ok": True}
@@ -262,7 +264,8 @@ STRAY_TOKEN = "hf_STRAYoldToken0987654321"  # shaped like a Hub token, but not t
 
 
 def _finish_with_failed_push(tmp_path, monkeypatch, recipe_text, hub_token, argv_extra=()):
-    """finish_for_hub as run_snacks.py calls it at the end of training, with a push that fails; the card."""
+    """finish_for_hub as run_snacks.py calls it at the end of training, with a push that fails; the card and
+    the PushError's message."""
     run_dir = _output_folder(tmp_path / "run", dataset_name="builtin:digits")
     _failing_upload(monkeypatch)  # its error quotes the token it was given, as some servers' do
     recipe = tmp_path / "recipe.yaml"
@@ -273,8 +276,9 @@ def _finish_with_failed_push(tmp_path, monkeypatch, recipe_text, hub_token, argv
     )
     settings = take_hub_settings(args)
     torch.save(args, run_dir / "training_args.bin")  # what Trainer.save_model writes
-    assert finish_for_hub(run_dir, settings, recipe_path=recipe, argv=argv) is None
-    return run_dir, (run_dir / "README.md").read_text()
+    with pytest.raises(PushError) as error_info:
+        finish_for_hub(run_dir, settings, recipe_path=recipe, argv=argv)
+    return run_dir, (run_dir / "README.md").read_text(), str(error_info.value)
 
 
 @pytest.mark.parametrize("source", ["--hub_token", "HF_TOKEN"])
@@ -286,13 +290,13 @@ def test_a_token_not_shaped_like_a_hub_token_is_scrubbed_too(source, tmp_path, m
     # A comment quoting the token: its key holds no "token", so the card shows the line.
     recipe_text = f"dataset_name: builtin:digits\n# pushed with HF_TOKEN={OTHER_TOKEN}\n"
     with caplog.at_level(logging.INFO):
-        run_dir, card = _finish_with_failed_push(tmp_path, monkeypatch, recipe_text, hub_token, argv_extra)
+        run_dir, card, message = _finish_with_failed_push(tmp_path, monkeypatch, recipe_text, hub_token, argv_extra)
     assert "# pushed with HF_TOKEN=***" in card
     if source == "--hub_token":
         assert "--hub_model_id someone/digits --hub_token ***" in card
-    assert "python push_to_hub.py" in caplog.text  # the push failed, with the error quoting the token
+    assert "python push_to_hub.py" in message  # the push failed, with the error quoting the token
     captured = capsys.readouterr()
-    assert OTHER_TOKEN not in card + caplog.text + captured.out + captured.err
+    assert OTHER_TOKEN not in card + message + caplog.text + captured.out + captured.err
     assert _files_holding(run_dir, OTHER_TOKEN) == []
 
 
@@ -300,12 +304,12 @@ def test_a_stray_hub_token_that_is_not_the_active_one_is_scrubbed(tmp_path, monk
     """An old `hf_...` token pasted into a recipe is hidden by its shape, whatever token the run uses."""
     recipe_text = f"dataset_name: builtin:digits  # copied from a notebook that used {STRAY_TOKEN}\n"
     with caplog.at_level(logging.INFO):
-        run_dir, card = _finish_with_failed_push(
+        run_dir, card, message = _finish_with_failed_push(
             tmp_path, monkeypatch, recipe_text, OTHER_TOKEN, ["--hub_token", OTHER_TOKEN]
         )
     assert "dataset_name: builtin:digits  # copied from a notebook that used ***" in card
     captured = capsys.readouterr()
-    assert STRAY_TOKEN not in card + caplog.text + captured.out + captured.err
+    assert STRAY_TOKEN not in card + message + caplog.text + captured.out + captured.err
     assert _files_holding(run_dir, STRAY_TOKEN) == [] and _files_holding(run_dir, OTHER_TOKEN) == []
 
 
@@ -330,6 +334,9 @@ def test_push_to_hub_script_offline_names_the_later_command(run_dir, monkeypatch
     assert (run_dir / "README.md").is_file() and _files_holding(run_dir, FAKE_TOKEN) == []
 
 
-def test_push_to_hub_script_rejects_a_folder_without_a_model(tmp_path, capsys):
+def test_push_to_hub_script_rejects_a_folder_without_a_model(tmp_path, capsys, hub_calls):
     assert push_script.main([str(tmp_path / "missing"), "--hub_model_id", "someone/x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "README.md").write_text("# notes\n")  # a card is not a model: nothing is uploaded
+    assert push_script.main([str(tmp_path), "--hub_model_id", "someone/x"]) == 2
+    assert "config.json is missing" in capsys.readouterr().err and hub_calls == []

@@ -1,17 +1,15 @@
-"""The model card of a run's output folder, rendered by huggingface_hub from model_card_template.md.
-
-The card is built from the files a run leaves (config.json, metrics.json, resolved_recipe.yaml), so
-it can be written at the end of training or long afterwards. This module only computes the values;
-the template holds the prose and the layout. A card never holds a token, nor a path on the training
-machine: local datasets and checkpoints are named by their folder's name.
-"""
+"""The model card, from the files a run leaves (so also long afterwards) through model_card_template.md, and
+the end of training: the card, then the push. A card never holds a token, nor a path on the training machine
+(local datasets and checkpoints are named by their folder's name)."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import json
+import logging
 import os
-from dataclasses import MISSING, dataclass, fields
+import shlex
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -19,13 +17,14 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .config import ARGUMENT_CLASSES
 from .errors import RecipeError
-from .hub import is_hub_id, resolve_token, scrub
+from .hub import is_hub_id, push_output_dir, scrub
 from .outputs import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME
+
+logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
 DEFAULT_LICENSE = "apache-2.0"
 BASE_TAGS = ["image-classification", "vision", "vit", "generated-from-recipe"]
-MAX_LISTED_LABELS = 100
 _SPLITS = ("validation", "test")
 _VERSIONS_OF = ("transformers", "torch", "datasets", "huggingface_hub")
 
@@ -55,7 +54,7 @@ class RunFiles:
     recipe: dict
 
     @classmethod
-    def read(cls, output_dir: str | Path, metrics: dict | None = None) -> RunFiles:
+    def read(cls, output_dir: str | Path) -> RunFiles:
         output_dir = Path(output_dir)
         config_path = output_dir / "config.json"
         metrics_path, recipe_path = output_dir / METRICS_FILE, output_dir / RESOLVED_RECIPE_NAME
@@ -65,8 +64,7 @@ class RunFiles:
                 f"{output_dir} {what}. Give the output folder of a training run, e.g. outputs/smoke after "
                 "`python run_snacks.py recipes/smoke.yaml`."
             )
-        if metrics is None:
-            metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
         recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) if recipe_path.is_file() else None
         return cls(output_dir, json.loads(config_path.read_text(encoding="utf-8")), metrics, recipe or {})
 
@@ -165,13 +163,6 @@ def _recipe_text(recipe_path: str | Path | None) -> str | None:
     return "\n".join(line for line in lines if "token" not in line.split(":", 1)[0])
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.import_module(package).__version__
-    except ImportError:
-        return "not installed"
-
-
 def build_model_card(
     output_dir: str | Path,
     *,
@@ -179,14 +170,11 @@ def build_model_card(
     command: str | None = None,
     recipe_path: str | Path | None = None,
     license: str | None = None,
-    metrics: dict | None = None,
     token: str | None = None,
 ) -> ModelCard:
-    """A `huggingface_hub.ModelCard` for an output folder; `repo_id` names it in the usage snippet.
-
-    `token` is only used to make sure it appears nowhere in the card (nor does the cached login's).
-    """
-    run = RunFiles.read(output_dir, metrics)
+    """A `huggingface_hub.ModelCard` for an output folder; `repo_id` names it in the usage snippet, and
+    `token` is scrubbed from it (as is huggingface_hub's own, see `hub.scrub`)."""
+    run = RunFiles.read(output_dir)
     model_name = (repo_id or "").split("/")[-1] or run.output_dir.resolve().name
     checkpoint = run.recipe.get("model_name_or_path")
     card = ModelCard.from_template(
@@ -202,15 +190,14 @@ def build_model_card(
         model_ref=repo_id or str(run.output_dir),
         eval_crop_pct=float(run.recipe.get("eval_crop_pct", 1.0)),
         labels=run.labels,
-        max_labels=MAX_LISTED_LABELS,
         training_rows=_training_rows(run),
         command=command,
         recipe_path=recipe_path,
         recipe_text=_recipe_text(recipe_path),
         resolved_recipe=RESOLVED_RECIPE_NAME,
-        versions={package: _version(package) for package in _VERSIONS_OF},
+        versions={package: importlib.metadata.version(package) for package in _VERSIONS_OF},
     )
-    text = scrub(str(card), token, resolve_token())
+    text = scrub(str(card), token)
     for path, name in run.local_paths(recipe_path).items():
         text = text.replace(path, name)
     return ModelCard(text)  # parses the header back: invalid YAML or metadata fails now, not on upload
@@ -221,3 +208,39 @@ def write_model_card(output_dir: str | Path, **kwargs) -> Path:
     path = Path(output_dir) / CARD_NAME
     path.write_text(str(build_model_card(output_dir, **kwargs)), encoding="utf-8")
     return path
+
+
+@dataclass
+class HubSettings:
+    """The Hub settings of a run, kept apart from its TrainingArguments by `take_hub_settings`."""
+
+    push_to_hub: bool
+    hub_model_id: str | None
+    hub_private_repo: bool | None
+    hub_token: str | None = field(repr=False)  # never printed
+
+
+def take_hub_settings(args) -> HubSettings:
+    """Move the Hub settings out of the TrainingArguments `args`: Trainer would create the repository before
+    training (failing the run when offline), overwrite README.md with its own card and pickle the token."""
+    settings = HubSettings(args.push_to_hub, args.hub_model_id, args.hub_private_repo, args.hub_token)
+    args.push_to_hub = False
+    args.hub_token = None
+    return settings
+
+
+def finish_for_hub(
+    output_dir: str | Path, hub: HubSettings, recipe_path: str | Path | None = None, argv: list[str] | None = None
+) -> str | None:
+    """Write the model card (metrics.json written first); push when `hub.push_to_hub` and return the URL.
+    A failed push raises PushError."""
+    # The card is scrubbed of the token, so a --hub_token value on the command line shows as ***.
+    command = shlex.join(["python", "run_snacks.py", *argv]) if argv is not None else None
+    card = write_model_card(
+        output_dir, repo_id=hub.hub_model_id, command=command, recipe_path=recipe_path, token=hub.hub_token
+    )
+    logger.info("Model card: %s", card)
+    if not hub.push_to_hub:
+        return None
+    repo_id = hub.hub_model_id or Path(output_dir).resolve().name  # Trainer's default repository name
+    return push_output_dir(output_dir, repo_id, private=bool(hub.hub_private_repo), token=hub.hub_token)
