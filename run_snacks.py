@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
                 data_args.image_column_name,
                 checkpoint=str(checkpoint),
                 log_history=trainer.state.log_history if training_args.do_train else None,
+                final_validation=split_metrics.get("validation"),
             )
             metrics[name]["report"] = str(reports[name].relative_to(training_args.output_dir))
         if training_args.do_train:

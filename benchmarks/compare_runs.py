@@ -4,7 +4,8 @@
     python benchmarks/compare_runs.py outputs/config_cpu outputs/config_cpu-lr3e-5 [--out comparison]
 
 Each argument is a multi-seed output folder (with the summary.json that `--seeds` writes) or a single
-run's output folder. The first is the baseline. For every figure (validation and test accuracy,
+run's output folder. The first is the baseline; each column is named by the shortest end of its folder's
+path that no other folder shares (`a/seed-1`, `b/seed-1`). For every figure (validation and test accuracy,
 macro-F1, wall time) the table gives mean ± std over the seeds, and each other recipe's difference
 from the baseline with Welch's t-test (unequal variances) on the per-seed values: "within seed noise"
 when p >= --alpha, else "better" or "worse". With fewer than 2 runs on either side there is no test,
@@ -51,8 +52,21 @@ def verdict(base: list[float], other: list[float], key: str, alpha: float) -> di
     return {"difference": difference, "p_value": p_value, "verdict": word}
 
 
+def labels(folders: list[Path]) -> list[str]:
+    """Each folder's shortest path suffix that no other folder shares: `a/seed-1`, `b/seed-1`, `c`."""
+    parts = [folder.resolve().parts for folder in folders]
+    if len(set(parts)) < len(parts):
+        raise RecipeError(f"A folder is given twice in {', '.join(map(str, folders))}; give each run once.")
+    found = []
+    for own in parts:
+        others = [other for other in parts if other != own]
+        k = next(k for k in range(1, len(own) + 1) if all(other[-k:] != own[-k:] for other in others))
+        found.append(Path(*own[-k:]).as_posix())
+    return found
+
+
 def compare(folders: list[Path], alpha: float = 0.05) -> dict:
-    runs = {folder.name: load(folder) for folder in folders}
+    runs = {label: load(folder) for label, folder in zip(labels(folders), folders, strict=True)}
     base_name, base = next(iter(runs.items()))
     rows = []
     for key, label in FIGURES.items():

@@ -146,7 +146,7 @@ RecipeTrainer(model=ViTForImageClassification(config), args=args, train_dataset=
 def test_a_nan_on_one_process_stops_every_process_with_the_message(tmp_path):
     script = tmp_path / "nan_on_one_process.py"
     script.write_text(NAN_ON_ONE_PROCESS)
-    result = _launch(script, tmp_path / "out", timeout=300)
+    result = _launch(script, tmp_path / "out")
     assert result.returncode != 0
     # Both processes raise the error themselves (before, only rank 1 did and rank 0 was killed or hung).
     assert result.stderr.count("NonFiniteLossError: The training loss became nan at step 3") == 1, result.stderr[-4000:]
@@ -158,10 +158,14 @@ def test_the_pretrained_recipe_trains_on_two_processes(tmp_path, tiny_dinov2, ad
     # DINOv2's embeddings.mask_token is trainable but unused by classification: DDP failed at step 2 on it.
     data = write_imagefolder(tmp_path / "data", {"train": 8, "validation": 3, "test": 3})  # 9: odd, so padded
     out = tmp_path / "out"
+    # The recipe's probe_regularization acts only in lp_ft; freeze_blocks only in freeze (others are refused).
+    own_keys = {"full": ["--probe_regularization", 0.1], "lp_ft": [], "lora": ["--probe_regularization", 0.1],
+                "freeze": ["--freeze_blocks", 1, "--probe_regularization", 0.1]}  # fmt: skip
     result = _launch("run_snacks.py", "recipes/dinov2-small/snacks/config_cpu.yaml",
                      "--model_name_or_path", tiny_dinov2, "--dataset_name", data, "--output_dir", out,
-                     "--adaptation", adaptation, "--freeze_blocks", 1, "--image_size", 32, "--max_steps", 3,
-                     "--per_device_train_batch_size", 4, "--save_strategy", "no")  # fmt: skip
+                     "--adaptation", adaptation, "--image_size", 32, "--max_steps", 3,
+                     "--per_device_train_batch_size", 4, "--save_strategy", "no",
+                     *own_keys[adaptation])  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 3

@@ -223,3 +223,23 @@ def test_compare_gives_a_verdict_by_welchs_t_test(tmp_path):
     assert row["single"]["verdict"].startswith("no test")
     main([str(base), str(better), "--out", str(tmp_path / "comparison")])
     assert "**better**" in (tmp_path / "comparison.md").read_text()
+
+
+def test_compare_keeps_one_column_per_folder_when_last_names_repeat(tmp_path):
+    """`A/seed-1 B/seed-1` (or `*/best`): each folder its own column, labelled by the shortest suffix that differs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_runs import compare, main
+
+    folders = {}
+    for path, accuracy in [("x/a/seed-1", 0.5), ("x/b/seed-1", 0.6), ("y/b/seed-1", 0.7), ("x/c", 0.8)]:
+        folder = folders[path] = tmp_path / path
+        folder.mkdir(parents=True)
+        summary = {"test_accuracy": {"mean": accuracy, "values": [accuracy]}}
+        (folder / "summary.json").write_text(json.dumps({"runs": [], "summary": summary}))
+    result = compare(list(folders.values()))
+    means = {label: r["mean"] for label, r in result["rows"][0]["recipes"].items()}
+    assert means == {"a/seed-1": 0.5, "x/b/seed-1": 0.6, "y/b/seed-1": 0.7, "c": 0.8}
+    assert result["baseline"] == "a/seed-1"
+    with pytest.raises(SystemExit) as exit_info:  # the same folder twice has no suffix that tells it apart
+        main([str(folders["x/c"]), str(tmp_path / "x" / ".." / "x" / "c"), "--out", str(tmp_path / "comparison")])
+    assert exit_info.value.code == 2

@@ -257,6 +257,58 @@ def test_end_of_training_push_never_writes_or_logs_the_token(run_dir, tmp_path, 
     assert _files_holding(run_dir, FAKE_TOKEN) == []
 
 
+OTHER_TOKEN = "ci-secret-7Xq2Lm9Pz4"  # not shaped hf_...: only its exact value can hide it
+STRAY_TOKEN = "hf_STRAYoldToken0987654321"  # shaped like a Hub token, but not the one this run uses
+
+
+def _finish_with_failed_push(tmp_path, monkeypatch, recipe_text, hub_token, argv_extra=()):
+    """finish_for_hub as run_snacks.py calls it at the end of training, with a push that fails; the card."""
+    run_dir = _output_folder(tmp_path / "run", dataset_name="builtin:digits")
+    _failing_upload(monkeypatch)  # its error quotes the token it was given, as some servers' do
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe_text)
+    argv = [str(recipe), "--push_to_hub", "true", "--hub_model_id", "someone/digits", *argv_extra]
+    args = RecipeTrainingArguments(
+        output_dir=str(run_dir), push_to_hub=True, hub_model_id="someone/digits", hub_token=hub_token, use_cpu=True
+    )
+    settings = take_hub_settings(args)
+    torch.save(args, run_dir / "training_args.bin")  # what Trainer.save_model writes
+    assert finish_for_hub(run_dir, settings, recipe_path=recipe, argv=argv) is None
+    return run_dir, (run_dir / "README.md").read_text()
+
+
+@pytest.mark.parametrize("source", ["--hub_token", "HF_TOKEN"])
+def test_a_token_not_shaped_like_a_hub_token_is_scrubbed_too(source, tmp_path, monkeypatch, caplog, capsys):
+    """No `hf_` pattern matches it: only replacing the run's own token (argument or HF_TOKEN) hides it."""
+    if source == "HF_TOKEN":
+        monkeypatch.setenv("HF_TOKEN", OTHER_TOKEN)
+    hub_token, argv_extra = (OTHER_TOKEN, ["--hub_token", OTHER_TOKEN]) if source == "--hub_token" else (None, [])
+    # A comment quoting the token: its key holds no "token", so the card shows the line.
+    recipe_text = f"dataset_name: builtin:digits\n# pushed with HF_TOKEN={OTHER_TOKEN}\n"
+    with caplog.at_level(logging.INFO):
+        run_dir, card = _finish_with_failed_push(tmp_path, monkeypatch, recipe_text, hub_token, argv_extra)
+    assert "# pushed with HF_TOKEN=***" in card
+    if source == "--hub_token":
+        assert "--hub_model_id someone/digits --hub_token ***" in card
+    assert "python push_to_hub.py" in caplog.text  # the push failed, with the error quoting the token
+    captured = capsys.readouterr()
+    assert OTHER_TOKEN not in card + caplog.text + captured.out + captured.err
+    assert _files_holding(run_dir, OTHER_TOKEN) == []
+
+
+def test_a_stray_hub_token_that_is_not_the_active_one_is_scrubbed(tmp_path, monkeypatch, caplog, capsys):
+    """An old `hf_...` token pasted into a recipe is hidden by its shape, whatever token the run uses."""
+    recipe_text = f"dataset_name: builtin:digits  # copied from a notebook that used {STRAY_TOKEN}\n"
+    with caplog.at_level(logging.INFO):
+        run_dir, card = _finish_with_failed_push(
+            tmp_path, monkeypatch, recipe_text, OTHER_TOKEN, ["--hub_token", OTHER_TOKEN]
+        )
+    assert "dataset_name: builtin:digits  # copied from a notebook that used ***" in card
+    captured = capsys.readouterr()
+    assert STRAY_TOKEN not in card + caplog.text + captured.out + captured.err
+    assert _files_holding(run_dir, STRAY_TOKEN) == [] and _files_holding(run_dir, OTHER_TOKEN) == []
+
+
 def test_finish_without_push_writes_the_card_only(run_dir, hub_calls):
     args = RecipeTrainingArguments(output_dir=str(run_dir), use_cpu=True)
     assert finish_for_hub(run_dir, args, argv=["recipes/smoke.yaml"]) is None

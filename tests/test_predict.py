@@ -55,7 +55,7 @@ def test_cli_reproduces_the_validation_accuracy_exactly(model_dir, validation_di
         [sys.executable, str(ROOT / "predict.py"), "--model", str(model_dir), str(validation_dir), "--json"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -166,6 +166,34 @@ def test_two_classes_get_top_k_two():
     assert metrics["accuracy"] == 0.5 and metrics["top_k"] == 2 and metrics["top_k_accuracy"] == 1.0
 
 
+def test_curves_of_a_run_evaluated_only_at_the_end_show_that_evaluation(tmp_path, monkeypatch):
+    """eval_strategy "no" (as config_cpu.yaml): the accuracy panel holds the final evaluation, not nothing."""
+    import run_snacks
+    from vitrecipes import report
+
+    plot_curves, drawn, histories = report.plot_curves, [], []
+
+    def record(log_history, *args):  # the real plot_curves draws; its figures are kept to read back
+        histories.append(log_history)
+        drawn.append(plot_curves(log_history, *args))
+        return drawn[-1]
+
+    monkeypatch.setattr(report, "plot_curves", record)
+    metrics = run_snacks.main(["recipes/smoke.yaml", "--output_dir", str(tmp_path / "out"),
+                               "--max_train_samples", "64", "--max_eval_samples", "20", "--num_train_epochs", "1",
+                               "--logging_steps", "1", "--eval_strategy", "no", "--load_best_model_at_end", "false",
+                               "--save_strategy", "no"])  # fmt: skip
+    assert len(drawn) == 2  # the validation and the test report
+    last_step, validation = metrics["train"]["global_step"], metrics["validation"]
+    for figure in drawn:
+        losses, accuracy = figure.axes
+        assert [line.get_xydata().tolist() for line in accuracy.lines] == [[[last_step, validation["accuracy"]]]]
+        assert [[last_step, validation["loss"]]] in [line.get_xydata().tolist() for line in losses.lines]
+    # With no validation at all, the panel says why it is empty.
+    (text,) = plot_curves(histories[0]).axes[1].texts
+    assert text.get_text() == "no evaluation during training"
+
+
 def test_rows_that_do_not_match_the_predictions_are_refused(tmp_path):
     raw, splits = _splits(tmp_path / "colours", {"red": (220, 30, 30), "blue": (30, 40, 220)}, 2)
     predictions = SplitPredictions("validation", np.zeros((3, 2)), np.array([0, 1, 1]), splits.validation)

@@ -71,10 +71,12 @@ def write_report(
     image_column: str,
     checkpoint: str,
     log_history: list[dict] | None = None,
+    final_validation: dict | None = None,
 ) -> Path:
     """Write the report for one evaluated split into `out_dir` and return the path of its report.md.
 
-    `log_history`: Trainer's (`trainer.state.log_history`, as in trainer_state.json), for the curves.
+    `log_history`: Trainer's (`trainer.state.log_history`, as in trainer_state.json), for the curves;
+    `final_validation`: the final validation metrics, drawn there when nothing was evaluated during training.
 
     `predictions.dataset` must hold the evaluated rows in prediction order; its transform is
     bypassed so the mistakes grid shows the stored images, not the normalised model inputs.
@@ -104,7 +106,7 @@ def write_report(
     plot_confusion_matrix(counts, names, title).savefig(out / CONFUSION_PNG, bbox_inches="tight")
     mistakes = most_confident_mistakes(probabilities, labels)
     plot_mistakes(predictions, image_column, mistakes, probabilities, labels, names, title).savefig(out / MISTAKES_PNG)
-    curves = plot_curves(log_history) if log_history else None
+    curves = plot_curves(log_history, final_validation) if log_history else None
     if curves is not None:
         curves.savefig(out / CURVES_PNG)
     report = out / REPORT_FILE
@@ -266,8 +268,12 @@ def plot_mistakes(
     return figure
 
 
-def plot_curves(log_history: list[dict]) -> Figure | None:
-    """Training and validation loss, and validation accuracy, against the optimiser step."""
+def plot_curves(log_history: list[dict], final_validation: dict | None = None) -> Figure | None:
+    """Training and validation loss, and validation accuracy, against the optimiser step.
+
+    A run that evaluated only at the end gets that evaluation (`final_validation`: its `accuracy` and
+    `loss`) as one point at the last step; with none either, the accuracy panel says so.
+    """
     series = {
         key: [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
         for key in ("loss", "eval_loss", "eval_accuracy")
@@ -279,10 +285,18 @@ def plot_curves(log_history: list[dict]) -> Figure | None:
     for key, label in (("loss", "training loss"), ("eval_loss", "validation loss")):
         if series[key]:
             losses.plot(*zip(*series[key]), marker="." if key == "eval_loss" else None, label=label)
-    losses.set(xlabel="step", ylabel="loss", title="Loss")
-    losses.legend()
     if series["eval_accuracy"]:
         accuracy.plot(*zip(*series["eval_accuracy"]), marker="o", color="tab:green")
+    elif final_validation:
+        last_step = max(e["step"] for e in log_history if "step" in e)
+        accuracy.plot([last_step], [final_validation["accuracy"]], "o", color="tab:green", label="final evaluation")
+        accuracy.legend()
+        if "loss" in final_validation:
+            losses.plot([last_step], [final_validation["loss"]], "o", label="validation loss (final evaluation)")
+    else:
+        accuracy.text(0.5, 0.5, "no evaluation during training", ha="center", va="center", transform=accuracy.transAxes)
+    losses.set(xlabel="step", ylabel="loss", title="Loss")
+    losses.legend()
     accuracy.set(xlabel="step", ylabel="accuracy", title="Validation accuracy", ylim=(0, 1))
     return figure
 
