@@ -7,12 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_cli
-from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+from transformers import (
+    BertConfig,
+    BertModel,
+    Trainer,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
+)
 
 from vitrecipes.config import ModelArguments
 from vitrecipes.errors import RecipeError
 from vitrecipes.modeling import build_image_processor, build_model
-from vitrecipes.training import load_weights
+from vitrecipes.training import RecipeTrainer, load_weights
 
 CLASSES = ["apple", "banana", "hot dog"]
 
@@ -136,3 +144,43 @@ def test_a_checkpoint_that_ships_its_own_code_needs_trust_remote_code(tiny_check
     with pytest.raises(RecipeError, match=r"ships its own code.*trust_remote_code: true"):
         ModelArguments(model_name_or_path=str(with_code("vit")))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("trainer_class", [Trainer, RecipeTrainer])
+def test_trainer_reloads_of_a_vit_checkpoint_keep_the_encoder(trainer_class, tiny_checkpoint, tmp_path):
+    # transformers 5.24.0 saves ViT under legacy names and Trainer's reloads (load_state_dict strict=False) skip
+    # them (huggingface/transformers#43701). If plain Trainer passes here, remove RecipeTrainer's two overrides.
+    data = [{"pixel_values": torch.randn(3, 32, 32), "labels": i % 5} for i in range(4)]
+    scores = iter([1.0, 0.0])  # checkpoint-1 is the best
+    args = dict(use_cpu=True, report_to="none", learning_rate=0.1, per_device_train_batch_size=4, save_steps=1)
+    at_end = dict(load_best_model_at_end=True, metric_for_best_model="score")
+    trainer = trainer_class(
+        model=ViTForImageClassification.from_pretrained(tiny_checkpoint),
+        args=TrainingArguments(tmp_path / "a", max_steps=2, eval_strategy="steps", eval_steps=1, **at_end, **args),
+        train_dataset=data,
+        eval_dataset=data,
+        compute_metrics=lambda _: {"score": next(scores)},
+    )
+    trainer.train()
+    best = ViTForImageClassification.from_pretrained(tmp_path / "a" / "checkpoint-1").state_dict()
+    # Resuming from checkpoint-1 with nothing left to train: only the reload acts.
+    resumed = trainer_class(
+        model=ViTForImageClassification.from_pretrained(tiny_checkpoint),
+        args=TrainingArguments(tmp_path / "b", max_steps=1, **args),
+        train_dataset=data,
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))
+    for model in (trainer.model, resumed.model):
+        kept = [torch.equal(value, best[name]) for name, value in model.state_dict().items()]
+        assert all(kept) == (trainer_class is RecipeTrainer), sum(kept)
+
+
+def test_image_size_resamples_the_pretrained_position_table_once(tiny_checkpoint):
+    names = [f"c{i}" for i in range(5)]  # the checkpoint's own head size: every weight comes from it
+    resized = build_model(ModelArguments(model_name_or_path=str(tiny_checkpoint), image_size=48), names).eval()
+    original = ViTForImageClassification.from_pretrained(tiny_checkpoint).eval()
+    pixels = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        expected = original(pixel_values=pixels, interpolate_pos_encoding=True).logits
+        assert torch.allclose(resized(pixel_values=pixels).logits, expected, atol=1e-5)
+    assert resized.config.image_size == 48 and resized.dtype == original.dtype

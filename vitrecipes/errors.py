@@ -2,11 +2,8 @@
 
 
 class RecipeError(Exception):
-    """A mistake in a recipe, a dataset or a checkpoint that the user can fix.
-
-    The message is a single paragraph that names the offending file, key or column and says
-    what to do. `run_snacks.py` prints it without a traceback and exits with status 2.
-    """
+    """A mistake the user can fix: one paragraph naming the file, key or column and what to do, which
+    `run_snacks.py` prints without a traceback, exiting with status 2."""
 
 
 class BadImagesError(RecipeError):
@@ -19,12 +16,10 @@ class PushError(RecipeError):
 
 def user_message(error: BaseException) -> str:
     """The paragraph to show for an error, without the traceback text a DataLoader worker wraps it in."""
-    text = str(error)
-    if "Original Traceback" in text:
-        for line in reversed(text.strip().splitlines()):
-            if "Error: " in line:
-                return line.split("Error: ", 1)[1]
-    return text
+    # Message text: torch >=2.4 (checked: 2.14.1) re-raises a worker's error as its type, with the worker's traceback
+    # ("Original Traceback ...") ending in "module.Type: message". Pinned by test_an_error_raised_in_a_dataloader_*.
+    text, end = str(error), f"{type(error).__module__}.{type(error).__qualname__}: "
+    return text.rsplit(end, 1)[-1].strip() if "Original Traceback" in text else text
 
 
 def cause(error: BaseException) -> str:

@@ -1,9 +1,5 @@
-"""The output folder: the name of every file a run writes there, and deciding what to do with a folder
-that already holds something (resume, refuse, or start afresh).
-
-Re-running the command of a run that crashed resumes from its last *complete* checkpoint. A folder
-holding a finished run, or a run of a different recipe, is never silently reused.
-"""
+"""The output folder: the name of every file a run writes there, and what to do with one that holds something:
+resume a crashed run from its last complete checkpoint, refuse a finished or different run, or start afresh."""
 
 from __future__ import annotations
 
@@ -45,7 +41,8 @@ _RUN_OUTPUTS = [METRICS_FILE, BAD_IMAGES_FILE, CARD_NAME, EVAL_ONLY_METRICS_FILE
                 "eval_*", "checkpoint-*", "runs", SWEEP_STUDY_FILE, "run-*"]  # fmt: skip
 # Keys never written to the resolved recipe: secrets, and values set by the launcher per process.
 _UNSAVED_KEYS = {"hub_token", "local_rank"}
-# Keys that may differ between a crashed run and its resumption without changing what is trained.
+# Keys that may differ between a crashed run and its resumption without changing what is trained. By hand:
+# test_every_training_arguments_field_is_classified_for_resuming fails on a new TrainingArguments field (5.24.0).
 _RESUMABLE_DIFFERENCES = {
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "logging_steps", "logging_first_step",
     "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name", "push_to_hub", "hub_model_id",
@@ -55,12 +52,8 @@ _RESUMABLE_DIFFERENCES = {
 }  # fmt: skip
 
 
-# --- the resolved recipe and the metrics --------------------------------------------------------
-
-
 def resolved_recipe(model_args, data_args, training_args, hub=None) -> dict[str, dict[str, Any]]:
-    """The complete configuration, grouped by dataclass, without secrets. `hub`: the run's Hub settings,
-    when they have been taken out of training_args (see `hub.take_hub_settings`)."""
+    """Every key, grouped by dataclass, without secrets; `hub`: the Hub settings taken out of training_args."""
     training = training_args.to_dict()
     if hub is not None:
         training.update(push_to_hub=hub.push_to_hub, hub_model_id=hub.hub_model_id)
@@ -97,9 +90,6 @@ def bad_images_path(output_dir: str | Path, trained: bool) -> Path:
     return Path(output_dir) / (BAD_IMAGES_FILE if trained else EVAL_ONLY_BAD_IMAGES_FILE)
 
 
-# --- checkpoints ----------------------------------------------------------------------------------
-
-
 def _safetensors_complete(path: Path) -> bool:
     """safetensors refuses to open a file that does not cover every tensor its header lists (one cut short)."""
     try:
@@ -123,12 +113,8 @@ def _weights_complete(path: Path) -> bool:
 
 
 def is_complete_checkpoint(path: Path) -> bool:
-    """True when a resume can load everything this checkpoint holds.
-
-    Trainer writes `trainer_state.json` last, after the weights, the optimiser (`optimizer.pt`, FSDP's
-    `optimizer.bin` or `optimizer_0/`; none with save_only_model) and the RNG state; a process killed
-    while saving leaves it missing, or the weights cut short.
-    """
+    """True when a resume can load everything: Trainer writes `trainer_state.json` last, after the weights and the
+    optimiser; a process killed while saving leaves it missing, or the weights or the optimiser cut short."""
     try:
         state = json.loads((path / "trainer_state.json").read_text())
         # torch.save writes a zip; one cut short (a full disk) is not one
@@ -165,11 +151,8 @@ def _start_afresh(output_dir: Path) -> None:
 
 
 def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) -> str | None:
-    """Return the checkpoint to resume from (or None), after checking the output folder is safe to use.
-
-    Raises RecipeError when the folder holds a finished run or a run of a different recipe and
-    `overwrite_output_dir` is not set. With it set, the old run's outputs are removed (main process only).
-    """
+    """The checkpoint to resume from, or None; a RecipeError for a folder holding a finished or a different run,
+    unless `overwrite_output_dir`, which removes the old run's outputs (main process only)."""
     output_dir = Path(training_args.output_dir)
     requested = training_args.resume_from_checkpoint
     if requested not in (None, "", "true", "auto", "false"):
@@ -187,17 +170,16 @@ def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) ->
         if training_args.process_index == 0:
             _start_afresh(output_dir)
         return None
-    finished = (output_dir / METRICS_FILE).exists()
-    existing = sort_checkpoints(str(output_dir))
-    sweep = (output_dir / SWEEP_STUDY_FILE).exists()  # a sweep's trials, which a rerun continues
-    if not finished and not existing and not sweep:
-        return None
-    if finished:
+    if (output_dir / METRICS_FILE).exists():
         raise RecipeError(
             f"output_dir {output_dir} already holds a finished run ({METRICS_FILE} is there). To keep it, "
             "choose another output_dir (e.g. --output_dir outputs/my-run-2); to replace it, add "
             "--overwrite_output_dir true."
         )
+    existing = sort_checkpoints(str(output_dir))
+    sweep = (output_dir / SWEEP_STUDY_FILE).exists()  # a sweep's trials, which a rerun continues
+    if not existing and not sweep:
+        return None
     different = recipe_differences(output_dir, current_recipe)
     if different:
         raise RecipeError(
