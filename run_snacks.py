@@ -33,7 +33,7 @@ from vitrecipes.adaptation import (
 )
 from vitrecipes.bad_images import BadImageLog, shareable_names
 from vitrecipes.config import parse_recipe
-from vitrecipes.data import cache_root, drop_unreadable, load_splits
+from vitrecipes.data import cache_root, class_names, drop_unreadable, load_splits
 from vitrecipes.errors import PushError, RecipeError, user_message
 from vitrecipes.experiments import finished_run, run_seeds, run_sweep
 from vitrecipes.hardware import check_requirements
@@ -93,14 +93,12 @@ def main(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(local=not data_args.verify_images, desc="loading and checking the data"):
         splits = load_splits(data_args, seed=training_args.seed)
         if data_args.verify_images:
-            splits = drop_unreadable(
-                splits, data_args.image_column_name, bad_images, data_args.max_image_pixels,
-                decode=training_args.process_index == 0,
-            )  # fmt: skip
+            splits = drop_unreadable(splits, data_args, bad_images, fresh=training_args.process_index == 0)
+    names = class_names(splits, data_args)
     logger.info(
         "Data: %s, %d classes; %s",
         data_args.dataset_name,
-        len(splits.class_names),
+        len(names),
         ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()),
     )
 
@@ -111,13 +109,13 @@ def main(argv: list[str] | None = None) -> dict:
         std=model_args.image_std,
         image_size=model_args.image_size,
     )
-    untransformed_train = splits.train
+    untransformed_train = splits["train"]
     splits = attach_transforms(splits, prep, data_args, bad_images)
     metrics: dict = {"effective_batch_size": effective_batch_size(training_args)}
 
     def make_model(trial=None):
         """The classifier, adapted as the recipe says (for a sweep: again for every trial)."""
-        model = build_model(model_args, splits.class_names)
+        model = build_model(model_args, names)
         if not training_args.do_train:
             return model
         model = prepare_for_adaptation(model, model_args)
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             result = trainer.train(resume_from_checkpoint=resume_from)
             metrics["train"] = dict(result.metrics, global_step=result.global_step, start_step=trainer.start_step)
-        metrics["train"]["samples"] = len(splits.train)
+        metrics["train"]["samples"] = len(splits["train"])
         trainer.model = trainer.model_wrapped = merge_lora(trainer.model)
         trainer.save_model()
 
@@ -185,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
             reports[name] = write_report(
                 Path(training_args.output_dir) / REPORT_DIR.format(split=name),
                 split_predictions,
-                splits.class_names,
+                names,
                 data_args.image_column_name,
                 checkpoint=str(checkpoint),
                 log_history=trainer.state.log_history if training_args.do_train else None,

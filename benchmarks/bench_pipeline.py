@@ -56,7 +56,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed  # 
 
 from vitrecipes.bad_images import BadImageLog  # noqa: E402
 from vitrecipes.config import parse_recipe  # noqa: E402
-from vitrecipes.data import load_splits  # noqa: E402
+from vitrecipes.data import class_names, load_splits  # noqa: E402
 from vitrecipes.modeling import build_image_processor, build_model  # noqa: E402
 from vitrecipes.training import RecipeTrainer, attach_transforms  # noqa: E402
 from vitrecipes.transforms import Preprocessing  # noqa: E402
@@ -257,7 +257,7 @@ def main(argv=None) -> dict:
     print(
         f"Benchmark: {opts.recipe} on {data_args.dataset_name}, batch {opts.batch_size}, device {setup.device} "
         f"({torch.get_num_threads()} CPU threads), dataloader_num_workers {setup.workers}; project: {opts.epochs} "
-        f"epochs of {len(setup.splits.train)} images; "
+        f"epochs of {len(setup.splits['train'])} images; "
         + ("" if opts.skip_baseline else f"baseline: {opts.steps} steps; ")
         + (f"runs take turns of {setup.interleave} steps" if setup.interleave else "runs one after the other")
         + f"; {opts.repeats} repeat(s)",
@@ -293,7 +293,7 @@ class Setup:
         self.workers = self.training_args.dataloader_num_workers
         interleave = self.opts.interleave_steps
         self.interleave = interleave if interleave is not None else (0 if self.workers else 25)
-        self.steps_per_epoch = math.ceil(len(self.splits.train) / self.per_step)
+        self.steps_per_epoch = math.ceil(len(self.splits["train"]) / self.per_step)
         if self.steps_per_epoch <= self.opts.warmup_steps:
             raise SystemExit(
                 f"an epoch has {self.steps_per_epoch} steps, not more than --warmup_steps {self.opts.warmup_steps}"
@@ -314,7 +314,7 @@ def measure(setup: Setup) -> dict:
     def trainer_factory(args, dataset, collate, trainer_class=RecipeTrainer):
         def build(run: TimedRun):
             set_seed(args.seed)
-            model = build_model(model_args, splits.class_names)
+            model = build_model(model_args, class_names(splits, setup.data_args))
             trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=collate,
                                     processing_class=processor, callbacks=[run])  # fmt: skip
             trainer.remove_callback(PrinterCallback)  # each run's closing log line would interleave
@@ -331,7 +331,7 @@ def measure(setup: Setup) -> dict:
     def project_run(name, data_args):
         prep = Preprocessing.build(processor, data_args, mean=model_args.image_mean, std=model_args.image_std)
         transformed = attach_transforms(splits, prep, data_args, BadImageLog(None))
-        return new_run(name, training_args, transformed.train, prep.collate), (prep, transformed)
+        return new_run(name, training_args, transformed["train"], prep.collate), (prep, transformed)
 
     project, (prep, project_splits) = project_run("project", setup.data_args)
 
@@ -339,7 +339,7 @@ def measure(setup: Setup) -> dict:
     # long as the project does (stopped when it ends); otherwise --steps before and after it.
     limit_steps = 2 * project_steps + opts.warmup_steps if interleave else opts.warmup_steps + opts.steps
     limit_args = dataclasses.replace(training_args, max_steps=limit_steps)
-    synthetic = SyntheticImages(prep.size, len(splits.class_names), limit_steps * per_step)
+    synthetic = SyntheticImages(prep.size, len(class_names(splits, setup.data_args)), limit_steps * per_step)
     limits = [new_run("limit", limit_args, synthetic, prep.collate)]
     if not interleave:
         limits.append(new_run("limit after", limit_args, synthetic, prep.collate))
@@ -347,7 +347,7 @@ def measure(setup: Setup) -> dict:
     baseline = None
     if not opts.skip_baseline:
         image_column = setup.data_args.image_column_name
-        decoded = splits.train.cast_column(image_column, datasets.Image(decode=True))
+        decoded = splits["train"].cast_column(image_column, datasets.Image(decode=True))
         decoded = decoded.with_transform(naive_transform(prep, image_column, setup.data_args.label_column_name))
         naive_args = dataclasses.replace(
             training_args, max_steps=opts.warmup_steps + opts.steps, dataloader_num_workers=0,
@@ -391,7 +391,7 @@ def measure(setup: Setup) -> dict:
         print(f"  {run.name:<26} {run.ips():8.1f} images/s over steps {run.warmup_steps}-{max(run.times)}", flush=True)
 
     trainer = project.trainer
-    validation = project_splits.validation.select(range(min(opts.eval_samples, len(project_splits.validation))))
+    validation = project_splits["validation"].select(range(min(opts.eval_samples, len(project_splits["validation"]))))
     start = time.perf_counter()
     trainer.evaluate(eval_dataset=validation)
     result["eval_ips"] = round(len(validation) / (time.perf_counter() - start), 1)
@@ -399,7 +399,11 @@ def measure(setup: Setup) -> dict:
     from vitrecipes.predict import predict
 
     trainer.save_model(str(setup.work / "model"))
-    files = [row["path"] for row in splits.validation[setup.data_args.image_column_name][: opts.predict_samples]]
+    # predict() reads files, as a user's images are: in-memory ones (the built-in digits) are written out first.
+    files = []
+    for i, value in enumerate(splits["validation"][setup.data_args.image_column_name][: opts.predict_samples]):
+        files.append(setup.work / f"predict-{i}")
+        files[-1].write_bytes(value["bytes"] or Path(value["path"]).read_bytes())
     start = time.perf_counter()
     predict(str(setup.work / "model"), files, batch_size=training_args.per_device_eval_batch_size)
     result["predict_ips"] = round(len(files) / (time.perf_counter() - start), 1)

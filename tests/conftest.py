@@ -103,6 +103,21 @@ def smoke_run(tmp_path_factory):
     return out, result
 
 
+@pytest.fixture(scope="session")
+def digits_validation(tmp_path_factory) -> Path:
+    """The built-in digits' validation split as <class name>/<i>.png files, the PNGs the run evaluated."""
+    from vitrecipes.config import DataArguments
+    from vitrecipes.data import class_names, load_splits
+
+    args = DataArguments(dataset_name="builtin:digits")
+    splits = load_splits(args)
+    root, names = tmp_path_factory.mktemp("digits-validation"), class_names(splits, args)
+    for i, row in enumerate(splits["validation"]):
+        (root / names[row["label"]]).mkdir(exist_ok=True)
+        (root / names[row["label"]] / f"{i:04d}.png").write_bytes(row["image"]["bytes"])
+    return root
+
+
 DINOV2 = (ROOT.parent / "shared" / "models" / "dinov2-small").resolve()
 
 

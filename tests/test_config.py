@@ -77,6 +77,18 @@ def test_wrong_types_name_the_key(tmp_path, text, message):
         parse_recipe([write(tmp_path, text)])
 
 
+def test_command_line_words_are_typed_like_recipe_values_and_the_last_wins(tmp_path):
+    recipe = write(tmp_path, "seeds: [1, 2]\nhorizontal_flip: true\n")
+    for args, message in ((["--num_train_epochs", "many"], "num_train_epochs: expected a number, got 'many'"),
+                          (["--seed", "1", "2"], "seed: expected a whole number"),
+                          (["--dataset_name", "null"], "dataset_name: expected text, got null")):  # fmt: skip
+        with pytest.raises(RecipeError, match=message):
+            parse_recipe([recipe, *args])
+    args = ["--seeds", "3", "--seeds", "null", "--no_horizontal_flip", "--horizontal_flip=true", "--tf32"]
+    _, data, training, _ = parse_recipe([recipe, *args, "--report_to", "tensorboard", "azure_ml"])
+    assert (training.seeds, data.horizontal_flip, training.report_to) == (None, True, ["tensorboard", "azure_ml"])
+
+
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     path = write(tmp_path, "seed: 1\nlearning_rate: [1, 2\nbf16: true\n")
     with pytest.raises(RecipeError, match=r"recipe\.yaml is not valid YAML at line \d+"):

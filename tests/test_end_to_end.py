@@ -11,7 +11,7 @@ from transformers import AutoModelForImageClassification, pipeline
 
 import run_snacks
 from vitrecipes.config import DataArguments
-from vitrecipes.data import DIGIT_NAMES, load_splits, materialize_digits
+from vitrecipes.data import DIGIT_NAMES, class_names, load_splits
 
 
 def test_smoke_recipe_trains_far_above_chance(smoke_run):
@@ -46,16 +46,17 @@ def test_outputs_are_safetensors_with_processor_and_resolved_recipe(smoke_run):
 
 def test_label_names_round_trip(smoke_run):
     out, _ = smoke_run
-    class_names = load_splits(DataArguments(dataset_name="builtin:digits")).class_names
+    args = DataArguments(dataset_name="builtin:digits")
+    names = class_names(load_splits(args), args)
     model = AutoModelForImageClassification.from_pretrained(out)
-    assert [model.config.id2label[i] for i in range(len(class_names))] == class_names
-    assert sorted(class_names) == sorted(DIGIT_NAMES)
+    assert [model.config.id2label[i] for i in range(len(names))] == names
+    assert sorted(names) == sorted(DIGIT_NAMES)
 
 
-def test_pipeline_reloads_the_output_folder_and_names_the_classes(smoke_run):
+def test_pipeline_reloads_the_output_folder_and_names_the_classes(smoke_run, digits_validation):
     out, _ = smoke_run
     classifier = pipeline("image-classification", model=str(out))
-    images = sorted(materialize_digits().glob("validation/*/*.png"))[::30]
+    images = sorted(digits_validation.glob("*/*.png"))[::30]
     correct = 0
     for path in images:
         top = classifier(str(path), top_k=1)[0]

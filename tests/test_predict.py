@@ -18,7 +18,6 @@ from PIL import Image
 
 import predict as predict_script
 from vitrecipes.config import parse_recipe
-from vitrecipes.data import materialize_digits
 from vitrecipes.images import load_rgb
 from vitrecipes.modeling import build_image_processor
 from vitrecipes.predict import load_classifier, predict
@@ -31,8 +30,8 @@ def model_dir(smoke_run) -> Path:
 
 
 @pytest.fixture(scope="module")
-def validation_dir() -> Path:
-    return materialize_digits() / "validation"
+def validation_dir(digits_validation) -> Path:
+    return digits_validation
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ Datasets are real imagefolders loaded and transformed as a run does; logits are 
 """
 
 import json
+from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 from conftest import write_imagefolder
@@ -42,6 +44,10 @@ def _splits(root, classes, per_class):
     return raw, attach_transforms(raw, prep, data_args, BadImageLog(None))
 
 
+def _class_names(splits) -> list[str]:
+    return splits["train"].features["label"].names
+
+
 def _planted_logits(labels, names, rng):
     """Mostly right; both hot dogs called pretzel (confidently, hot dog second); one muffin called cake."""
     logits = rng.normal(0.0, 0.3, size=(len(labels), len(names)))
@@ -58,12 +64,12 @@ def _planted_logits(labels, names, rng):
 def snack_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("snack-report")
     raw, splits = _splits(root / "snacks", SNACK_COLOURS, per_class=2)
-    assert splits.class_names == sorted(SNACK_NAMES)
-    labels = np.array(list(raw.validation["label"]))
-    logits = _planted_logits(labels, splits.class_names, np.random.default_rng(0))
-    predictions = SplitPredictions("validation", logits, labels, splits.validation)
+    assert _class_names(splits) == sorted(SNACK_NAMES)
+    labels = np.array(list(raw["validation"]["label"]))
+    logits = _planted_logits(labels, _class_names(splits), np.random.default_rng(0))
+    predictions = SplitPredictions("validation", logits, labels, splits["validation"])
     out = root / "run" / "eval_validation"
-    report = write_report(out, predictions, splits.class_names, "image", checkpoint="outputs/snacks-run")
+    report = write_report(out, predictions, _class_names(splits), "image", checkpoint="outputs/snacks-run")
     return out, report
 
 
@@ -142,12 +148,12 @@ def test_no_mistakes_gives_a_placeholder_and_says_so(tmp_path):
     raw, splits = _splits(
         tmp_path / "colours", {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}, 3
     )
-    labels = np.array(list(raw.validation["label"]))
+    labels = np.array(list(raw["validation"]["label"]))
     logits = np.eye(3)[labels] * 5.0
     report = write_report(
         tmp_path / "eval",
-        SplitPredictions("validation", logits, labels, splits.validation),
-        splits.class_names,
+        SplitPredictions("validation", logits, labels, splits["validation"]),
+        _class_names(splits),
         "image",
         "ckpt",
     )
@@ -161,8 +167,8 @@ def test_no_mistakes_gives_a_placeholder_and_says_so(tmp_path):
 
 
 def test_two_classes_get_top_k_two():
-    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
-    metrics = compute_report_metrics(probabilities, np.array([0, 1, 1, 0]), ["cat", "dog"])
+    logits = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    _, metrics = compute_report_metrics(logits, np.array([0, 1, 1, 0]), ["cat", "dog"])
     assert metrics["accuracy"] == 0.5 and metrics["top_k"] == 2 and metrics["top_k_accuracy"] == 1.0
 
 
@@ -194,25 +200,13 @@ def test_curves_of_a_run_evaluated_only_at_the_end_show_that_evaluation(tmp_path
     assert text.get_text() == "no evaluation during training"
 
 
-def test_rows_that_do_not_match_the_predictions_are_refused(tmp_path):
-    raw, splits = _splits(tmp_path / "colours", {"red": (220, 30, 30), "blue": (30, 40, 220)}, 2)
-    predictions = SplitPredictions("validation", np.zeros((3, 2)), np.array([0, 1, 1]), splits.validation)
-    with pytest.raises(ValueError, match="4 rows but there are 3 predictions"):
-        write_report(tmp_path / "eval", predictions, splits.class_names, "image", "ckpt")
-    predictions = SplitPredictions("validation", np.zeros((4, 2)), np.array([0, 0, 1, 1]), splits.validation)
-    with pytest.raises(ValueError, match="image column 'img' is not in the validation dataset"):
-        write_report(tmp_path / "eval", predictions, splits.class_names, "img", "ckpt")
-    assert not (tmp_path / "eval").exists()  # refused before writing anything
-
-
-def test_report_from_a_real_model_evaluation(tmp_path, imagefolder, tiny_checkpoint):
-    """The predictions `evaluate_splits` returns (transform attached) are what the report consumes."""
-    data_args = DataArguments(dataset_name=str(imagefolder))
-    raw = load_splits(data_args)
+def _evaluate(folder, tiny_checkpoint, tmp_path, **data):
+    """A real, tiny ViT evaluated through `evaluate_splits`, on the run's own transforms."""
+    data_args = DataArguments(dataset_name=str(folder), **data)
     processor = ViTImageProcessor.from_pretrained(tiny_checkpoint)
     prep = Preprocessing.build(processor, data_args)
-    splits = attach_transforms(raw, prep, data_args, BadImageLog(None))
-    model = build_model(ModelArguments(model_name_or_path=str(tiny_checkpoint)), splits.class_names)
+    splits = attach_transforms(load_splits(data_args), prep, data_args, BadImageLog(None))
+    model = build_model(ModelArguments(model_name_or_path=str(tiny_checkpoint)), _class_names(splits))
     args = TrainingArguments(
         output_dir=str(tmp_path / "run"),
         do_train=False,
@@ -222,11 +216,28 @@ def test_report_from_a_real_model_evaluation(tmp_path, imagefolder, tiny_checkpo
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    split_metrics, predictions = evaluate_splits(build_trainer(model, processor, args, splits, prep), splits)
+    return splits, *evaluate_splits(build_trainer(model, processor, args, splits, prep), splits)
+
+
+def test_an_unreadable_image_leaves_the_rows_and_the_predictions_paired(tmp_path, imagefolder, tiny_checkpoint):
+    """write_report trusts this pairing (it no longer re-checks it): the mistakes grid shows each prediction's image."""
+    red = imagefolder / "validation" / "red"
+    (red / "truncated.png").write_bytes((red / "0.png").read_bytes()[:60])
+    splits, split_metrics, predictions = _evaluate(imagefolder, tiny_checkpoint, tmp_path, max_bad_images=1)
+    validation = predictions["validation"]
+    assert split_metrics["validation"]["unreadable_images"] == 1 and len(validation.labels) == 9
+    rows = validation.dataset.with_format(None).cast_column("image", datasets.Image(decode=False))
+    assert rows["label"] == validation.labels.tolist()
+    assert "truncated.png" not in {Path(image["path"]).name for image in rows["image"]}
+
+
+def test_report_from_a_real_model_evaluation(tmp_path, imagefolder, tiny_checkpoint):
+    """The predictions `evaluate_splits` returns (transform attached) are what the report consumes."""
+    splits, split_metrics, predictions = _evaluate(imagefolder, tiny_checkpoint, tmp_path)
 
     for split in ("validation", "test"):
         out = tmp_path / "run" / f"eval_{split}"
-        write_report(out, predictions[split], splits.class_names, "image", str(tiny_checkpoint))
+        write_report(out, predictions[split], _class_names(splits), "image", str(tiny_checkpoint))
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["accuracy"] == pytest.approx(split_metrics[split]["accuracy"])
         assert metrics["samples"] == split_metrics[split]["samples"] == 9

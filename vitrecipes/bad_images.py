@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,23 +62,18 @@ class BadImageLog:
         return found
 
 
-def find_unreadable(values: list, max_pixels: int | None = None) -> list[tuple[int, str, str]]:
-    """(index, name, cause) of every value that does not decode; decodes in threads (Pillow frees the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def check(item):
-        index, value = item
-        try:
-            image = open_checked(value, max_pixels)
-            if image.format == "JPEG":
-                image.draft("RGB", (64, 64))  # decodes at 1/8 scale but still reads the whole stream
-            to_rgb(image)
-        except DECODE_ERRORS as error:
-            return index, describe(value), f"{type(error).__name__}: {error}"
-        return None
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return [found for found in pool.map(check, enumerate(values)) if found is not None]
+def readable(value, split: str, log: Path | None, max_pixels: int | None = None) -> bool:
+    """`verify_images`' filter: whether `value` decodes; the log records it when it does not."""
+    try:
+        image = open_checked(value, max_pixels)
+        if image.format == "JPEG":
+            image.draft("RGB", (64, 64))  # decodes at 1/8 scale but still reads the whole stream
+        to_rgb(image)
+    except DECODE_ERRORS as error:
+        cause = f"left out by verify_images: {type(error).__name__}: {error}"
+        BadImageLog(log).record(split, describe(value), cause, enforce_limit=False)
+        return False
+    return True
 
 
 def bad_image_limit(max_bad_images: float, split_size: int) -> int:

@@ -2,10 +2,8 @@
 
 A recipe key belongs to exactly one of `ModelArguments`, `DataArguments` or
 `RecipeTrainingArguments` (a `transformers.TrainingArguments` with recipe-friendly defaults).
-`transformers.HfArgumentParser` turns the dataclasses into one argparse parser; the recipe's values
-become command-line arguments in front of the user's own, so both are typed by the same parser
-(`learning_rate: 1e-4` works) and the command line wins. On top: YAML files, `--mapping.key value`,
-`null` for optional keys, and unknown keys as errors with a did-you-mean.
+The recipe's values, typed by each key's annotation, become the defaults of one `HfArgumentParser`,
+which then parses the command line, so the command line wins. docs/recipes.md describes every key.
 """
 
 from __future__ import annotations
@@ -19,8 +17,10 @@ import logging
 import os
 import re
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,104 +34,37 @@ from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_
 from .outputs import require_model_folder
 
 
+def _key(default, help: str):
+    """A recipe key with one line of help; docs/recipes.md says more about each."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelArguments:
-    model_name_or_path: str | None = field(
-        default="google/vit-base-patch16-224-in21k",
-        metadata={
-            "help": "Checkpoint to fine-tune: a Hub id or a local folder written by save_pretrained. "
-            "Set to null and give model_type to train from scratch."
-        },
+    model_name_or_path: str | None = _key(
+        "google/vit-base-patch16-224-in21k", "Hub id or save_pretrained folder; null (with model_type): from scratch."
     )
-    model_type: str | None = field(
-        default=None,
-        metadata={"help": "Train from scratch with this architecture (e.g. 'vit') instead of a checkpoint."},
-    )
-    config_overrides: dict | str | None = field(
-        default=None,
-        metadata={
-            "help": "Config values for a from-scratch model, e.g. {hidden_size: 192, num_hidden_layers: 6, "
-            "image_size: 112}. Ignored keys are an error."
-        },
-    )
-    image_processor_name: str | None = field(
-        default=None,
-        metadata={"help": "Image processor to use if it is not stored beside the checkpoint."},
-    )
-    image_mean: list[float] | None = field(
-        default=None, metadata={"help": "Override the processor's normalisation mean (per channel)."}
-    )
-    image_std: list[float] | None = field(
-        default=None, metadata={"help": "Override the processor's normalisation std (per channel)."}
-    )
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded checkpoints are stored."})
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={
-            "help": "Run modelling code that ships with a Hub checkpoint. Off by default: only enable it for "
-            "repositories whose code you have read."
-        },
-    )
-    attn_implementation: Literal[ATTENTION_KERNELS] | None = field(
-        default=None,
-        metadata={
-            "help": "Attention kernel, or null for the library's choice (sdpa where the architecture supports "
-            "it, else eager; convolutional models have none). 'sdpa' (PyTorch's scaled_dot_product_attention) "
-            "picks flash or memory-efficient attention on a GPU and is fast on CPUs too; 'eager' is the plain "
-            "reference implementation."
-        },
-    )
-    ignore_mismatched_sizes: bool = field(
-        default=True,
-        metadata={"help": "Replace a classification head whose size differs from the number of classes."},
-    )
-    image_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Model input side in pixels (e.g. 112 for fast CPU runs); null keeps the image processor's. "
-            "DINOv2 interpolates its position embeddings to any size; for ViT-style checkpoints they are "
-            "resampled once, and the saved model and processor use the new size."
-        },
-    )
-    drop_path_rate: float | None = field(
-        default=None,
-        metadata={"help": "Stochastic depth for checkpoints whose config has drop_path_rate (DINOv2, BEiT...)."},
-    )
-    adaptation: Literal[ADAPTATIONS] = field(
-        default="full",
-        metadata={
-            "help": "How the pretrained backbone is adapted: 'full' (every weight trains), 'linear_probe' (frozen "
-            "backbone; the head is a logistic regression fitted on features computed once), 'lp_ft' (that probe, "
-            "then full fine-tuning from it), 'freeze' (the first freeze_blocks blocks stay frozen) or 'lora' "
-            "(peft adapters, merged into the saved model)."
-        },
-    )
-    freeze_blocks: int = field(
-        default=0, metadata={"help": "adaptation 'freeze': freeze the embeddings and this many encoder blocks."}
-    )
-    probe_regularization: float = field(
-        default=0.1,
-        metadata={
-            "help": "linear_probe / lp_ft: inverse L2 strength C of the logistic regression on standardised features."
-        },
-    )
-    probe_feature_cache: bool = field(
-        default=True,
-        metadata={
-            "help": "linear_probe / lp_ft: keep the training features on disk (VITRECIPES_CACHE, default "
-            "~/.cache/vitrecipes) and reuse them in later runs with the same backbone, images and transform "
-            "(other seeds, other hyper-parameters)."
-        },
-    )
-    lora_rank: int = field(default=16, metadata={"help": "adaptation 'lora': rank of the adapters."})
-    lora_alpha: float = field(
-        default=16.0, metadata={"help": "adaptation 'lora': scale of the adapters (alpha / rank)."}
-    )
-    lora_dropout: float = field(default=0.0, metadata={"help": "adaptation 'lora': dropout on the adapter input."})
+    model_type: str | None = _key(None, "Architecture to train from scratch (e.g. 'vit') instead of a checkpoint.")
+    config_overrides: dict | str | None = _key(None, "Config values of a from-scratch model, e.g. {hidden_size: 192}.")
+    image_processor_name: str | None = _key(None, "Image processor, if it is not stored beside the checkpoint.")
+    image_mean: list[float] | None = _key(None, "Normalisation mean per channel, instead of the processor's.")
+    image_std: list[float] | None = _key(None, "Normalisation std per channel, instead of the processor's.")
+    model_revision: str = _key("main", "Branch, tag or commit of the checkpoint.")
+    cache_dir: str | None = _key(None, "Where downloaded checkpoints are stored.")
+    trust_remote_code: bool = _key(False, "Run modelling code shipped with a Hub checkpoint (only code you have read).")
+    attn_implementation: Literal[ATTENTION_KERNELS] | None = _key(None, "Attention kernel; null: the library's choice.")
+    ignore_mismatched_sizes: bool = _key(True, "Replace a head whose size differs from the number of classes.")
+    image_size: int | None = _key(None, "Model input side in pixels (e.g. 112 on CPUs); null: the processor's.")
+    drop_path_rate: float | None = _key(None, "Stochastic depth, for configs that have drop_path_rate.")
+    adaptation: Literal[ADAPTATIONS] = _key("full", "Which weights train: full, linear_probe, lp_ft, freeze or lora.")
+    freeze_blocks: int = _key(0, "adaptation freeze: the embeddings and this many encoder blocks stay frozen.")
+    probe_regularization: float = _key(0.1, "linear_probe / lp_ft: inverse L2 strength C of the logistic regression.")
+    probe_feature_cache: bool = _key(True, "linear_probe / lp_ft: keep the training features on disk for reuse.")
+    lora_rank: int = _key(16, "adaptation lora: rank of the adapters.")
+    lora_alpha: float = _key(16.0, "adaptation lora: scale of the adapters (alpha / rank).")
+    lora_dropout: float = _key(0.0, "adaptation lora: dropout on the adapter input.")
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        metadata={"help": "adaptation 'lora': names of the linear layers that get adapters."},
+        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "adaptation lora: layers that get adapters."}
     )
 
     def __post_init__(self):
@@ -181,88 +114,33 @@ def _refuse_shipped_code(folder: Path) -> None:
 
 @dataclass
 class DataArguments:
-    dataset_name: str = field(
-        default="Matthijs/snacks",
-        metadata={
-            "help": "A Hub dataset id, a local imagefolder (<split>/<class>/<image>), a folder written by "
-            "save_to_disk, or 'builtin:digits' (scikit-learn's digits rendered as PNGs; no download)."
-        },
-    )
-    dataset_name_for_card: str | None = field(
-        default=None,
-        metadata={
-            "help": "How the model card names the dataset; default: the Hub id, or the local "
-            "folder's name (never its path on this machine)."
-        },
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_revision: str | None = field(default=None, metadata={"help": "Hub dataset revision."})
-    image_column_name: str = field(default="image", metadata={"help": "Column that holds the images."})
-    label_column_name: str = field(
-        default="label", metadata={"help": "Column that holds the labels (ClassLabel, strings or integers)."}
-    )
-    train_split: str = field(default="train", metadata={"help": "Name of the training split."})
-    validation_split: str = field(
-        default="validation",
-        metadata={"help": "Name of the validation split; carved out of train when the dataset lacks it."},
-    )
-    test_split: str | None = field(
-        default="test", metadata={"help": "Name of the test split; the test step is skipped when it is absent."}
-    )
-    validation_split_size: float = field(
-        default=0.1,
-        metadata={"help": "Fraction of train held out (stratified, seeded) when there is no validation split."},
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many train images."})
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use at most this many validation and test images each."}
-    )
-    train_augmentation: Literal["random_resized_crop", "none"] = field(
-        default="random_resized_crop",
-        metadata={"help": "'random_resized_crop' (RandomResizedCrop + optional flip) or 'none' (the eval transform)."},
+    dataset_name: str = _key("Matthijs/snacks", "Hub id, imagefolder, save_to_disk folder or 'builtin:digits'.")
+    dataset_name_for_card: str | None = _key(None, "The dataset's name in the model card (never a local path).")
+    dataset_config_name: str | None = _key(None, "Hub dataset configuration name.")
+    dataset_revision: str | None = _key(None, "Hub dataset revision.")
+    image_column_name: str = _key("image", "Column that holds the images.")
+    label_column_name: str = _key("label", "Column that holds the labels (ClassLabel, strings or integers).")
+    train_split: str = _key("train", "Name of the training split.")
+    validation_split: str = _key("validation", "Name of the validation split; carved out of train when absent.")
+    test_split: str | None = _key("test", "Name of the test split; the test step is skipped when it is absent.")
+    validation_split_size: float = _key(0.1, "Fraction of train held out when there is no validation split.")
+    max_train_samples: int | None = _key(None, "Use at most this many train images.")
+    max_eval_samples: int | None = _key(None, "Use at most this many validation and test images each.")
+    train_augmentation: Literal["random_resized_crop", "none"] = _key(
+        "random_resized_crop", "RandomResizedCrop (+ flip), or none: the eval transform."
     )
     random_resized_crop_scale: list[float] = field(
-        default_factory=lambda: [0.08, 1.0],
-        metadata={"help": "Area range of RandomResizedCrop, as a fraction of the image."},
+        default_factory=lambda: [0.08, 1.0], metadata={"help": "Area range of RandomResizedCrop (fraction of image)."}
     )
-    horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips while training."})
-    auto_augment: Literal["none", "trivial", "rand"] = field(
-        default="none",
-        metadata={"help": "After crop and flip: 'trivial' (TrivialAugmentWide), 'rand' (RandAugment) or 'none'."},
-    )
-    random_erasing: float = field(
-        default=0.0, metadata={"help": "Probability of torchvision's RandomErasing per training image (0: off)."}
-    )
-    mixup_alpha: float = field(
-        default=0.0,
-        metadata={"help": "MixUp (torchvision v2) with this Beta(alpha, alpha) on training batches; 0 is off."},
-    )
-    cutmix_alpha: float = field(
-        default=0.0,
-        metadata={
-            "help": "CutMix (torchvision v2) with this alpha; 0 is off. With both on, each batch uses one of them "
-            "at random. Either switches the loss to cross-entropy on the mixed (soft) targets."
-        },
-    )
-    max_bad_images: float = field(
-        default=0.01,
-        metadata={
-            "help": "Unreadable images tolerated per split before the run stops: a fraction of the split below 1, "
-            "a count from 1 up. Each bad image is replaced by a good one from the same batch, logged and counted."
-        },
-    )
-    verify_images: bool = field(
-        default=False,
-        metadata={"help": "Decode every image once before training, list the bad ones, and leave them out."},
-    )
-    max_image_pixels: int = field(
-        default=89_478_485,
-        metadata={"help": "Images with more pixels are treated as bad (decompression-bomb guard; Pillow's limit)."},
-    )
-    eval_crop_pct: float = field(
-        default=1.0,
-        metadata={"help": "Eval transform: resize the shorter side to size / eval_crop_pct, then centre-crop to size."},
-    )
+    horizontal_flip: bool = _key(True, "Random horizontal flips while training.")
+    auto_augment: Literal["none", "trivial", "rand"] = _key("none", "trivial (TrivialAugmentWide), rand (RandAugment).")
+    random_erasing: float = _key(0.0, "Probability of RandomErasing per training image (0: off).")
+    mixup_alpha: float = _key(0.0, "MixUp on training batches with Beta(alpha, alpha); 0: off.")
+    cutmix_alpha: float = _key(0.0, "CutMix on training batches with this alpha; 0: off.")
+    max_bad_images: float = _key(0.01, "Unreadable images tolerated per split: a fraction below 1, else a count.")
+    verify_images: bool = _key(False, "Decode every image once before training and leave the bad ones out.")
+    max_image_pixels: int = _key(89_478_485, "Images with more pixels are bad (Pillow's decompression-bomb limit).")
+    eval_crop_pct: float = _key(1.0, "Eval: resize the shorter side to size / eval_crop_pct, centre-crop to size.")
 
     def __post_init__(self):
         for key in ("mixup_alpha", "cutmix_alpha"):
@@ -286,24 +164,9 @@ def _recipe_default(name: str, value):
 class RecipeTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the defaults a classification recipe wants."""
 
-    output_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where checkpoints, the final model and metrics go (default: outputs/<recipe name>)."},
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Start afresh in an output_dir that holds a finished run or another recipe's checkpoints "
-            "(its checkpoints are deleted). Without it such a folder is an error, and an unfinished run resumes."
-        },
-    )
-    do_train: bool = field(
-        default=True,
-        metadata={
-            "help": "Train; set false to only evaluate the model in output_dir (or the one given with "
-            "--model_name_or_path on the command line) on validation and test."
-        },
-    )
+    output_dir: str | None = _key(None, "Where checkpoints, the model and metrics go (default: outputs/<recipe>).")
+    overwrite_output_dir: bool = _key(False, "Start afresh in a folder that holds a finished or another run.")
+    do_train: bool = _key(True, "false: only evaluate the model in output_dir (or --model_name_or_path).")
     # Keys that only change a TrainingArguments default keep transformers' own help text.
     eval_strategy: str = _recipe_default("eval_strategy", "epoch")
     save_strategy: str = _recipe_default("save_strategy", "epoch")
@@ -315,51 +178,18 @@ class RecipeTrainingArguments(TrainingArguments):
     log_level_replica: str = _recipe_default("log_level_replica", "error")  # N processes must not log N times
     # DDP's fast path (no graph walk per step): unused weights are frozen instead (adaptation.freeze_unused).
     ddp_find_unused_parameters: bool | None = _recipe_default("ddp_find_unused_parameters", False)
-    hub_license: str = field(default="apache-2.0", metadata={"help": "License written into the model card's metadata."})
-    head_learning_rate_multiplier: float = field(
-        default=1.0,
-        metadata={"help": "The new classification head trains at learning_rate times this."},
+    hub_license: str = _key("apache-2.0", "License written into the model card's metadata.")
+    head_learning_rate_multiplier: float = _key(1.0, "The new classification head trains at learning_rate times this.")
+    layer_decay: float = _key(1.0, "Layer-wise learning-rate decay per encoder block (1.0: off).")
+    ema_decay: float = _key(
+        0.0, "Moving average of the weights with this decay per step, for the final model (0: off)."
     )
-    layer_decay: float = field(
-        default=1.0,
-        metadata={
-            "help": "Layer-wise learning-rate decay: encoder block i of L trains at learning_rate * layer_decay ** "
-            "(L - i), the embeddings at layer_decay ** (L + 1). 1.0 is off."
-        },
-    )
-    ema_decay: float = field(
-        default=0.0,
-        metadata={
-            "help": "Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); 0 is "
-            "off. When on, the final evaluation and the saved model use the averaged weights, so it needs "
-            "load_best_model_at_end: false."
-        },
-    )
-    seeds: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "Run the recipe once per seed (e.g. --seeds 42 43 44), one after the other, into "
-            "output_dir/seed-<N>, then write output_dir/summary.md and summary.json: mean ± std of validation and "
-            "test accuracy, macro-F1 and wall time."
-        },
-    )
-    sweep: str | None = field(
-        default=None,
-        metadata={
-            "help": "A search-space YAML file (n_trials, params: {key: {low, high, log} or {choices}}): run "
-            "Trainer.hyperparameter_search with Optuna, choosing on validation accuracy; write sweep_trials.md and "
-            "best_recipe.yaml, then train the best recipe once into output_dir/best (its test split is the only "
-            "test evaluation)."
-        },
-    )
-    remove_unused_columns: bool = field(
-        default=False,
-        metadata={"help": "Always false: the image column is consumed by the lazy transform, not the model."},
-    )
+    seeds: list[int] | None = _key(None, "Run once per seed into output_dir/seed-<N>, then summarise mean ± std.")
+    sweep: str | None = _key(None, "A search-space YAML file: an Optuna sweep, then the best recipe trained once.")
+    remove_unused_columns: bool = _key(False, "Always false: the lazy transform consumes the image column.")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeTrainingArguments)
-_NULL_WORDS = ("null", "~")  # not "none": a value of report_to, auto_augment...
 
 
 class _DuplicateKey(yaml.constructor.ConstructorError):
@@ -425,37 +255,81 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
-def _typed(convert, hint):
-    """Wrap an argparse `type` function: `null` for optional keys, YAML mappings, and messages that say
-    what was expected (argparse prefixes them with the key)."""
-    options = typing.get_args(hint) or (hint,)
-    optional = type(None) in options
-    if any(typing.get_origin(o) is dict or o is dict for o in options):
-        convert = load_yaml
-    if convert in (int, float):
-        expected = "a whole number" if convert is int else "a number"
+_HINTS = {key: hint for cls in ARGUMENT_CLASSES for key, hint in typing.get_type_hints(cls).items()}
 
-        def convert(text, kind=convert):
-            number = float(text)
-            if kind is int and number != int(number):
-                raise ValueError(text)
-            return kind(number)
 
-    else:
-        expected = "true or false" if convert is string_to_bool else f"a valid {getattr(convert, '__name__', 'value')}"
+def _options(key: str) -> tuple:
+    """The types a key takes: `int | None` -> (int, NoneType)."""
+    hint = _HINTS.get(key)
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
 
-    def parse(text: str):
-        if optional and text.strip().lower() in _NULL_WORDS:
-            return None
-        try:
-            value = convert(text)
-        except (TypeError, ValueError, argparse.ArgumentTypeError, yaml.YAMLError):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if convert is load_yaml and not isinstance(value, dict):
-            raise argparse.ArgumentTypeError(f"expected a mapping such as {{a: 1}}, got {text!r}")
+
+def _is_enum(option) -> bool:
+    return isinstance(option, type) and issubclass(option, Enum)
+
+
+def _choices(option) -> tuple | None:
+    if typing.get_origin(option) is Literal:
+        return typing.get_args(option)
+    return tuple(member.value for member in option) if _is_enum(option) else None
+
+
+def _as_type(value, option):
+    """`value` as one type of a key's annotation; ValueError or TypeError where it is not one."""
+    origin = typing.get_origin(option) or option
+    if _choices(option) is not None:
+        if value not in _choices(option):
+            raise ValueError(value)
         return value
+    if origin is list:  # a single value is a list of one, as on the command line
+        return [_as_type(item, typing.get_args(option)[0]) for item in (value if isinstance(value, list) else [value])]
+    if origin is dict:
+        value = load_yaml(value) if isinstance(value, str) else value  # a mapping written on the command line
+        if not isinstance(value, dict):
+            raise TypeError(value)
+        return value
+    if option is bool:
+        return string_to_bool(str(value))  # `yes` and `1` too, as on the command line
+    if option in (int, float) and not isinstance(value, bool):
+        number = value if isinstance(value, option) else float(value)  # text too: YAML 1.1 reads `1e-4` as text
+        if option is int and isinstance(number, float) and not number.is_integer():
+            raise ValueError(value)
+        return option(number)
+    if option is str and isinstance(value, int | float):
+        return str(value).lower() if isinstance(value, bool) else str(value)  # `true` stays the word written
+    if isinstance(value, origin):  # None for NoneType, and types such as ParallelismConfig
+        return value
+    raise TypeError(value)
 
-    return parse
+
+_EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+_EXPECTED[dict] = "a mapping such as {a: 1}"
+
+
+def _coerce(key: str, value, source: str):
+    """A recipe value, or the command line's text, as its key's type; else a RecipeError that names the key."""
+    options = _options(key)
+    if any(_is_enum(o) or (typing.get_origin(o) or o) is dict for o in options):
+        options = [o for o in options if o is not str]  # `str` only lets HfArgumentParser take such keys as text
+    if isinstance(value, str) and str in options:
+        return value
+    for option in sorted(options, key=lambda o: o is str):  # for `str | bool` keys, true stays a boolean
+        try:
+            return _as_type(value, option)
+        except (TypeError, ValueError, argparse.ArgumentTypeError, yaml.YAMLError):
+            continue
+    optional = type(None) in options
+    first = next(o for o in options if o is not type(None))
+    got = "null" if value is None else repr(value)
+    if _choices(first):
+        choices = ", ".join(map(repr, _choices(first))) + (", null" if optional else "")
+        wrong = f"invalid choice: {got} (choose from {choices})"
+    else:
+        is_list = typing.get_origin(first) is list
+        kind = typing.get_args(first)[0] if is_list else typing.get_origin(first) or first
+        expected = ("a list, each " if is_list else "") + _EXPECTED.get(kind, f"a {getattr(kind, '__name__', kind)}")
+        wrong = f"expected {expected}{' (or null)' if optional else ''}, got {got}"
+    raise RecipeError(f"{key}: {wrong} ({source}). `python run_snacks.py --help` lists every key with its type.")
 
 
 class RecipeParser(HfArgumentParser):
@@ -468,35 +342,21 @@ class RecipeParser(HfArgumentParser):
             usage="python run_snacks.py RECIPE.yaml [--key value ...]",
             description="Train an image classifier from a YAML recipe. Every key below can be set in the recipe "
             "or on the command line (--key value, --key=value, --flag for true, --mapping.key value, null for "
-            "none); the command line wins.",
+            "none); the command line wins. docs/recipes.md describes every key.",
             allow_abbrev=False,
         )
-        hints = {}
-        for cls in ARGUMENT_CLASSES:
-            hints.update(typing.get_type_hints(cls))
-        for action in self._actions:
-            if action.type is not None and action.dest in hints and not action.option_strings[0].startswith("--no"):
-                if action.type is string_to_bool and action.nargs is None:  # `bool | None` keys: a bare --flag too
-                    action.nargs, action.const = "?", True
-                action.type = _typed(action.type, hints[action.dest])
-                if action.choices is not None and type(None) in typing.get_args(hints[action.dest]):
-                    action.choices = [*action.choices, None]
 
     def error(self, message: str):
-        if message.startswith("unrecognized arguments"):
-            message += ". Overrides look like '--learning_rate 3.0e-4'"
-        message = re.sub(r"^argument (--[\w.]+)(/--[\w.-]+)?", r"\1", message)  # one spelling of the key
-        message = message.replace(", None)", ", null)")  # an optional key's choices, as a recipe spells them
-        raise RecipeError(f"{message}.")
+        raise RecipeError(f"The command line: {message.rstrip('.')}. Overrides look like '--learning_rate 3.0e-4'.")
 
-    def check_keys(self, keys, source: str) -> None:
-        known = {option.lstrip("-").replace("-", "_") for option in self._option_string_actions}
-        for key in keys:
-            if key not in known:
-                raise RecipeError(
-                    f"Unknown key '{key}' in {source}.{_suggest(key, known)} "
-                    "Run `python run_snacks.py --help` to list every key."
-                )
+
+def check_keys(keys, source: str) -> None:
+    for key in keys:
+        if key not in _HINTS:
+            raise RecipeError(
+                f"Unknown key '{key}' in {source}.{_suggest(key, _HINTS)} "
+                "Run `python run_snacks.py --help` to list every key."
+            )
 
 
 _IN_5 = "It was renamed or removed in transformers 5; use"
@@ -521,38 +381,14 @@ def _suggest(key: str, known) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def _as_arguments(values: dict[str, Any]) -> list[str]:
-    """Recipe values as the command-line arguments that would set them."""
-
-    def text(value) -> str:
-        if value is None or isinstance(value, bool):
-            return str(value).lower().replace("none", "null")
-        if isinstance(value, dict):
-            return yaml.safe_dump(value, default_flow_style=True).strip()
-        return str(value)
-
-    arguments = []
-    for key, value in values.items():
-        if value != []:  # an empty list is the default of every list key, and has no command-line form
-            arguments += [f"--{key}", *(map(text, value) if isinstance(value, list) else [text(value)])]
-    return arguments
-
-
-def _split_mapping_overrides(argv: list[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """Take `--mapping.key value` (or `--mapping.key=value`) out of argv, as {mapping: {key: value}}."""
-    rest, mappings, i = [], {}, 0
-    while i < len(argv):
-        name, sep, raw = argv[i].partition("=")
-        if argv[i].startswith("--") and "." in name:
-            if not sep:
-                takes_next = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-                raw, i = (argv[i + 1], i + 1) if takes_next else ("true", i)
-            parent, child = name[2:].replace("-", "_").split(".", 1)
-            mappings.setdefault(parent, {})[child] = load_yaml(raw) if raw else ""
-        else:
-            rest.append(argv[i])
-        i += 1
-    return rest, mappings
+def _split_command_line(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """argv as (the words before the first --key, {key: [--key, its words...]}); a later --key wins, as in argparse."""
+    starts = [i for i, word in enumerate(argv) if word.startswith("--")]
+    given = {}
+    for start, end in zip(starts, [*starts[1:], len(argv)]):
+        option, equals, value = argv[start].partition("=")
+        given[option[2:].replace("-", "_")] = [option, *([value] if equals else []), *argv[start + 1 : end]]
+    return argv[: starts[0] if starts else len(argv)], given
 
 
 def parse_recipe(argv: list[str] | None = None):
@@ -571,14 +407,30 @@ def parse_recipe(argv: list[str] | None = None):
         recipe_path = Path(argv.pop(0))
         recipe = read_yaml(recipe_path)
     source = f"recipe {recipe_path}" if recipe_path else "the command line"
-    parser.check_keys(recipe, source)
-    argv, mappings = _split_mapping_overrides(argv)
-    given = [a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")]
-    parser.check_keys([*given, *mappings], "the command line")
-    for parent, values in mappings.items():
-        recipe[parent] = {**(recipe.get(parent) or {}), **values}
-    values = vars(parser.parse_args(_as_arguments(recipe) + argv))
-    values = {k: None if v == [None] else v for k, v in values.items()}
+    check_keys(recipe, source)
+    rest, given = _split_command_line(argv)
+    check_keys([key.split(".")[0] for key in given if key.removeprefix("no_") not in _HINTS], "the command line")
+    # The recipe's values and the command line's words are typed alike (by each key's annotation) and become
+    # the parser's defaults; argparse is left stray words and keys without their value.
+    defaults = {key: _coerce(key, value, source) for key, value in recipe.items()}
+    for key, (option, *words) in given.items():
+        if key.startswith("no_") and bool in _options(key[3:]) and not words:  # HfArgumentParser's --no_flag
+            key, words = key[3:], ["false"]
+        parent, dot, child = key.partition(".")
+        if parent not in _HINTS or not (words or dot or bool in _options(key)):
+            rest += [option, *words]  # for argparse's own message
+            continue
+        if dot:  # --mapping.key value: one entry of a mapping, typed as YAML
+            value = load_yaml(" ".join(words)) if words else True
+            mapping = defaults.get(parent)
+            value = {**mapping, child: value} if isinstance(mapping, dict) else {child: value}
+        elif len(words) == 1:
+            value = None if words[0].lower() in ("null", "~") else words[0]  # not "none": a report_to value
+        else:
+            value = words or True  # a bare --flag is true
+        defaults[parent] = _coerce(parent, value, "the command line")
+    parser.set_defaults(**defaults)
+    values = vars(parser.parse_args(rest))
     if values.get("output_dir") is not None and not str(values["output_dir"]).strip():
         raise RecipeError(
             "output_dir is empty (''). Give a folder (e.g. --output_dir outputs/my-run), or leave the key out "

@@ -1,88 +1,57 @@
 """Loading the splits: Hub ids, local imagefolders, save_to_disk folders and the built-in digits.
 
-`load_splits` returns the train / validation / (test) splits with a `ClassLabel` label column and
-an undecoded image column; decoding happens lazily in `transforms.py`.
+`load_splits` returns a DatasetDict ("train", "validation" and, when there is one, "test") with a
+`ClassLabel` label column and an undecoded image column; decoding happens lazily in `transforms.py`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from .bad_images import BadImageLog, find_unreadable
+from .bad_images import BadImageLog, readable
 from .config import DataArguments
 from .errors import RecipeError, hub_unreachable
-from .images import describe
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_DIGITS = "builtin:digits"
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-# The Hub's automatic Parquet export: used when a dataset's main branch holds a loading script,
-# which datasets 4 and later refuse to run (Matthijs/snacks is such a dataset).
+# The Hub's automatic Parquet export, tried when the main branch does not load: e.g. it holds a loading
+# script, which datasets 4 and later refuse to run (Matthijs/snacks is such a dataset).
 PARQUET_REVISION = "refs/convert/parquet"
 
 
-@dataclass
-class Splits:
-    train: Dataset
-    validation: Dataset
-    test: Dataset | None
-    class_names: list[str]
-
-    def items(self):
-        """(split name, dataset) for the splits that exist, in train / validation / test order."""
-        pairs = [("train", self.train), ("validation", self.validation), ("test", self.test)]
-        return [(name, ds) for name, ds in pairs if ds is not None]
-
-
 def cache_root() -> Path:
-    base = os.environ.get("VITRECIPES_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vitrecipes"
-    )
-    return Path(base)
+    default = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vitrecipes"
+    return Path(os.environ.get("VITRECIPES_CACHE") or default)
 
 
-def materialize_digits(root: Path | None = None, image_size: int = 32) -> Path:
-    """Write scikit-learn's bundled 8x8 digits as an imagefolder of grayscale PNGs; return its path.
-
-    Splits are stratified and fixed (train 1197 / validation 300 / test 300). The folder is
-    written once and reused; concurrent writers (several processes) are safe.
-    """
+def builtin_digits(image_size: int = 32) -> DatasetDict:
+    """scikit-learn's bundled 8x8 digits as grayscale PNGs, in fixed stratified splits (1197 / 300 / 300)."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    target = (root or cache_root()) / f"digits-{image_size}px-v1"
-    if (target / "COMPLETE").exists():
-        return target
     digits = load_digits()
-    indices = np.arange(len(digits.target))
-    rest, test = train_test_split(indices, test_size=300, stratify=digits.target, random_state=0)
+    rest, test = train_test_split(np.arange(len(digits.target)), test_size=300, stratify=digits.target, random_state=0)
     train, validation = train_test_split(rest, test_size=300, stratify=digits.target[rest], random_state=0)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=target.parent))
-    for split, split_indices in (("train", train), ("validation", validation), ("test", test)):
-        for i in split_indices:
-            folder = staging / split / DIGIT_NAMES[digits.target[i]]
-            folder.mkdir(parents=True, exist_ok=True)
-            pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
-            image = Image.fromarray(pixels, mode="L").resize((image_size, image_size), Image.BILINEAR)
-            image.save(folder / f"{i:04d}.png")
-    (staging / "COMPLETE").touch()
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    features = datasets.Features({"image": datasets.Image(), "label": ClassLabel(names=sorted(DIGIT_NAMES))})
+
+    def split(indices) -> Dataset:
+        # By class name, then index: the imagefolder order these digits once had, which the smoke numbers follow.
+        names = {i: DIGIT_NAMES[digits.target[i]] for i in indices}
+        indices = sorted(indices, key=lambda i: (names[i], i))
+        pixels = (digits.images[indices] * (255.0 / 16.0)).astype(np.uint8)
+        images = [Image.fromarray(p, mode="L").resize((image_size, image_size), Image.BILINEAR) for p in pixels]
+        return Dataset.from_dict({"image": images, "label": [names[i] for i in indices]}, features=features)
+
+    return DatasetDict(train=split(train), validation=split(validation), test=split(test))
 
 
 def _is_saved_to_disk(path: Path) -> bool:
@@ -93,7 +62,7 @@ def load_raw_dataset(data_args: DataArguments) -> DatasetDict:
     """Load whatever `dataset_name` points at, as a DatasetDict keyed by split name."""
     name = data_args.dataset_name
     if name == BUILTIN_DIGITS:
-        return datasets.load_dataset("imagefolder", data_dir=str(materialize_digits()))
+        return builtin_digits()
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -128,24 +97,21 @@ def _load_imagefolder(path: Path) -> DatasetDict:
 
 
 def _load_from_hub(data_args: DataArguments) -> DatasetDict:
-    name = data_args.dataset_name
-    kwargs = {"name": data_args.dataset_config_name, "revision": data_args.dataset_revision}
+    name, config = data_args.dataset_name, data_args.dataset_config_name
     try:
-        return datasets.load_dataset(name, **kwargs)
-    except Exception as error:  # noqa: BLE001 - each failure below gets its own advice
-        first_error = error
-    message = str(first_error)
-    if "script" in message.lower() and data_args.dataset_revision is None:
-        logger.warning(
-            "%s ships a loading script, which this datasets version refuses; loading its Parquet export "
-            "(revision %s) instead.",
-            name,
-            PARQUET_REVISION,
-        )
+        return datasets.load_dataset(name, name=config, revision=data_args.dataset_revision)
+    except Exception as error:  # noqa: BLE001 - the Parquet export is tried next, then one message for both
+        first_error = message = error
+    if data_args.dataset_revision is None:
         try:
-            return datasets.load_dataset(name, name=data_args.dataset_config_name, revision=PARQUET_REVISION)
+            loaded = datasets.load_dataset(name, name=config, revision=PARQUET_REVISION)
         except Exception as error:  # noqa: BLE001
-            message = f"{message} Then the Parquet export failed too: {error}"
+            message = f"{first_error} Then the Parquet export (revision {PARQUET_REVISION}) failed too: {error}"
+        else:
+            logger.warning(
+                "%s did not load (%s); loaded its Parquet export, revision %s.", name, first_error, PARQUET_REVISION
+            )
+            return loaded
     hint = hub_unreachable("The Hub may be unreachable, or the id may be misspelt")
     raise RecipeError(
         f"Could not load dataset '{name}' from the Hugging Face Hub. {hint}. To use a local copy, set "
@@ -165,59 +131,43 @@ def _check_columns(split_name: str, dataset: Dataset, data_args: DataArguments) 
             )
 
 
-def _class_names(train: Dataset, label_column: str) -> list[str]:
-    feature = train.features[label_column]
-    if isinstance(feature, ClassLabel):
-        return list(feature.names)
-    values = train.unique(label_column)
-    if all(isinstance(v, str) for v in values):
-        return sorted(values)
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return [str(i) for i in range(max(values) + 1)]
-    raise RecipeError(
-        f"label_column_name: column '{label_column}' holds {feature}, which is not a label. Use a column of "
-        "ClassLabel, strings or integers."
-    )
-
-
-def _as_class_label(split_name: str, dataset: Dataset, column: str, names: list[str]) -> Dataset:
-    feature = dataset.features[column]
-    if isinstance(feature, ClassLabel):
-        if list(feature.names) != names:
+def _encode_labels(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
+    """Every split's labels cast to one ClassLabel; the classes that no train image has are named."""
+    label, train_split = data_args.label_column_name, data_args.train_split
+    train_feature = feature = raw[train_split].features[label]
+    for split_name, dataset in raw.items():
+        if getattr(dataset.features[label], "names", None) != getattr(train_feature, "names", None):
             raise RecipeError(
-                f"The '{split_name}' split names its classes {feature.names}, but train names them {names}. "
+                f"The '{split_name}' split's labels are {dataset.features[label]}, but train's are {train_feature}. "
                 "All splits must share one class list."
             )
-        return dataset
-    values = dataset.unique(column)
-    if feature.dtype in ("string", "large_string"):
-        unknown = sorted(set(values) - set(names))
-    else:
-        unknown = sorted(v for v in values if not 0 <= v < len(names))
-    if unknown:
-        raise RecipeError(
-            f"The '{split_name}' split has labels {unknown[:10]} in column '{column}' that the train split "
-            f"does not have (train classes: {names[:25]}). Fix the labels or add those classes to train."
-        )
-    return dataset.cast_column(column, ClassLabel(names=names))
-
-
-def _check_train_has_every_class(found: dict[str, Dataset], data_args: DataArguments, names: list[str]) -> None:
-    """Name the classes that other splits have and train does not: the imagefolder builder takes its class
-    list from every split, so a folder only in validation/ or test/ would become a class never trained on."""
-    label, train_split = data_args.label_column_name, data_args.train_split
-    in_train = set(found[train_split].unique(label))
+    if not isinstance(feature, ClassLabel):
+        # The labels of every split, so that one that train lacks is named below rather than failing the cast.
+        values = set().union(*(dataset.unique(label) for dataset in raw.values()))
+        if all(isinstance(v, str) for v in values):
+            feature = ClassLabel(names=sorted(values))
+        elif all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            feature = ClassLabel(num_classes=max(values) + 1)
+        else:
+            raise RecipeError(
+                f"label_column_name: column '{label}' holds {train_feature}, which is not a label. Use a column of "
+                "ClassLabel, strings or non-negative integers."
+            )
+        raw = raw.cast_column(label, feature)
+    in_train = set(raw[train_split].unique(label))
     missing: dict[str, list[str]] = {}
-    for split_name, dataset in found.items():
+    for split_name, dataset in raw.items():
         for index in sorted(set(dataset.unique(label)) - in_train):
             if index >= 0:  # -1: ClassLabel's "no label"
-                missing.setdefault(names[index], []).append(split_name)
+                missing.setdefault(feature.names[index], []).append(split_name)
     if missing:
+        # The imagefolder builder takes its class list from every split: a folder only in validation/ would be a class.
         listed = ", ".join(f"'{name}' (in {', '.join(splits)})" for name, splits in sorted(missing.items()))
         raise RecipeError(
             f"{data_args.dataset_name}: the classes {listed} have no train images (split '{train_split}'), so the "
             "model would get classes it never learns. Add their images to train, or remove them from those splits."
         )
+    return raw
 
 
 def _warn_empty_class_folders(train: Dataset, image_column: str) -> None:
@@ -231,13 +181,7 @@ def _warn_empty_class_folders(train: Dataset, image_column: str) -> None:
                 )
 
 
-def _limit(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    if limit is None or limit >= len(dataset):
-        return dataset
-    return dataset.shuffle(seed=seed).select(range(limit))
-
-
-def load_splits(data_args: DataArguments, seed: int = 42) -> Splits:
+def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
     raw = load_raw_dataset(data_args)
     if data_args.train_split not in raw:
         raise RecipeError(
@@ -250,17 +194,15 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> Splits:
     image = data_args.image_column_name
     if isinstance(raw[data_args.train_split].features[image], datasets.Image):
         raw = raw.cast_column(image, datasets.Image(decode=False))
-    label = data_args.label_column_name
-    names = _class_names(raw[data_args.train_split], label)
-    found = {k: _as_class_label(k, v, label, names) for k, v in raw.items()}
-    _check_train_has_every_class(found, data_args, names)
+    raw = _encode_labels(raw, data_args)
     folder = Path(data_args.dataset_name).expanduser()
     if folder.is_dir() and not _is_saved_to_disk(folder):
         _warn_empty_class_folders(raw[data_args.train_split], image)
-    train = found[data_args.train_split]
 
-    validation = found.get(data_args.validation_split)
-    if validation is None:
+    splits = DatasetDict(train=raw[data_args.train_split])
+    if data_args.validation_split in raw:
+        splits["validation"] = raw[data_args.validation_split]
+    else:
         logger.warning(
             "No '%s' split in %s: holding out %.0f%% of train (stratified, seed %d) for validation.",
             data_args.validation_split,
@@ -268,50 +210,47 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> Splits:
             100 * data_args.validation_split_size,
             seed,
         )
-        parts = train.train_test_split(test_size=data_args.validation_split_size, stratify_by_column=label, seed=seed)
-        train, validation = parts["train"], parts["test"]
-
-    test = found.get(data_args.test_split) if data_args.test_split else None
-    if test is None:
+        parts = splits["train"].train_test_split(
+            test_size=data_args.validation_split_size, stratify_by_column=data_args.label_column_name, seed=seed
+        )
+        splits["train"], splits["validation"] = parts["train"], parts["test"]
+    if data_args.test_split in raw:
+        splits["test"] = raw[data_args.test_split]
+    else:
         logger.warning(
             "No test split ('%s') in %s: the test step will be skipped.", data_args.test_split, data_args.dataset_name
         )
-
-    return Splits(
-        train=_limit(train, data_args.max_train_samples, seed),
-        validation=_limit(validation, data_args.max_eval_samples, seed),
-        test=_limit(test, data_args.max_eval_samples, seed) if test is not None else None,
-        class_names=names,
-    )
+    for name in list(splits):
+        limit = data_args.max_train_samples if name == "train" else data_args.max_eval_samples
+        if limit is not None and limit < len(splits[name]):
+            splits[name] = splits[name].shuffle(seed=seed).select(range(limit))
+    return splits
 
 
-def drop_unreadable(
-    splits: Splits, image_column: str, bad_images: BadImageLog, max_pixels: int | None, decode: bool = True
-) -> Splits:
-    """`verify_images`: decode every image once, record and leave out the ones that fail.
+def class_names(splits: DatasetDict, data_args: DataArguments) -> list[str]:
+    return splits["train"].features[data_args.label_column_name].names
 
-    With `decode=False` (the other processes of a multi-process run, after the main one), the images
-    are not decoded again: the ones the main process recorded in the shared log are left out.
-    """
-    kept, recorded = {}, bad_images.read()
+
+def drop_unreadable(splits: DatasetDict, data_args: DataArguments, bad_images: BadImageLog, fresh: bool) -> DatasetDict:
+    """`verify_images`: decode every image once, record and leave out the ones that fail. Inside `main_process_first`
+    the main process decodes afresh (`fresh`); the datasets cache hands its result to the others."""
+    kept = {}
     for name, dataset in splits.items():
-        if decode:
-            bad = find_unreadable(dataset[image_column], max_pixels)
-            for _, file, cause in bad:
-                bad_images.record(name, file, f"left out by verify_images: {cause}", enforce_limit=False)
-        else:
-            known = recorded.get(name, {})
-            bad = [(i, f, known[f]) for i, f in enumerate(map(describe, dataset[image_column])) if f in known]
-        if bad:
+        kept[name] = dataset.filter(
+            readable,
+            input_columns=data_args.image_column_name,
+            fn_kwargs={"split": name, "log": bad_images.path, "max_pixels": data_args.max_image_pixels},
+            num_proc=min(os.cpu_count() or 1, len(dataset)),
+            load_from_cache_file=not fresh,
+            desc=f"verify_images: decoding {name}",
+        )
+        if len(kept[name]) < len(dataset):
             logger.warning(
                 "verify_images: %d unreadable image(s) left out of %s:\n  %s",
-                len(bad),
+                len(dataset) - len(kept[name]),
                 name,
-                "\n  ".join(f"{file}  ({cause})" for _, file, cause in bad),
+                "\n  ".join(f"{file}  ({cause})" for file, cause in bad_images.read().get(name, {}).items()),
             )
-            drop = {index for index, _, _ in bad}
-            dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
-        elif decode:
+        else:
             logger.info("verify_images: all %d images of %s decode.", len(dataset), name)
-        kept[name] = dataset
-    return Splits(kept["train"], kept["validation"], kept.get("test"), splits.class_names)
+    return DatasetDict(kept)

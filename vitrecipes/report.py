@@ -1,22 +1,11 @@
-"""A per-split evaluation report: metrics, confusion matrix, most confident mistakes and a Markdown page.
+"""A per-split evaluation report (files listed in docs/outputs.md), from the logits of the final evaluation.
 
-Everything is computed from the logits the final evaluation already produced, so a report costs no
-second pass over the data; only the few images shown as mistakes are decoded again.
-
-    out_dir/
-        metrics.json            top-1 / top-k accuracy, macro and weighted P/R/F1, per-class P/R/F1/support
-        confusion_matrix.json   raw counts (rows: true class, columns: predicted class) and the class names
-        confusion_matrix.png    row-normalised colours, counts written in the non-zero cells
-        mistakes.png            the most confident wrong predictions (a placeholder tile when there are none)
-        curves.png              training loss, validation loss and accuracy against step (runs that trained)
-        predictions.npz         logits, labels and class names, to recompute any of the above later
-        report.md               a page that shows all of it
+Only the few images shown as mistakes are decoded again: a report costs no second pass over the data.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,26 +14,11 @@ from typing import Any
 import jinja2
 import numpy as np
 from matplotlib.figure import Figure  # a bare Figure, no pyplot: no global backend switch, no figures left open
-from scipy.special import softmax
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    top_k_accuracy_score,
-)
+from sklearn.metrics import classification_report, confusion_matrix, top_k_accuracy_score
 
+from . import outputs
 from .images import load_rgb
-from .outputs import (
-    CONFUSION_JSON,
-    CONFUSION_PNG,
-    CURVES_PNG,
-    METRICS_FILE,
-    MISTAKES_PNG,
-    PREDICTIONS_FILE,
-    REPORT_FILE,
-)
-
-REPORT_TEMPLATE = "report_template.md"
+from .metrics import scores
 
 
 @dataclass
@@ -54,7 +28,7 @@ class SplitPredictions:
     split: str
     logits: np.ndarray
     labels: np.ndarray
-    dataset: Any  # the split as evaluated (transform attached), in prediction order
+    dataset: Any  # the split as evaluated (transform attached), in prediction order, unreadable rows left out
 
 
 TOP_K = 5
@@ -73,110 +47,73 @@ def write_report(
     log_history: list[dict] | None = None,
     final_validation: dict | None = None,
 ) -> Path:
-    """Write the report for one evaluated split into `out_dir` and return the path of its report.md.
+    """Write the report of one evaluated split (as `evaluate_splits` returns it) and return its report.md.
 
-    `log_history`: Trainer's (`trainer.state.log_history`, as in trainer_state.json), for the curves;
-    `final_validation`: the final validation metrics, drawn there when nothing was evaluated during training.
-
-    `predictions.dataset` must hold the evaluated rows in prediction order; its transform is
-    bypassed so the mistakes grid shows the stored images, not the normalised model inputs.
+    `log_history`: Trainer's (`trainer.state.log_history`), for the curves; `final_validation`: the final
+    validation metrics, drawn there when nothing was evaluated during training.
     """
-    logits, labels = _checked_inputs(predictions, class_names, image_column)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = [str(name) for name in class_names]
-
-    probabilities = softmax(logits.astype(np.float64), axis=1)
+    logits, labels = predictions.logits, predictions.labels
+    probabilities, numbers = compute_report_metrics(logits, labels, class_names)
     predicted = probabilities.argmax(axis=1)
-    counts = confusion_matrix(labels, predicted, labels=np.arange(len(names)))
+    counts = confusion_matrix(labels, predicted, labels=np.arange(len(class_names)))
     metrics = {
         "split": predictions.split,
         "checkpoint": checkpoint,
-        **compute_report_metrics(probabilities, labels, names),
-        "most_confused": most_confused_pairs(counts, names),
+        **numbers,
+        "most_confused": most_confused_pairs(counts, class_names),
     }
-
-    _write_json(out / METRICS_FILE, metrics)
-    _write_json(
-        out / CONFUSION_JSON, {"class_names": names, "rows": "true", "columns": "predicted", "counts": counts.tolist()}
-    )
-    np.savez_compressed(out / PREDICTIONS_FILE, logits=logits, labels=labels, class_names=np.array(names))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / outputs.METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    confusion = {"class_names": list(class_names), "rows": "true", "columns": "predicted", "counts": counts.tolist()}
+    (out / outputs.CONFUSION_JSON).write_text(json.dumps(confusion, indent=2) + "\n", encoding="utf-8")
+    np.savez_compressed(out / outputs.PREDICTIONS_FILE, logits=logits, labels=labels, class_names=np.array(class_names))
     title = f"{predictions.split} · {_tail(checkpoint, 60)} · n={len(labels)}"
     # "tight" on top of the constrained layout: long rotated class names must never be clipped.
-    plot_confusion_matrix(counts, names, title).savefig(out / CONFUSION_PNG, bbox_inches="tight")
+    plot_confusion_matrix(counts, class_names, title).savefig(out / outputs.CONFUSION_PNG, bbox_inches="tight")
     mistakes = most_confident_mistakes(probabilities, labels)
-    plot_mistakes(predictions, image_column, mistakes, probabilities, labels, names, title).savefig(out / MISTAKES_PNG)
+    figure = plot_mistakes(predictions, image_column, mistakes, probabilities, labels, class_names, title)
+    figure.savefig(out / outputs.MISTAKES_PNG)
     curves = plot_curves(log_history, final_validation) if log_history else None
     if curves is not None:
-        curves.savefig(out / CURVES_PNG)
-    report = out / REPORT_FILE
-    markdown = render_markdown(metrics, names, int((predicted != labels).sum()), curves is not None)
-    report.write_text(markdown, encoding="utf-8")
+        curves.savefig(out / outputs.CURVES_PNG)
+    n_mistakes = int((predicted != labels).sum())
+    page = _PAGES.get_template("report_template.md").render(
+        m=metrics, n_mistakes=n_mistakes, max_mistakes=MAX_MISTAKES, curves=curves is not None, files=outputs
+    )
+    report = out / outputs.REPORT_FILE
+    report.write_text(page.rstrip() + "\n", encoding="utf-8")
     return report
 
 
-def _checked_inputs(
-    predictions: SplitPredictions, class_names: Sequence[str], image_column: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fail loudly, before anything is written, on inputs that would pair the wrong image, label or class name."""
-    logits = np.asarray(predictions.logits)
-    labels = np.asarray(predictions.labels).astype(np.int64)
-    if logits.ndim != 2 or logits.shape[1] != len(class_names):
-        raise ValueError(f"logits must have shape (samples, {len(class_names)} classes), got {logits.shape}.")
-    if labels.shape != (logits.shape[0],):
-        raise ValueError(f"labels must have shape ({logits.shape[0]},) to match the logits, got {labels.shape}.")
-    if len(labels) == 0:
-        raise ValueError(f"The {predictions.split} split has no samples to report on.")
-    if len(predictions.dataset) != len(labels):
-        raise ValueError(
-            f"The {predictions.split} dataset has {len(predictions.dataset)} rows but there are {len(labels)} "
-            "predictions; the mistakes grid would show the wrong images."
-        )
-    if image_column not in predictions.dataset.column_names:
-        raise ValueError(
-            f"image column '{image_column}' is not in the {predictions.split} dataset "
-            f"(columns: {', '.join(predictions.dataset.column_names)})."
-        )
-    if labels.min() < 0 or labels.max() >= len(class_names):
-        raise ValueError(f"labels must lie in [0, {len(class_names)}), got {labels.min()}..{labels.max()}.")
-    return logits, labels
-
-
-def compute_report_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Headline and per-class numbers, all from scikit-learn. A class never predicted gets precision 0."""
+def compute_report_metrics(
+    logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> tuple[np.ndarray, dict]:
+    """The class probabilities, and the headline and per-class numbers. A class never predicted gets precision 0."""
+    probabilities, headline = scores(logits, labels)
     classes = np.arange(len(class_names))
-    predicted = probabilities.argmax(axis=1)
-    k = min(TOP_K, len(class_names))
-    metrics = {
-        "samples": int(len(labels)),
-        "num_classes": len(class_names),
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "top_k": k,
-        "top_k_accuracy": _top_k_accuracy(probabilities, labels, k),
-    }
-    for average in ("macro", "weighted"):
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            labels, predicted, labels=classes, average=average, zero_division=0
-        )
-        metrics[average] = {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=classes, average=None, zero_division=0
+    k = min(TOP_K, len(classes))
+    # With k as many as the classes every label is in the top k (scikit-learn would also warn so).
+    top_k_accuracy = top_k_accuracy_score(labels, probabilities, k=k, labels=classes) if k < len(classes) else 1.0
+    table = classification_report(
+        labels, probabilities.argmax(axis=1), labels=classes, output_dict=True, zero_division=0
     )
-    metrics["per_class"] = {
-        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-        for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
+    # Rows by class id, not name: a class called "accuracy" or "macro avg" would clash with the summary rows.
+    per_class = {name: table[str(i)] for i, name in enumerate(class_names)}
+    return probabilities, {
+        "samples": len(labels),
+        "num_classes": len(classes),
+        **headline,
+        "top_k": k,
+        "top_k_accuracy": float(top_k_accuracy),
+        "macro": _prf(table["macro avg"]),
+        "weighted": _prf(table["weighted avg"]),
+        "per_class": {name: {**_prf(row), "support": int(row["support"])} for name, row in per_class.items()},
     }
-    return metrics
 
 
-def _top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
-    classes = np.arange(probabilities.shape[1])
-    # scikit-learn wants the positive class's score alone when there are two classes.
-    scores = probabilities[:, 1] if len(classes) == 2 else probabilities
-    with warnings.catch_warnings():
-        # k is capped at the number of classes on purpose; its "perfect score" warning would only be noise.
-        warnings.filterwarnings("ignore", message=".*will result in a perfect score.*")
-        return float(top_k_accuracy_score(labels, scores, k=k, labels=classes))
+def _prf(row: dict[str, float]) -> dict[str, float]:
+    return {"precision": row["precision"], "recall": row["recall"], "f1": row["f1-score"]}
 
 
 def most_confused_pairs(counts: np.ndarray, class_names: Sequence[str], limit: int = MAX_CONFUSED_PAIRS) -> list[dict]:
@@ -307,31 +244,10 @@ _PAGES = jinja2.Environment(
 _PAGES.filters["cell"] = lambda text: str(text).replace("|", "\\|")  # a class name inside a Markdown table
 
 
-def render_markdown(metrics: dict, class_names: Sequence[str], n_mistakes: int, curves: bool = False) -> str:
-    files = {
-        "confusion_png": CONFUSION_PNG,
-        "mistakes_png": MISTAKES_PNG,
-        "curves_png": CURVES_PNG,
-        "metrics": METRICS_FILE,
-        "confusion_json": CONFUSION_JSON,
-        "predictions": PREDICTIONS_FILE,
-    }
-    page = _PAGES.get_template(REPORT_TEMPLATE).render(
-        m=metrics, class_names=class_names, n_mistakes=n_mistakes, max_mistakes=MAX_MISTAKES, curves=curves, files=files
-    )
-    return page.rstrip() + "\n"
-
-
 def _short(text: str, limit: int) -> str:
-    text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _tail(text: str, limit: int) -> str:
     # The end of a checkpoint path names the run; its start is usually a long, shared prefix.
-    text = str(text)
     return text if len(text) <= limit else "…" + text[-(limit - 1) :]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import sort_checkpoints
 
 from .adaptation import parameter_groups
 from .bad_images import IGNORE_INDEX, BadImageLog, bad_image_limit
 from .config import DataArguments
-from .data import Splits
+from .data import class_names
 from .errors import RecipeError
 from .metrics import compute_metrics
 from .report import SplitPredictions
-from .transforms import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +28,13 @@ def effective_batch_size(args: TrainingArguments) -> int:
     return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
 
 
-def attach_transforms(splits: Splits, prep: Preprocessing, data_args: DataArguments, bad_images: BadImageLog) -> Splits:
+def attach_transforms(splits: DatasetDict, prep, data_args: DataArguments, bad_images: BadImageLog) -> DatasetDict:
     """Lazy preprocessing: images are decoded and transformed only when a batch is drawn."""
     transformed = {}
     for name, dataset in splits.items():
         bad_images.limits[name] = bad_image_limit(data_args.max_bad_images, len(dataset))
         transformed[name] = with_preprocessing(dataset, name, name == "train", prep, data_args, bad_images)
-    return dataclasses.replace(splits, **transformed)
+    return DatasetDict(transformed)
 
 
 def with_preprocessing(dataset, split: str, train: bool, prep, data_args, bad_images) -> Dataset:
@@ -249,16 +247,16 @@ class WeightAverage(TrainerCallback):
             logger.info("The final model holds the moving average of the weights (ema_decay %g).", self.decay)
 
 
-def build_trainer(model, processor, args, splits: Splits, prep, data_args=None, model_init=None) -> RecipeTrainer:
+def build_trainer(model, processor, args, splits: DatasetDict, prep, data_args=None, model_init=None) -> RecipeTrainer:
     mixing = None
     if data_args is not None and (data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0):
-        mixing = BatchMixing(len(splits.class_names), data_args.mixup_alpha, data_args.cutmix_alpha)
+        mixing = BatchMixing(len(class_names(splits, data_args)), data_args.mixup_alpha, data_args.cutmix_alpha)
     return RecipeTrainer(
         model=model,
         model_init=model_init,
         args=args,
-        train_dataset=splits.train if args.do_train else None,
-        eval_dataset=splits.validation,
+        train_dataset=splits["train"] if args.do_train else None,
+        eval_dataset=splits["validation"],
         data_collator=prep.collate,
         processing_class=processor,
         compute_metrics=compute_metrics,
@@ -267,7 +265,7 @@ def build_trainer(model, processor, args, splits: Splits, prep, data_args=None, 
     )
 
 
-def evaluate_splits(trainer: Trainer, splits: Splits) -> tuple[dict[str, dict], dict[str, SplitPredictions]]:
+def evaluate_splits(trainer: Trainer, splits: DatasetDict) -> tuple[dict[str, dict], dict[str, SplitPredictions]]:
     """Validation and test metrics keyed by split (prefixes removed), and the raw predictions."""
     results, predictions = {}, {}
     for name, dataset in splits.items():
@@ -283,6 +281,6 @@ def evaluate_splits(trainer: Trainer, splits: Splits) -> tuple[dict[str, dict], 
             results[name]["unreadable_images"] = int((~readable).sum())
             dataset = dataset.select(np.flatnonzero(readable))
         predictions[name] = SplitPredictions(name, np.asarray(logits)[readable], labels[readable], dataset)
-    if splits.test is None:
+    if "test" not in splits:
         logger.warning("No test split: skipping the test evaluation.")
     return results, predictions
