@@ -339,4 +339,4 @@ def test_push_to_hub_script_rejects_a_folder_without_a_model(tmp_path, capsys, h
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "README.md").write_text("# notes\n")  # a card is not a model: nothing is uploaded
     assert push_script.main([str(tmp_path), "--hub_model_id", "someone/x"]) == 2
-    assert "config.json is missing" in capsys.readouterr().err and hub_calls == []
+    assert "holds no saved model (config.json)" in capsys.readouterr().err and hub_calls == []

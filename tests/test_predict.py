@@ -185,8 +185,12 @@ def test_bad_usage_is_a_clear_message_with_status_2(tmp_path, capsys):
     # Offline, a Hub id that is not cached cannot be fetched: the same kind of message, no traceback.
     assert predict_script.main(["--model", "nobody-here/no-such-model", "x.png"]) == 2
     assert "could not be fetched" in capsys.readouterr().err
-    # A folder with a config but no weights: the pipeline cannot load it, and the message says from where.
+    # A folder with a config but no weights is refused before loading.
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "num_labels": 2}))
+    assert predict_script.main(["--model", str(tmp_path), "x.png"]) == 2
+    assert f"--model: {tmp_path} holds no model.safetensors" in capsys.readouterr().err
+    # Weights the pipeline cannot load: the message says from where.
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
     assert predict_script.main(["--model", str(tmp_path), "x.png"]) == 2
     err = capsys.readouterr().err
     assert f"could not load an image classifier and its image processor from {tmp_path}" in err

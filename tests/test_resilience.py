@@ -326,6 +326,20 @@ def test_unpickled_weights_are_refused(tmp_path, tiny_checkpoint):
         build_model(ModelArguments(model_name_or_path=str(folder)), ["a", "b"])
 
 
+def test_a_folder_without_weights_is_refused_the_same_way_everywhere(tmp_path, capsys):
+    import predict as predict_script
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "num_labels": 2}))
+    refusal = r"holds no model.safetensors.*pickled weights"
+    with pytest.raises(RecipeError, match=refusal):
+        build_model(ModelArguments(model_name_or_path=str(tmp_path)), ["a", "b"])
+    # Evaluating it is refused while the recipe is read, before any data loads.
+    with pytest.raises(RecipeError, match=refusal):
+        parse_recipe(["recipes/smoke.yaml", "--do_train", "false", "--output_dir", str(tmp_path)])
+    assert predict_script.main(["--model", str(tmp_path), "x.png"]) == 2
+    assert f"--model: {tmp_path} holds no model.safetensors" in capsys.readouterr().err
+
+
 def test_yaml_is_read_with_the_safe_loader(tmp_path):
     recipe = tmp_path / "evil.yaml"
     recipe.write_text("seed: !!python/object/apply:os.system ['echo hacked']\n")
@@ -349,7 +363,7 @@ def test_trust_remote_code_is_off_by_default():
             r"the folder /no/such/model",
         ),
         (["--per_device_train_batch_size", "eight"], r"per_device_train_batch_size: expected a whole number"),
-        (["--do_train", "false"], r"--do_train false evaluates the model saved in output_dir .*holds no saved model"),
+        (["--do_train", "false"], r"--do_train false evaluates the model saved in output_dir: .* does not exist"),
     ],
 )
 def test_data_and_model_mistakes_are_one_paragraph(tmp_path, args, message):

@@ -16,9 +16,8 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .config import ARGUMENT_CLASSES
-from .errors import RecipeError
 from .hub import is_hub_id, push_output_dir, scrub
-from .outputs import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME
+from .outputs import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME, require_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +54,11 @@ class RunFiles:
 
     @classmethod
     def read(cls, output_dir: str | Path) -> RunFiles:
-        output_dir = Path(output_dir)
+        advice = "Give the output folder of a run, e.g. outputs/smoke after `python run_snacks.py recipes/smoke.yaml`."
+        # The card is made from the files that describe the run; its weights are not read.
+        output_dir = require_model_folder(output_dir, "output_dir", advice, weights=False)
         config_path = output_dir / "config.json"
         metrics_path, recipe_path = output_dir / METRICS_FILE, output_dir / RESOLVED_RECIPE_NAME
-        if not config_path.is_file():
-            what = "holds no trained model (config.json is missing)" if output_dir.is_dir() else "does not exist"
-            raise RecipeError(
-                f"{output_dir} {what}. Give the output folder of a training run, e.g. outputs/smoke after "
-                "`python run_snacks.py recipes/smoke.yaml`."
-            )
         metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
         recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) if recipe_path.is_file() else None
         return cls(output_dir, json.loads(config_path.read_text(encoding="utf-8")), metrics, recipe or {})

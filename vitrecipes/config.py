@@ -31,6 +31,7 @@ from transformers.hf_argparser import string_to_bool
 from .adaptation import ADAPTATIONS
 from .errors import RecipeError, cause
 from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_only_settings
+from .outputs import require_model_folder
 
 
 def _key(default, help: str):
@@ -472,13 +473,11 @@ def _evaluate_the_trained_model(values: dict[str, Any], model_given: bool) -> No
     line names another with --model_name_or_path. The recipe's from-scratch architecture keys no longer
     apply: the checkpoint carries its own config."""
     if not model_given:
-        output_dir = Path(str(values["output_dir"]))
-        if not (output_dir / "config.json").is_file():
-            raise RecipeError(
-                f"--do_train false evaluates the model saved in output_dir ({output_dir}), but that folder holds "
-                "no saved model (config.json). Train it first, point --output_dir at a finished run, or name "
-                "the checkpoint with --model_name_or_path."
-            )
+        output_dir = require_model_folder(
+            str(values["output_dir"]),
+            "--do_train false evaluates the model saved in output_dir",
+            "Train it first, point --output_dir at a finished run, or name the checkpoint with --model_name_or_path.",
+        )
         values["model_name_or_path"] = str(output_dir)
     values["model_type"] = values["config_overrides"] = None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -18,6 +17,7 @@ from transformers import (
 from .config import ModelArguments
 from .errors import RecipeError, cause, hub_unreachable
 from .hub import is_hub_id
+from .outputs import require_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +27,10 @@ def _hub_kwargs(args: ModelArguments) -> dict:
 
 
 def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:
-    folder = Path(name).expanduser()
-    if folder.is_dir() and (folder / "config.json").exists() and not list(folder.glob("*.safetensors")):
-        return RecipeError(
-            f"model_name_or_path: {name} holds no model.safetensors. Only safetensors weights are loaded, because "
-            "pickled weights (pytorch_model.bin) can run code when loaded. Convert it once, in a trusted "
-            "environment: load it with from_pretrained and call save_pretrained (which writes safetensors)."
-        )
     if not is_hub_id(name):
-        return RecipeError(
-            f"model_name_or_path: the folder {name} does not exist or holds no model. Give a folder written "
-            "by save_pretrained (config.json + model.safetensors) or a Hub id."
-        )
+        advice = "Give a folder written by save_pretrained (config.json + model.safetensors) or a Hub id."
+        require_model_folder(name, "model_name_or_path", advice)
+        return RecipeError(f"model_name_or_path: could not load {name} ({cause(error)}). {advice}")
     return RecipeError(
         f"model_name_or_path: could not load '{name}' ({hub_unreachable('the Hub could not be reached')}, or "
         f"the id is misspelt, or it is not in the local cache). Download it once with `hf download {name}` on a "

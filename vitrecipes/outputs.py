@@ -200,3 +200,19 @@ def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) ->
         return None
     logger.warning("Resuming the unfinished run in %s from %s.", output_dir, checkpoint.name)
     return str(checkpoint)
+
+
+def require_model_folder(folder: str | Path, what: str, advice: str, weights: bool = True) -> Path:
+    """`folder` if save_pretrained wrote a model there (config.json, and safetensors weights when `weights`)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise RecipeError(f"{what}: the folder {folder} does not exist. {advice}")
+    if not (folder / "config.json").is_file():
+        raise RecipeError(f"{what}: {folder} holds no saved model (config.json). {advice}")
+    if weights and not any(folder.glob("*.safetensors")):
+        raise RecipeError(
+            f"{what}: {folder} holds no model.safetensors. Only safetensors weights are loaded, because pickled "
+            "weights (pytorch_model.bin) can run code when loaded. Convert it once, in a trusted environment: load "
+            "it with from_pretrained and call save_pretrained (which writes safetensors)."
+        )
+    return folder

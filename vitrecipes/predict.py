@@ -1,12 +1,9 @@
-"""Classify images with a trained output folder (or a Hub model) through transformers' `pipeline()`.
+"""Classify images with an output folder (or a Hub model) through transformers' `pipeline()`.
 
-    from vitrecipes.predict import predict
     predict("outputs/smoke", ["cat.png", "photos/", "https://example.com/dog.jpg"], top_k=3)
 
-The image processor a run saves applies exactly its evaluation transform (`Preprocessing.serving_processor`),
-so the pipeline reproduces the run's evaluation. Inputs are files, folders (searched recursively for images),
-http(s) URLs or PIL images, decoded as the training data was. An input that cannot be read becomes a result
-with an "error" key; the other inputs are still classified.
+A run saves its evaluation transform as its image processor, so the pipeline reproduces its evaluation.
+An input that cannot be read becomes a result with an "error" key; the others are still classified.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ from transformers import ImageClassificationPipeline
 from .errors import RecipeError, cause
 from .hub import is_hub_id
 from .images import load_rgb
+from .outputs import require_model_folder
 
 IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 URL_TIMEOUT_S = 30
@@ -36,10 +34,7 @@ def is_url(value: Any) -> bool:
 
 
 def expand_inputs(items: Iterable[Any]) -> list[Any]:
-    """Files and URLs as given; folders replaced by their images, recursively, in sorted order.
-
-    A folder without images stays in the list so that it is reported, not silently skipped.
-    """
+    """Folders replaced by their images, recursively and sorted; a folder without images stays, to be reported."""
     expanded: list[Any] = []
     for item in items:
         if isinstance(item, (str, os.PathLike)) and not is_url(item) and Path(item).is_dir():
@@ -52,6 +47,7 @@ def expand_inputs(items: Iterable[Any]) -> list[Any]:
 
 def read_image(item: Any) -> Image.Image:
     """An RGB image from a path, a URL or a PIL image, decoded as the training data was."""
+    # Not transformers' load_image: its convert("RGB") drops transparency and clips 16-bit pixels, unlike training.
     if isinstance(item, Image.Image):
         return load_rgb(item)
     if is_url(item):
@@ -68,44 +64,27 @@ def read_image(item: Any) -> Image.Image:
     return image
 
 
-def _pick_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RecipeError(f"--device {device}: no CUDA GPU is available here. Use --device cpu (or leave it out).")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise RecipeError(f"--device {device}: not a device name; use cpu, cuda or cuda:N.") from None
-
-
 def load_classifier(model: str | os.PathLike, device: str | None = None) -> ImageClassificationPipeline:
     """The image-classification pipeline of an output folder or a Hub model id: load once, classify many."""
     from transformers import pipeline
 
-    name, folder = str(model), Path(model).expanduser()
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        raise RecipeError(
-            f"--model: {folder} holds no config.json. Give an output folder of a training run "
-            "(config.json, model.safetensors, preprocessor_config.json), e.g. outputs/smoke."
-        )
-    if not folder.is_dir() and not is_hub_id(name):
-        raise RecipeError(
-            f"--model: the folder {name} does not exist. Give the output folder of a training run "
-            "(e.g. outputs/smoke, written by `python run_snacks.py recipes/smoke.yaml`) or a Hub model id."
-        )
-    target = _pick_device(device)
+    name = str(model)
+    if not is_hub_id(name):
+        advice = "Give the output folder of a training run (e.g. outputs/smoke, from recipes/smoke.yaml) or a Hub id."
+        name = str(require_model_folder(name, "--model", advice))
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise RecipeError(f"--device {device}: no CUDA GPU is available here. Use --device cpu (or leave it out).")
     try:
         return pipeline(
             "image-classification",
-            model=str(folder) if folder.is_dir() else name,
-            device=target,
+            model=name,
+            device=None if device == "auto" else device,  # None: the pipeline takes the GPU when there is one
             model_kwargs={"use_safetensors": True},  # never unpickle weights
         )
     except Exception as error:  # noqa: BLE001 - any loading or download failure gets the same advice
-        if folder.is_dir():
+        if not is_hub_id(name):
             raise RecipeError(
-                f"--model: could not load an image classifier and its image processor from {folder} ({cause(error)})."
+                f"--model: could not load an image classifier and its image processor from {name} ({cause(error)})."
             ) from None
         raise RecipeError(
             f"--model: {name} is not a local folder and could not be fetched from the Hugging Face Hub "
@@ -135,34 +114,25 @@ def iter_predictions(
     classifier = model if isinstance(model, ImageClassificationPipeline) else load_classifier(model, device)
     items = expand_inputs([images] if isinstance(images, (str, os.PathLike, Image.Image)) else images)
     for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        names = [_display_name(item, start + i) for i, item in enumerate(batch)]
         results, loaded = {}, {}
-        for offset, item in enumerate(batch):
+        for position, item in enumerate(items[start : start + batch_size], start):
+            results[position] = {"input": _display_name(item, position)}
             try:
-                loaded[offset] = read_image(item)
+                loaded[position] = read_image(item)
             except Exception as error:  # noqa: BLE001 - one bad input must not stop the others
-                results[offset] = {"input": names[offset], "error": f"{type(error).__name__}: {error}"}
-        if loaded:
-            outputs = classifier(list(loaded.values()), top_k=top_k, batch_size=batch_size)
-            for offset, top in zip(loaded, outputs):
-                best = top[0]
-                results[offset] = {"input": names[offset], "label": best["label"], "score": best["score"], "top_k": top}
-        yield from (results[offset] for offset in range(len(names)))
+                results[position]["error"] = f"{type(error).__name__}: {error}"
+        outputs = classifier(list(loaded.values()), top_k=top_k, batch_size=batch_size) if loaded else []
+        for position, top in zip(loaded, outputs):
+            results[position].update(label=top[0]["label"], score=top[0]["score"], top_k=top)
+        yield from results.values()
 
 
-def predict(
-    model: str | os.PathLike | ImageClassificationPipeline,
-    images: Any,
-    top_k: int = 1,
-    batch_size: int = 32,
-    device: str | None = None,
-) -> list[dict]:
-    """Classify images; one dict per image: {input, label, score, top_k: [{label, score}]} or {input, error}.
+def predict(model: str | os.PathLike | ImageClassificationPipeline, images: Any, **options) -> list[dict]:
+    """One dict per image: {input, label, score, top_k: [{label, score}]} or {input, error}.
 
-    `model` is an output folder, a Hub id, or a `load_classifier(...)` to reuse across calls.
+    `model`: an output folder, a Hub id, or a `load_classifier(...)` to reuse; options: top_k, batch_size, device.
     """
-    return list(iter_predictions(model, images, top_k=top_k, batch_size=batch_size, device=device))
+    return list(iter_predictions(model, images, **options))
 
 
 # --- command line -------------------------------------------------------------------------------
