@@ -336,7 +336,7 @@ def test_duplicate_keys_name_the_key_the_file_and_both_lines(tmp_path):
     with pytest.raises(RecipeError, match=r"sets 'hidden_size' twice \(lines 2 and 3\)"):
         parse_recipe([nested])
     # Search-space files are read the same way.
-    from vitrecipes.experiments import load_search_space
+    from vitrecipes.config import load_search_space
 
     space = tmp_path / "space.yaml"
     space.write_text("n_trials: 2\nparams:\n  learning_rate: {low: 1.0e-5, high: 1.0e-3}\n  learning_rate: {low: 1}\n")

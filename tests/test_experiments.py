@@ -185,9 +185,8 @@ def test_an_interrupted_sweep_goes_on_from_where_it_stopped(tmp_path):
 
 
 def test_a_sweep_key_must_be_a_training_key(tmp_path):
-    from vitrecipes.config import parse_recipe
+    from vitrecipes.config import load_search_space, parse_recipe
     from vitrecipes.errors import RecipeError
-    from vitrecipes.experiments import load_search_space
 
     training = parse_recipe(["recipes/dinov2-small/snacks/config_cpu.yaml"])[2]
     n_trials, params = load_search_space(ROOT / "recipes/dinov2-small/snacks/sweep_lr.yaml", training)

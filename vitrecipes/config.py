@@ -511,8 +511,6 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
     if training_args.sweep and not Path(training_args.sweep).is_file():
         raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
     if training_args.sweep:
-        from .experiments import load_search_space  # experiments imports this module
-
         load_search_space(training_args.sweep, training_args)  # its mistakes, before any data is loaded
     seeds = training_args.seeds or []
     for key, values in (("seed", [training_args.seed]), ("data_seed", [training_args.data_seed]), ("seeds", seeds)):
@@ -608,3 +606,45 @@ def _check_tracker(name: str) -> None:
             f"report_to: {name} {problem}, and Trainer needs it to log there. Run `pip install {name}` (or "
             f"`pip install --upgrade {name}`), or remove {name} from report_to."
         )
+
+
+def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, dict]]:
+    """(n_trials, {key: spec}) from a search-space file, checked against the training keys."""
+    space = read_yaml(path)
+    unknown = sorted(set(space) - {"n_trials", "params"})
+    params = space.get("params") or {}
+    if unknown or not isinstance(params, dict) or not params:
+        raise RecipeError(
+            f"Search space {path} must hold `n_trials: N` and `params:` with one entry per key, e.g. "
+            "`learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}` or `lr_scheduler_type: {choices: [cosine, "
+            "linear]}`" + (f"; it has unknown entries {unknown}." if unknown else ".")
+        )
+    n_trials = space.get("n_trials", 10)
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise RecipeError(
+            f"Search space {path}: 'n_trials' must be a whole number of trials, 1 or more; got {n_trials!r}."
+        )
+    for key, spec in params.items():
+        if not hasattr(training_args, key):
+            raise RecipeError(
+                f"Search space {path}: '{key}' is not a training key. Trainer.hyperparameter_search sets "
+                "TrainingArguments keys (learning_rate, weight_decay, num_train_epochs, warmup_steps, ...) only."
+            )
+        if not isinstance(spec, dict) or not ({"choices"} <= set(spec) or {"low", "high"} <= set(spec)):
+            raise RecipeError(f"Search space {path}: '{key}' needs either `choices: [...]` or `low` and `high`.")
+        if "choices" in spec:
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise RecipeError(f"Search space {path}: '{key}' needs a non-empty list of `choices`.")
+            continue
+        try:  # float(), as optuna_space reads them: PyYAML reads `1e-4` as text
+            ordered = float(spec["low"]) <= float(spec["high"])
+        except (TypeError, ValueError):
+            ordered = False
+        if not ordered:
+            raise RecipeError(
+                f"Search space {path}: '{key}' needs numbers with low <= high; got low {spec['low']!r}, "
+                f"high {spec['high']!r}."
+            )
+        if spec.get("log") and float(spec["low"]) <= 0:
+            raise RecipeError(f"Search space {path}: '{key}' has `log: true`, which needs low > 0; got {spec['low']}.")
+    return n_trials, params

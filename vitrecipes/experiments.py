@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import parse_recipe, read_yaml
+from .config import load_search_space, parse_recipe
 from .errors import RecipeError
 from .outputs import (
     BEST_RECIPE_NAME,
@@ -127,48 +127,6 @@ def run_seeds(main: Callable, argv: list[str], training_args) -> dict:
 
 
 # --- sweeps ---------------------------------------------------------------------------------------
-
-
-def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, dict]]:
-    """(n_trials, {key: spec}) from a search-space file, checked against the training keys."""
-    space = read_yaml(path)
-    unknown = sorted(set(space) - {"n_trials", "params"})
-    params = space.get("params") or {}
-    if unknown or not isinstance(params, dict) or not params:
-        raise RecipeError(
-            f"Search space {path} must hold `n_trials: N` and `params:` with one entry per key, e.g. "
-            "`learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}` or `lr_scheduler_type: {choices: [cosine, "
-            "linear]}`" + (f"; it has unknown entries {unknown}." if unknown else ".")
-        )
-    n_trials = space.get("n_trials", 10)
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise RecipeError(
-            f"Search space {path}: 'n_trials' must be a whole number of trials, 1 or more; got {n_trials!r}."
-        )
-    for key, spec in params.items():
-        if not hasattr(training_args, key):
-            raise RecipeError(
-                f"Search space {path}: '{key}' is not a training key. Trainer.hyperparameter_search sets "
-                "TrainingArguments keys (learning_rate, weight_decay, num_train_epochs, warmup_steps, ...) only."
-            )
-        if not isinstance(spec, dict) or not ({"choices"} <= set(spec) or {"low", "high"} <= set(spec)):
-            raise RecipeError(f"Search space {path}: '{key}' needs either `choices: [...]` or `low` and `high`.")
-        if "choices" in spec:
-            if not isinstance(spec["choices"], list) or not spec["choices"]:
-                raise RecipeError(f"Search space {path}: '{key}' needs a non-empty list of `choices`.")
-            continue
-        try:  # float(), as optuna_space reads them: PyYAML reads `1e-4` as text
-            ordered = float(spec["low"]) <= float(spec["high"])
-        except (TypeError, ValueError):
-            ordered = False
-        if not ordered:
-            raise RecipeError(
-                f"Search space {path}: '{key}' needs numbers with low <= high; got low {spec['low']!r}, "
-                f"high {spec['high']!r}."
-            )
-        if spec.get("log") and float(spec["low"]) <= 0:
-            raise RecipeError(f"Search space {path}: '{key}' has `log: true`, which needs low > 0; got {spec['low']}.")
-    return n_trials, params
 
 
 def optuna_space(params: dict[str, dict]) -> Callable:
