@@ -44,8 +44,7 @@ _LIMITS = {
     "lora_dropout": (lambda v: 0 <= v < 1, "lie in [0, 1) (a probability)"),
     "drop_path_rate": (lambda v: 0 <= v < 1, "lie in [0, 1) (the chance that a block is skipped)"),
     "image_size": (lambda v: v >= 8, "be a side in pixels (8 or more)"),
-    "mixup_alpha": (lambda v: v >= 0, "be 0 (off) or positive"),
-    "cutmix_alpha": (lambda v: v >= 0, "be 0 (off) or positive"),
+    **dict.fromkeys(("mixup_alpha", "cutmix_alpha"), (lambda v: v >= 0, "be 0 (off) or positive")),
     "random_erasing": (lambda v: 0 <= v <= 1, "lie in [0, 1] (a probability)"),
     "validation_split_size": (lambda v: 0 < v < 1, "lie strictly between 0 and 1"),
     "eval_crop_pct": (lambda v: 0 < v <= 1, "lie in (0, 1]"),
@@ -101,7 +100,7 @@ class ModelArguments:
             )
         if self.adaptation != "full" and self.model_name_or_path is None:
             raise RecipeError(
-                f"adaptation '{self.adaptation}' adapts a pretrained checkpoint; from scratch, use 'full'."
+                f"adaptation '{self.adaptation}' adapts a pretrained checkpoint; use 'full' from scratch."
             )
         folder = self.model_name_or_path
         if not self.trust_remote_code and folder and Path(folder).is_dir():
@@ -222,9 +221,7 @@ def load_yaml(text: str):
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(
-            f"Recipe file {path} does not exist. Give the path of a YAML recipe, e.g. recipes/smoke.yaml."
-        )
+        raise RecipeError(f"Recipe file {path} does not exist. Give a YAML recipe's path, e.g. recipes/smoke.yaml.")
     try:
         content = load_yaml(path.read_text(encoding="utf-8"))
     except _DuplicateKey as error:
@@ -247,13 +244,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return content or {}
 
 
-_HINTS = {key: hint for cls in ARGUMENT_CLASSES for key, hint in typing.get_type_hints(cls).items()}
-
-
-def _options(key: str) -> tuple:
-    """The types a key takes: `int | None` -> (int, NoneType)."""
-    hint = _HINTS.get(key)
-    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+# The types each key takes: `int | None` -> (int, NoneType).
+_OPTIONS = {
+    key: typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for cls in ARGUMENT_CLASSES
+    for key, hint in typing.get_type_hints(cls).items()
+}
 
 
 def _is_enum(option) -> bool:
@@ -294,13 +290,12 @@ def _as_type(value, option):
     raise TypeError(value)
 
 
-_EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
-_EXPECTED[dict] = "a mapping such as {a: 1}"
+_EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "text", dict: "a mapping {a: 1}"}
 
 
 def _coerce(key: str, value, source: str):
     """A recipe value, or the command line's text, as its key's type; else a RecipeError that names the key."""
-    options = _options(key)
+    options = _OPTIONS[key]
     if any(_is_enum(o) or (typing.get_origin(o) or o) is dict for o in options):
         options = [o for o in options if o is not str]  # `str` only lets HfArgumentParser take such keys as text
     if isinstance(value, str) and str in options:
@@ -330,12 +325,9 @@ class RecipeParser(HfArgumentParser):
     def __init__(self):
         super().__init__(
             ARGUMENT_CLASSES,
-            prog="run_snacks.py",
             usage="python run_snacks.py RECIPE.yaml [--key value ...]",
-            description="Train an image classifier from a YAML recipe. Every key below can be set in the recipe "
-            "or on the command line (--key value, --key=value, --flag for true, --mapping.key value, null for "
-            "none); the command line wins. docs/recipes.md describes every key.",
-            allow_abbrev=False,
+            description="Train an image classifier from a YAML recipe. Set any key below in the recipe or on the "
+            "command line (--key value, --key=value, --flag, --mapping.key value, null), which wins.",
         )
 
     def error(self, message: str):
@@ -359,8 +351,8 @@ _RENAMED_KEYS = {
 
 def check_keys(keys, source: str) -> None:
     for key in keys:
-        if key not in _HINTS:
-            close = difflib.get_close_matches(key, sorted(_HINTS), n=1, cutoff=0.6)
+        if key not in _OPTIONS:
+            close = difflib.get_close_matches(key, sorted(_OPTIONS), n=1, cutoff=0.6)
             hint = _RENAMED_KEYS.get(key) or (f"Did you mean '{close[0]}'?" if close else "")
             raise RecipeError(
                 f"Unknown key '{key}' in {source}.{' ' + hint if hint else ''} "
@@ -387,15 +379,15 @@ def parse_recipe(argv: list[str] | None = None):
     for start, end in zip(starts, [*starts[1:], len(argv)]):
         option, equals, value = argv[start].partition("=")
         given[option[2:].replace("-", "_")] = [option, *([value] if equals else []), *argv[start + 1 : end]]
-    check_keys([key.split(".")[0] for key in given if key.removeprefix("no_") not in _HINTS], "the command line")
+    check_keys([key.split(".")[0] for key in given if key.removeprefix("no_") not in _OPTIONS], "the command line")
     # The recipe's values and the command line's words are typed alike (by each key's annotation) and become
     # the parser's defaults; argparse is left stray words and keys without their value.
     defaults = {key: _coerce(key, value, source) for key, value in recipe.items()}
     for key, (option, *words) in given.items():
-        if key.startswith("no_") and bool in _options(key[3:]) and not words:  # HfArgumentParser's --no_flag
+        if key.startswith("no_") and bool in _OPTIONS.get(key[3:], ()) and not words:  # HfArgumentParser's --no_flag
             key, words = key[3:], ["false"]
         parent, dot, child = key.partition(".")
-        if parent not in _HINTS or not (words or dot or bool in _options(key)):
+        if parent not in _OPTIONS or not (words or dot or bool in _OPTIONS.get(key, ())):
             rest += [option, *words]  # for argparse's own message
             continue
         if dot:  # --mapping.key value: one entry of a mapping, typed as YAML
@@ -422,14 +414,9 @@ def parse_recipe(argv: list[str] | None = None):
         # Evaluate the model this recipe trained, unless the command line names another; the recipe's
         # from-scratch keys no longer apply: the checkpoint carries its own config.
         if "model_name_or_path" not in given:
-            values["model_name_or_path"] = str(
-                require_model_folder(
-                    values["output_dir"],
-                    "--do_train false evaluates the model saved in output_dir",
-                    "Train it first, point --output_dir at a finished run, or name the checkpoint with "
-                    "--model_name_or_path.",
-                )
-            )
+            what = "--do_train false evaluates the model saved in output_dir"
+            advice = "Train it first, point --output_dir at a finished run, or name one with --model_name_or_path."
+            values["model_name_or_path"] = str(require_model_folder(values["output_dir"], what, advice))
         values["model_type"] = values["config_overrides"] = None
     switched_off = switch_off_gpu_only_settings(values)
     try:
@@ -471,9 +458,9 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
         )
     if training_args.seeds and training_args.sweep:
         raise RecipeError("seeds and sweep cannot be combined: run the sweep, then --seeds on its best_recipe.yaml.")
-    if training_args.sweep and not Path(training_args.sweep).is_file():
-        raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
     if training_args.sweep:
+        if not Path(training_args.sweep).is_file():
+            raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
         load_search_space(training_args.sweep, training_args)  # its mistakes, before any data is loaded
     seeds = training_args.seeds or []
     twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
@@ -563,9 +550,7 @@ def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, d
         )
     n_trials = space.get("n_trials", 10)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise RecipeError(
-            f"Search space {path}: 'n_trials' must be a whole number of trials, 1 or more; got {n_trials!r}."
-        )
+        raise RecipeError(f"Search space {path}: 'n_trials' must be a whole number, 1 or more; got {n_trials!r}.")
     for key, spec in params.items():
         where = f"Search space {path}: '{key}'"
         if not hasattr(training_args, key):
