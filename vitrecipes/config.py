@@ -230,15 +230,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"{path} sets '{key}' twice (lines {first} and {second}); YAML would silently keep the last value. "
             "Delete the one you do not mean."
         ) from None
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown place"
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise RecipeError(
-            f"Recipe {path} is not valid YAML at {where}: {error.problem}. "
+            f"Recipe {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}. "
             "Check the indentation and that every key is followed by ': '."
         ) from None
-    except yaml.YAMLError as error:
-        raise RecipeError(f"Recipe {path} is not valid YAML: {error}.") from None
     if not isinstance(content or {}, dict):
         raise RecipeError(f"Recipe {path} must be a mapping of keys to values, not a {type(content).__name__}.")
     return content or {}
@@ -290,7 +288,7 @@ def _as_type(value, option):
     raise TypeError(value)
 
 
-_EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "text", dict: "a mapping {a: 1}"}
+_EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "text", dict: "a mapping ({a: 1})"}
 
 
 def _coerce(key: str, value, source: str):
@@ -320,15 +318,7 @@ def _coerce(key: str, value, source: str):
 
 
 class RecipeParser(HfArgumentParser):
-    """The three argument dataclasses as one argparse parser whose mistakes are RecipeErrors."""
-
-    def __init__(self):
-        super().__init__(
-            ARGUMENT_CLASSES,
-            usage="python run_snacks.py RECIPE.yaml [--key value ...]",
-            description="Train an image classifier from a YAML recipe. Set any key below in the recipe or on the "
-            "command line (--key value, --key=value, --flag, --mapping.key value, null), which wins.",
-        )
+    """An argparse parser whose mistakes are RecipeErrors."""
 
     def error(self, message: str):
         raise RecipeError(f"The command line: {message.rstrip('.')}. Overrides look like '--learning_rate 3.0e-4'.")
@@ -336,16 +326,14 @@ class RecipeParser(HfArgumentParser):
 
 _IN_5 = "It was renamed or removed in transformers 5; use"
 _GONE = "It was removed (its speed-up was below the benchmark's noise); delete the key."
+_REMOVED = ("reuse_freed_memory", "dataloader_worker_niceness", "jpeg_draft", "decoded_image_cache_mib", "decode_ahead")
 # Keys of transformers 4 recipes, and keys that older resolved recipes of this project hold.
 _RENAMED_KEYS = {
     "warmup_ratio": f"{_IN_5} warmup_steps (a value below 1 is read as a fraction of all steps).",
     "evaluation_strategy": f"{_IN_5} eval_strategy.",
     "no_cuda": f"{_IN_5} use_cpu.",
     "save_safetensors": f"{_IN_5} nothing: weights are always saved as safetensors; remove the key.",
-    **dict.fromkeys(
-        ["reuse_freed_memory", "dataloader_worker_niceness", "jpeg_draft", "decoded_image_cache_mib", "decode_ahead"],
-        _GONE,
-    ),
+    **dict.fromkeys(_REMOVED, _GONE),
 }
 
 
@@ -363,7 +351,12 @@ def check_keys(keys, source: str) -> None:
 def parse_recipe(argv: list[str] | None = None):
     """`RECIPE.yaml [--key value ...]` as (model_args, data_args, training_args, recipe_path)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = RecipeParser()
+    parser = RecipeParser(
+        ARGUMENT_CLASSES,
+        usage="python run_snacks.py RECIPE.yaml [--key value ...]",
+        description="Train an image classifier from a YAML recipe. Set any key below in the recipe or on the "
+        "command line (--key value, --key=value, --flag, --mapping.key value, null), which wins.",
+    )
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
         raise SystemExit(0)
@@ -467,15 +460,15 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
     if twice:
         raise RecipeError(f"seeds: {twice[0]} is given twice; each seed runs once, into output_dir/seed-{twice[0]}.")
     # Trainer imports a tracker only when it builds its callbacks, after the data has loaded.
-    for name in [tracker for tracker in training_args.report_to if tracker in _TRACKERS]:  # a list once read
+    for name in [tracker for tracker in training_args.report_to if tracker in _TRACKERS]:  # "all" is a list by now
         try:
             importlib.import_module(name)
         except Exception as error:  # noqa: BLE001 - installed but broken (a missing shared library, a bad version)
             missing = isinstance(error, ModuleNotFoundError) and error.name == name
+            problem = "is not installed" if missing else f"fails to import ({cause(error)})"
             raise RecipeError(
-                f"report_to: {name} {'is not installed' if missing else f'fails to import ({cause(error)})'}, and "
-                f"Trainer needs it to log there. Run `pip install {name}` (or `pip install --upgrade {name}`), or "
-                f"remove {name} from report_to."
+                f"report_to: {name} {problem}, and Trainer needs it to log there. Run `pip install {name}` (or "
+                f"`pip install --upgrade {name}`), or remove {name} from report_to."
             ) from None
     if model_args.config_overrides and model_args.model_name_or_path:
         raise RecipeError(
@@ -560,18 +553,16 @@ def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, d
             )
         if not isinstance(spec, dict) or not ({"choices"} <= set(spec) or {"low", "high"} <= set(spec)):
             raise RecipeError(f"{where} needs either `choices: [...]` or `low` and `high`.")
-        if "choices" in spec and not (isinstance(spec["choices"], list) and spec["choices"]):
-            raise RecipeError(f"{where} needs a non-empty list of `choices`.")
         if "choices" in spec:
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise RecipeError(f"{where} needs a non-empty list of `choices`.")
             continue
         try:  # float(), as optuna_space reads them: PyYAML reads `1e-4` as text
             ordered = float(spec["low"]) <= float(spec["high"])
         except (TypeError, ValueError):
             ordered = False
         if not ordered:
-            raise RecipeError(
-                f"{where} needs numbers with low <= high; got low {spec['low']!r}, high {spec['high']!r}."
-            )
+            raise RecipeError(f"{where} needs numbers, low <= high; got low {spec['low']!r}, high {spec['high']!r}.")
         if spec.get("log") and float(spec["low"]) <= 0:
             raise RecipeError(f"{where} has `log: true`, which needs low > 0; got {spec['low']}.")
     return n_trials, params
