@@ -99,13 +99,10 @@ class ModelArguments:
                 "set to 1 or more, up to the model's number of encoder blocks (checked when the model loads)."
             )
         if self.adaptation != "full" and self.model_name_or_path is None:
-            raise RecipeError(
-                f"adaptation '{self.adaptation}' adapts a pretrained checkpoint; use 'full' from scratch."
-            )
+            raise RecipeError(f"adaptation '{self.adaptation}' adapts a checkpoint; from scratch, use 'full'.")
         folder = self.model_name_or_path
         if not self.trust_remote_code and folder and Path(folder).is_dir():
-            # `auto_map` in config.json ships code; transformers refuses it with a raw error, or (for a known
-            # model_type) silently builds its own class instead.
+            # auto_map names shipped code: transformers refuses it with a raw error, or silently builds its own class.
             try:
                 shipped = PreTrainedConfig.get_config_dict(folder)[0].get("auto_map")
             except OSError:
@@ -354,8 +351,8 @@ def parse_recipe(argv: list[str] | None = None):
     parser = RecipeParser(
         ARGUMENT_CLASSES,
         usage="python run_snacks.py RECIPE.yaml [--key value ...]",
-        description="Train an image classifier from a YAML recipe. Set any key below in the recipe or on the "
-        "command line (--key value, --key=value, --flag, --mapping.key value, null), which wins.",
+        description="Train an image classifier from a YAML recipe. Set any key below in the recipe or on the command "
+        "line (--key value, --key=value, --flag, --mapping.key value, null), which wins; docs/recipes.md says more.",
     )
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
