@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         image_size=model_args.image_size,
     )
     untransformed_train = splits["train"]
-    splits = attach_transforms(splits, prep, data_args, bad_images)
+    eval_prep = prep.at_eval_size(model_args.eval_image_size, data_args.eval_crop_pct)  # probe features: training side
+    splits = attach_transforms(splits, prep, data_args, bad_images, eval_prep)
     metrics: dict = {"effective_batch_size": effective_batch_size(training_args)}
 
     def make_model(trial=None):
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     hub = take_hub_settings(training_args)  # we push once at the end; Trainer must not push or pickle the token
     # The saved processor applies the evaluation transform, so pipeline() sees what evaluation saw.
-    processor = prep.serving_processor()
+    processor = eval_prep.serving_processor()
     if training_args.sweep:
         trainer = build_trainer(None, processor, training_args, splits, prep, data_args, model_init=make_model)
         best_recipe = run_sweep(trainer, model_args, data_args, training_args, hub, training_args.sweep)

@@ -43,7 +43,7 @@ _LIMITS = {
     "lora_alpha": (lambda v: v > 0, "be positive (the adapters' scale is alpha / rank)"),
     "lora_dropout": (lambda v: 0 <= v < 1, "lie in [0, 1) (a probability)"),
     "drop_path_rate": (lambda v: 0 <= v < 1, "lie in [0, 1) (the chance that a block is skipped)"),
-    "image_size": (lambda v: v >= 8, "be a side in pixels (8 or more)"),
+    **dict.fromkeys(("image_size", "eval_image_size"), (lambda v: v >= 8, "be a side in pixels (8 or more)")),
     **dict.fromkeys(("mixup_alpha", "cutmix_alpha"), (lambda v: v >= 0, "be 0 (off) or positive")),
     "random_erasing": (lambda v: 0 <= v <= 1, "lie in [0, 1] (a probability)"),
     "validation_split_size": (lambda v: 0 < v < 1, "lie strictly between 0 and 1"),
@@ -79,6 +79,7 @@ class ModelArguments:
     attn_implementation: Literal[ATTENTION_KERNELS] | None = _key(None, "Attention kernel; null: the library's choice.")
     ignore_mismatched_sizes: bool = _key(True, "Replace a head whose size differs from the number of classes.")
     image_size: int | None = _key(None, "Model input side in pixels (e.g. 112 on CPUs); null: the processor's.")
+    eval_image_size: int | None = _key(None, "Evaluate and serve at this side (FixRes); null: the training side.")
     drop_path_rate: float | None = _key(None, "Stochastic depth, for configs that have drop_path_rate.")
     adaptation: Literal[ADAPTATIONS] = _key("full", "Which weights train: full, linear_probe, lp_ft, freeze or lora.")
     freeze_blocks: int = _key(0, "adaptation freeze: the embeddings and this many encoder blocks stay frozen.")

@@ -117,8 +117,19 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         ) from None
     if model_args.image_size:
         model = resize_position_embeddings(model, model_args.image_size)
+    side = getattr(model.config, "image_size", None)
+    if model_args.eval_image_size not in (None, side) and model.config.model_type not in INTERPOLATING:
+        raise RecipeError(
+            f"eval_image_size: {type(model).__name__} runs at one input size ({side} px), and pipeline() cannot ask "
+            f"it to interpolate its position embeddings to {model_args.eval_image_size} px. Remove eval_image_size, "
+            f"or use a model that interpolates at every size ({', '.join(INTERPOLATING)})."
+        )
     materialize_new_weights(model)
     return model
+
+
+# Architectures whose forward resizes the position embeddings to any input: they evaluate at a new size unasked.
+INTERPOLATING = ("dinov2", "dinov2_with_registers")
 
 
 def materialize_new_weights(model) -> None:

@@ -26,12 +26,14 @@ def effective_batch_size(args: TrainingArguments) -> int:
     return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
 
 
-def attach_transforms(splits: DatasetDict, prep, data_args, bad_images: BadImageLog) -> DatasetDict:
-    """Lazy preprocessing: images are decoded and transformed only when a batch is drawn."""
+def attach_transforms(splits: DatasetDict, prep, data_args, bad_images: BadImageLog, eval_prep=None) -> DatasetDict:
+    """Lazy preprocessing: images are decoded and transformed only when a batch is drawn. Evaluation splits use
+    `eval_prep` (FixRes: a larger side than training) where given."""
     transformed = {}
     for name, dataset in splits.items():
         bad_images.limits[name] = bad_image_limit(data_args.max_bad_images, len(dataset))
-        transformed[name] = with_preprocessing(dataset, name, name == "train", prep, data_args, bad_images)
+        split_prep = prep if name == "train" else eval_prep or prep
+        transformed[name] = with_preprocessing(dataset, name, name == "train", split_prep, data_args, bad_images)
     return DatasetDict(transformed)
 
 

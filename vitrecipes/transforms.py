@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -72,6 +72,12 @@ class Preprocessing:
             resize_to=int(round(max(size) / data_args.eval_crop_pct)),
             train_transform=train_augmentation(data_args, size, mean),
         )
+
+    def at_eval_size(self, side: int | None, crop_pct: float) -> Preprocessing:
+        """The same evaluation view at another input side; training keeps its own."""
+        if not side or (side, side) == self.size:
+            return self
+        return replace(self, size=(side, side), resize_to=int(round(side / crop_pct)))
 
     def eval_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
         """Resize the shorter side to `resize_to`, then centre-crop: the operations, rounding and crop offsets of
