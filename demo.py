@@ -20,10 +20,16 @@ from vitrecipes.errors import RecipeError
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", help="Output folder of a training run (model, config, image processor).")
-    parser.add_argument("--port", type=int, default=7860, help="Port on 127.0.0.1 (default 7860).")
-    parser.add_argument("--examples", type=int, default=0, help="How many example images to offer (default 0).")
+    parser.add_argument("--port", type=int, default=7860, metavar="N", help="Port on 127.0.0.1 (default 7860).")
     parser.add_argument(
-        "--examples-split", "--examples_split", default="validation", help="Split they come from (default validation)."
+        "--examples", type=int, default=0, metavar="K", help="How many example images to offer (default 0)."
+    )
+    parser.add_argument(
+        "--examples-split",
+        "--examples_split",
+        default="validation",
+        metavar="SPLIT",
+        help="Split they come from (default validation).",
     )
     parser.add_argument("--share", action="store_true", help="Also serve a public link through gradio.live.")
     return parser.parse_args(argv)

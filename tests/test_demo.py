@@ -2,7 +2,7 @@
 
 The browser test needs Debian's chromium (apt-get install -y chromium); Playwright's own browser download is not
 used. The docs' screenshot is taken by the same browser steps, on a real run (see docs/serving.md):
-    python tests/test_demo.py /work/runs/cpu42 ../shared/data/snacks/test/apple/<some photo>.jpg docs/demo.png
+    python tests/test_demo.py OUTPUT_DIR IMAGE docs/demo.png
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-
-import demo as demo_script
 
 CHROMIUM = Path("/usr/bin/chromium")
 START_LIMIT_S = 600  # only catches a hang: the app is polled, so a fast start is not waited for
@@ -141,6 +139,8 @@ def test_bad_input_gets_one_paragraph(client, tmp_path, model_dir, monkeypatch, 
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
+    import demo as demo_script  # here, not at the top: `python tests/test_demo.py` (the screenshot) runs without it
+
     notes = tmp_path / "notes.txt"
     notes.write_text("not a photo")
     with pytest.raises(AppError, match=r"notes\.txt could not be read as an image \(UnidentifiedImageError"):
@@ -156,5 +156,5 @@ def test_bad_input_gets_one_paragraph(client, tmp_path, model_dir, monkeypatch, 
 if __name__ == "__main__":  # the docs' screenshot: python tests/test_demo.py OUTPUT_DIR IMAGE PNG
     folder, photo, png = map(Path, sys.argv[1:4])
     log = Path(tempfile.gettempdir()) / "demo-screenshot.log"
-    with running_demo(folder, log, "--examples", "6", "--examples-split", "test") as url:
+    with running_demo(folder, log) as url:
         print(classify_in_browser(url, photo, png))

@@ -32,7 +32,10 @@ def example_images(folder: Path, split: str, count: int) -> list[str]:
     try:
         recipe = yaml.safe_load((folder / RESOLVED_RECIPE_NAME).read_text(encoding="utf-8"))
         args = DataArguments(**{key: recipe[key] for key in _DATA_KEYS if key in recipe})
-        dataset = load_raw_dataset(args)[split]
+        splits = load_raw_dataset(args)
+        if split not in splits:
+            raise KeyError(f"{args.dataset_name} has no split '{split}', only {', '.join(splits)}")
+        dataset = splits[split]
     except Exception as error:  # noqa: BLE001 - examples are optional: any failure leaves them out, saying why
         logger.warning("No example images (%s: %s); the demo works without them.", type(error).__name__, error)
         return []
