@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(f"\nError: {error}\n", file=sys.stderr)
         return 2
-    demo.launch(server_name="127.0.0.1", server_port=args.port, share=args.share)
+    try:
+        demo.launch(server_name="127.0.0.1", server_port=args.port, share=args.share)
+    except OSError as error:  # gradio's message for a port in use names launch()'s parameters, not ours
+        print(f"\nError: --port {args.port}: gradio could not serve on 127.0.0.1:{args.port} ({error}) Choose "
+              "another port with --port N.\n", file=sys.stderr)  # fmt: skip
+        return 2
     return 0
 
 
