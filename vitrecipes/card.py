@@ -182,6 +182,7 @@ def build_model_card(
         dataset=run.dataset,
         hub_dataset=run.hub_dataset,
         results={split: run.metrics[split] for split in _SPLITS if run.metrics.get(split)},
+        calibration=run.metrics.get("calibration"),
         model_ref=repo_id or str(run.output_dir),
         eval_crop_pct=float(run.recipe.get("eval_crop_pct", 1.0)),
         labels=run.labels,

@@ -184,6 +184,9 @@ class RecipeTrainingArguments(TrainingArguments):
     ema_decay: float = _key(
         0.0, "Moving average of the weights with this decay per step, for the final model (0: off)."
     )
+    calibrate_temperature: bool = _key(
+        False, "Fit a temperature on validation and fold it into the head, for calibrated probabilities."
+    )
     seeds: list[int] | None = _key(None, "Run once per seed into output_dir/seed-<N>, then summarise mean ± std.")
     sweep: str | None = _key(None, "A search-space YAML file: an Optuna sweep, then the best recipe trained once.")
     remove_unused_columns: bool = _key(False, "Always false: the lazy transform consumes the image column.")

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure  # a bare Figure, no pyplot: no global back
 from sklearn.metrics import classification_report, confusion_matrix, top_k_accuracy_score
 
 from . import outputs
+from .calibration import expected_calibration_error, plot_reliability
 from .images import load_rgb
 from .metrics import scores
 
@@ -46,11 +47,13 @@ def write_report(
     checkpoint: str,
     log_history: list[dict] | None = None,
     final_validation: dict | None = None,
+    calibration: dict | None = None,
 ) -> Path:
     """Write the report of one evaluated split (as `evaluate_splits` returns it) and return its report.md.
 
     `log_history`: Trainer's (`trainer.state.log_history`), for the curves; `final_validation`: the final
-    validation metrics, drawn there when nothing was evaluated during training.
+    validation metrics, drawn there when nothing was evaluated during training; `calibration`: the split's
+    numbers before and after the temperature (`calibration.calibrate`), whose logits `predictions` holds.
     """
     logits, labels = predictions.logits, predictions.labels
     probabilities, numbers = compute_report_metrics(logits, labels, class_names)
@@ -60,6 +63,8 @@ def write_report(
         "split": predictions.split,
         "checkpoint": checkpoint,
         **numbers,
+        "ece": expected_calibration_error(probabilities, labels),
+        "calibration": calibration,
         "most_confused": most_confused_pairs(counts, class_names),
     }
     out = Path(out_dir)
@@ -71,6 +76,8 @@ def write_report(
     title = f"{predictions.split} · {_tail(checkpoint, 60)} · n={len(labels)}"
     # "tight" on top of the constrained layout: long rotated class names must never be clipped.
     plot_confusion_matrix(counts, class_names, title).savefig(out / outputs.CONFUSION_PNG, bbox_inches="tight")
+    temperature = calibration["temperature"] if calibration else None
+    plot_reliability(probabilities, labels, title, temperature).savefig(out / outputs.RELIABILITY_PNG)
     mistakes = most_confident_mistakes(probabilities, labels)
     figure = plot_mistakes(predictions, image_column, mistakes, probabilities, labels, class_names, title)
     figure.savefig(out / outputs.MISTAKES_PNG)
