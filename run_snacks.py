@@ -23,6 +23,7 @@ from transformers import set_seed
 
 from vitrecipes.adaptation import feature_cache_file, fit_linear_head, freeze_unused, merge_lora, prepare_for_adaptation
 from vitrecipes.bad_images import BadImageLog, shareable_names
+from vitrecipes.calibration import calibrate
 from vitrecipes.card import finish_for_hub, take_hub_settings
 from vitrecipes.config import parse_recipe
 from vitrecipes.data import cache_root, class_names, drop_unreadable, load_splits
@@ -159,6 +160,10 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_model()
 
     split_metrics, predictions = evaluate_splits(trainer, splits)
+    if training_args.do_train and training_args.calibrate_temperature:
+        # Here: after merge_lora and the weight average (on_train_end), so the head folded is the one saved.
+        metrics["calibration"] = calibrate(trainer.model, predictions, split_metrics)
+        trainer.save_model()
     metrics.update(split_metrics)
     metrics["bad_images"] = shareable_names(bad_images.read(), data_args.dataset_name)
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -174,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
                 checkpoint=str(checkpoint),
                 log_history=trainer.state.log_history if training_args.do_train else None,
                 final_validation=split_metrics.get("validation"),
+                calibration=metrics.get("calibration", {}).get(name),
             )
             metrics[name]["report"] = str(reports[name].relative_to(training_args.output_dir))
         if training_args.do_train:

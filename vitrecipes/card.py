@@ -143,6 +143,7 @@ def build_model_card(
         model_name=model_name,  # not among them when there are results: it moves into the model-index
         checkpoint=folder_name(checkpoint) if checkpoint and not run.base_model else None,
         results={split: run.metrics[split] for split in _SPLITS if run.metrics.get(split)},
+        calibration=run.metrics.get("calibration"),
         model_ref=repo_id or str(run.output_dir),
         defaults={f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in recipe_fields},
         command=command,

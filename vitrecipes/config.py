@@ -174,6 +174,7 @@ class RecipeTrainingArguments(TrainingArguments):
     head_learning_rate_multiplier: float = _key(1.0, "The new classification head trains at learning_rate times this.")
     layer_decay: float = _key(1.0, "Layer-wise learning-rate decay per encoder block (1.0: off).")
     ema_decay: float = _key(0.0, "Moving average of the weights (this decay per step) as the final model; 0: off.")
+    calibrate_temperature: bool = _key(False, "Fold a temperature fitted on validation into the head (calibration).")
     seeds: list[int] | None = _key(None, "Run once per seed into output_dir/seed-<N>, then summarise mean ± std.")
     sweep: str | None = _key(None, "A search-space YAML file: an Optuna sweep, then the best recipe trained once.")
     remove_unused_columns: bool = _key(False, "Always false: the lazy transform consumes the image column.")

@@ -26,7 +26,7 @@ CARD_NAME = "README.md"
 REPORT_DIR = "eval_{split}"
 # Inside each report folder (see report.py); its metrics file is METRICS_FILE too.
 CONFUSION_JSON, CONFUSION_PNG = "confusion_matrix.json", "confusion_matrix.png"
-MISTAKES_PNG, CURVES_PNG = "mistakes.png", "curves.png"
+MISTAKES_PNG, CURVES_PNG, RELIABILITY_PNG = "mistakes.png", "curves.png", "reliability_diagram.png"
 PREDICTIONS_FILE, REPORT_FILE = "predictions.npz", "report.md"
 # Several runs of one recipe (see experiments.py): .json and .md of each name.
 SUMMARY_NAME, SWEEP_TRIALS_NAME = "summary", "sweep_trials"

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure  # a bare Figure, no pyplot: no global back
 from sklearn.metrics import classification_report, confusion_matrix, top_k_accuracy_score
 
 from . import outputs
+from .calibration import expected_calibration_error, plot_reliability
 from .images import load_rgb
 from .metrics import scores
 
@@ -42,14 +43,17 @@ def write_report(
     checkpoint: str,
     log_history: list[dict] | None = None,
     final_validation: dict | None = None,
+    calibration: dict | None = None,
 ) -> Path:
     """Write the report of one split as `evaluate_splits` returns it; return its report.md. `log_history`
-    (Trainer's) gives the curves, `final_validation` their point when nothing was evaluated during training."""
+    (Trainer's) gives the curves, `final_validation` their point when nothing was evaluated during training;
+    `calibration`: the split's numbers before and after the temperature, whose logits `predictions` holds."""
     logits, labels = predictions.logits, predictions.labels
     probabilities, numbers = compute_report_metrics(logits, labels, class_names)
     predicted = probabilities.argmax(axis=1)
     counts = confusion_matrix(labels, predicted, labels=np.arange(len(class_names)))
     metrics = {"split": predictions.split, "checkpoint": checkpoint, **numbers}
+    metrics["ece"], metrics["calibration"] = expected_calibration_error(probabilities, labels), calibration
     metrics["most_confused"] = most_confused_pairs(counts, class_names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,6 +64,8 @@ def write_report(
     title = f"{predictions.split} · {_short(checkpoint, 60, keep_end=True)} · n={len(labels)}"
     # "tight" on top of the constrained layout: long rotated class names must never be clipped.
     plot_confusion_matrix(counts, class_names, title).savefig(out / outputs.CONFUSION_PNG, bbox_inches="tight")
+    temperature = calibration["temperature"] if calibration else None
+    plot_reliability(probabilities, labels, title, temperature).savefig(out / outputs.RELIABILITY_PNG)
     wrong = np.flatnonzero(predicted != labels)
     # The most confident mistakes first: the errors a user would trust the most.
     mistakes = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:MAX_MISTAKES]
