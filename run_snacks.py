@@ -6,9 +6,6 @@
         recipes/vit-base-patch16-224-in21k/snacks/config_tuned.yaml --learning_rate 3.0e-4
     python run_snacks.py RECIPE.yaml --seeds 42 43 44        # or --sweep SPACE.yaml (vitrecipes/experiments.py)
 
-Steps: parse the recipe -> load the splits -> labels -> transforms -> model -> train -> evaluate
-validation and test -> save the model, its processor, the metrics and the resolved recipe.
-
 Exit status: 0 done, 2 a mistake in the recipe, data or checkpoint (one paragraph, no traceback), 3 the
 run finished and is saved but push_to_hub failed (the message gives the command that pushes later).
 """
@@ -24,14 +21,9 @@ import transformers
 from torch.utils.data import DataLoader
 from transformers import set_seed
 
-from vitrecipes.adaptation import (
-    feature_cache_file,
-    fit_linear_head,
-    freeze_unused,
-    merge_lora,
-    prepare_for_adaptation,
-)
+from vitrecipes.adaptation import feature_cache_file, fit_linear_head, freeze_unused, merge_lora, prepare_for_adaptation
 from vitrecipes.bad_images import BadImageLog, shareable_names
+from vitrecipes.calibration import calibrate
 from vitrecipes.card import finish_for_hub, take_hub_settings
 from vitrecipes.config import parse_recipe
 from vitrecipes.data import cache_root, class_names, drop_unreadable, load_splits
@@ -95,12 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
         if data_args.verify_images:
             splits = drop_unreadable(splits, data_args, bad_images, fresh=training_args.process_index == 0)
     names = class_names(splits, data_args)
-    logger.info(
-        "Data: %s, %d classes; %s",
-        data_args.dataset_name,
-        len(names),
-        ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()),
-    )
+    sizes = ", ".join(f"{name} {len(ds)}" for name, ds in splits.items())
+    logger.info("Data: %s, %d classes; %s", data_args.dataset_name, len(names), sizes)
 
     prep = Preprocessing.build(
         build_image_processor(model_args),
@@ -110,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
         image_size=model_args.image_size,
     )
     untransformed_train = splits["train"]
-    splits = attach_transforms(splits, prep, data_args, bad_images)
+    eval_prep = prep.at_eval_size(model_args.eval_image_size, data_args.eval_crop_pct)  # probe features: training side
+    splits = attach_transforms(splits, prep, data_args, bad_images, eval_prep)
     metrics: dict = {"effective_batch_size": effective_batch_size(training_args)}
 
     def make_model(trial=None):
@@ -144,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     hub = take_hub_settings(training_args)  # we push once at the end; Trainer must not push or pickle the token
     # The saved processor applies the evaluation transform, so pipeline() sees what evaluation saw.
-    processor = prep.serving_processor()
+    processor = eval_prep.serving_processor()
     if training_args.sweep:
         trainer = build_trainer(None, processor, training_args, splits, prep, data_args, model_init=make_model)
         best_recipe = run_sweep(trainer, model_args, data_args, training_args, hub, training_args.sweep)
@@ -156,11 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = build_trainer(make_model(), processor, training_args, splits, prep, data_args)
     logger.info(
         "Effective batch size %d = %d per device x %d processes x %d accumulation steps",
-        metrics["effective_batch_size"],
-        training_args.per_device_train_batch_size,
-        training_args.world_size,
+        metrics["effective_batch_size"], training_args.per_device_train_batch_size, training_args.world_size,
         training_args.gradient_accumulation_steps,
-    )
+    )  # fmt: skip
     if training_args.do_train:
         if model_args.adaptation == "linear_probe":
             probe = metrics["probe"]
@@ -173,6 +160,10 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_model()
 
     split_metrics, predictions = evaluate_splits(trainer, splits)
+    if training_args.do_train and training_args.calibrate_temperature:
+        # Here: after merge_lora and the weight average (on_train_end), so the head folded is the one saved.
+        metrics["calibration"] = calibrate(trainer.model, predictions, split_metrics)
+        trainer.save_model()
     metrics.update(split_metrics)
     metrics["bad_images"] = shareable_names(bad_images.read(), data_args.dataset_name)
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -188,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
                 checkpoint=str(checkpoint),
                 log_history=trainer.state.log_history if training_args.do_train else None,
                 final_validation=split_metrics.get("validation"),
+                calibration=metrics.get("calibration", {}).get(name),
             )
             metrics[name]["report"] = str(reports[name].relative_to(training_args.output_dir))
         if training_args.do_train:

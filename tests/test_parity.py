@@ -14,6 +14,7 @@ from transformers import AutoImageProcessor, pipeline
 import run_snacks
 from vitrecipes.config import DataArguments
 from vitrecipes.data import load_splits
+from vitrecipes.errors import RecipeError
 from vitrecipes.images import load_rgb
 from vitrecipes.transforms import Preprocessing
 
@@ -58,6 +59,27 @@ def test_pipeline_reproduces_the_reported_accuracy_and_probabilities(tmp_path, t
          "--num_train_epochs", "1", "--eval_crop_pct", "0.875", "--use_cpu", "--report_to", "none"]
     )  # fmt: skip
     _pipeline_matches_evaluation(out, DataArguments(dataset_name=str(jpeg_folder)))
+
+
+def test_eval_image_size_evaluates_and_serves_at_the_larger_side(tmp_path, tiny_dinov2, jpeg_folder, monkeypatch):
+    monkeypatch.setenv("VITRECIPES_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    run_snacks.main(
+        ["--model_name_or_path", str(tiny_dinov2), "--dataset_name", str(jpeg_folder), "--output_dir", str(out),
+         "--image_size", "32", "--eval_image_size", "48", "--eval_crop_pct", "0.875", "--adaptation", "lp_ft",
+         "--max_steps", "2", "--use_cpu", "--report_to", "none"]
+    )  # fmt: skip
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert (processor.crop_size["height"], processor.size["shortest_edge"]) == (48, round(48 / 0.875))
+    _pipeline_matches_evaluation(out, DataArguments(dataset_name=str(jpeg_folder)))  # evaluated at 48 px too
+
+
+def test_eval_image_size_is_refused_for_a_model_that_runs_at_one_size(tmp_path, tiny_checkpoint, jpeg_folder):
+    with pytest.raises(RecipeError, match="eval_image_size: ViTForImageClassification runs at one input size"):
+        run_snacks.main(
+            ["--model_name_or_path", str(tiny_checkpoint), "--dataset_name", str(jpeg_folder), "--output_dir",
+             str(tmp_path / "out"), "--eval_image_size", "48", "--max_steps", "1", "--use_cpu", "--report_to", "none"]
+        )  # fmt: skip
 
 
 @pytest.mark.skipif(not (SNACKS.is_dir() and DINOV2.is_dir()), reason="needs ../shared snacks data and DINOv2 model")
