@@ -32,6 +32,9 @@ UPLOAD_PATTERNS = [
     "model.safetensors.index.json",
     METRICS_FILE,
     RESOLVED_RECIPE_NAME,
+    "onnx/model.onnx",  # python export.py, in transformers.js's layout
+    "onnx/model_quantized.onnx",
+    "onnx/parity.json",
 ]
 # Belt and braces behind the allow-list: training state that is large, pickled, or may hold secrets.
 NEVER_UPLOAD = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*"]
