@@ -6,9 +6,6 @@
         recipes/vit-base-patch16-224-in21k/snacks/config_tuned.yaml --learning_rate 3.0e-4
     python run_snacks.py RECIPE.yaml --seeds 42 43 44        # or --sweep SPACE.yaml (vitrecipes/experiments.py)
 
-Steps: parse the recipe -> load the splits -> labels -> transforms -> model -> train -> evaluate
-validation and test -> save the model, its processor, the metrics and the resolved recipe.
-
 Exit status: 0 done, 2 a mistake in the recipe, data or checkpoint (one paragraph, no traceback), 3 the
 run finished and is saved but push_to_hub failed (the message gives the command that pushes later).
 """
@@ -24,13 +21,7 @@ import transformers
 from torch.utils.data import DataLoader
 from transformers import set_seed
 
-from vitrecipes.adaptation import (
-    feature_cache_file,
-    fit_linear_head,
-    freeze_unused,
-    merge_lora,
-    prepare_for_adaptation,
-)
+from vitrecipes.adaptation import feature_cache_file, fit_linear_head, freeze_unused, merge_lora, prepare_for_adaptation
 from vitrecipes.bad_images import BadImageLog, shareable_names
 from vitrecipes.card import finish_for_hub, take_hub_settings
 from vitrecipes.config import parse_recipe
@@ -98,12 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
         if data_args.verify_images:
             splits = drop_unreadable(splits, data_args, bad_images, fresh=training_args.process_index == 0)
     names = class_names(splits, data_args)
-    logger.info(
-        "Data: %s, %d classes; %s",
-        data_args.dataset_name,
-        len(names),
-        ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()),
-    )
+    sizes = ", ".join(f"{name} {len(ds)}" for name, ds in splits.items())
+    logger.info("Data: %s, %d classes; %s", data_args.dataset_name, len(names), sizes)
 
     prep = Preprocessing.build(
         build_image_processor(model_args),
@@ -159,11 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = build_trainer(make_model(), processor, training_args, splits, prep, data_args)
     logger.info(
         "Effective batch size %d = %d per device x %d processes x %d accumulation steps",
-        metrics["effective_batch_size"],
-        training_args.per_device_train_batch_size,
-        training_args.world_size,
+        metrics["effective_batch_size"], training_args.per_device_train_batch_size, training_args.world_size,
         training_args.gradient_accumulation_steps,
-    )
+    )  # fmt: skip
     if training_args.do_train:
         if model_args.adaptation == "linear_probe":
             probe = metrics["probe"]

@@ -286,6 +286,23 @@ def _random_batches(seed=0):
     ]
 
 
+def test_a_two_class_probe_gives_the_logit_difference_and_no_weight_to_unseen_classes(tiny_dinov2):
+    """scikit-learn keeps one row for two classes; a class missing from train gets no probability."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    model = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=3)
+    batches = [{**b, "labels": torch.tensor([0, 2] * 3)} for b in _random_batches()]
+    fit_linear_head(model, batches, regularization=0.5)
+    features, labels = head_features(model, batches)
+    scaled = StandardScaler().fit_transform(features)
+    expected = LogisticRegression(C=0.5, max_iter=1000).fit(scaled, labels).decision_function(scaled)
+    with torch.no_grad():
+        logits = torch.cat([model(pixel_values=b["pixel_values"]).logits for b in batches])
+    np.testing.assert_allclose((logits[:, 2] - logits[:, 0]).numpy(), expected, atol=1e-3)
+    assert logits.softmax(-1)[:, 1].max() < 1e-6
+
+
 @pytest.mark.parametrize("corruption", ["truncated", "emptied", "bit-flipped"])
 def test_unreadable_feature_cache_is_named_removed_and_recomputed(tmp_path, tiny_dinov2, caplog, corruption):
     cache = tmp_path / "probe-features" / "entry.npz"

@@ -162,6 +162,20 @@ def test_empty_train_class_folder_is_named_in_a_warning(imagefolder, caplog):
     assert f"{imagefolder / 'train' / 'yellow'} holds no images" in caplog.text
 
 
+def test_imagefolder_with_metadata_labels_warns_of_no_empty_class_folder(tmp_path, caplog):
+    # Images straight in each split folder, labels in metadata.csv: the split folders are not empty class folders.
+    for split in ("train", "validation"):
+        (tmp_path / split).mkdir()
+        rows = ["file_name,label"]
+        for i, (name, colour) in enumerate(CLASS_COLOURS.items()):
+            class_image(colour, i).save(tmp_path / split / f"{i}.png")
+            rows.append(f"{i}.png,{name}")
+        (tmp_path / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+    splits = load_splits(DataArguments(dataset_name=str(tmp_path)))
+    assert class_names(splits, DataArguments()) == sorted(CLASS_COLOURS)
+    assert "holds no images" not in caplog.text
+
+
 @pytest.mark.parametrize("files", [[], ["notes.txt"], ["train/red/notes.txt"]])
 def test_folder_without_images_names_the_folder_and_the_layout(tmp_path, files):
     (tmp_path / "data").mkdir()

@@ -1,19 +1,8 @@
-"""How a pretrained backbone is adapted: which weights train, at which learning rate, from which head.
-
-Modes (recipe key `adaptation`):
-- `full`: every weight trains (with optional head multiplier and layer-wise decay);
-- `linear_probe`: the backbone stays frozen; the head is fitted by scikit-learn's logistic regression on
-  features computed once, in seconds, instead of by Trainer;
-- `lp_ft`: that probe first, then full fine-tuning starting from the fitted head;
-- `freeze`: the embeddings and the first `freeze_blocks` encoder blocks stay frozen;
-- `lora`: low-rank adapters through `peft` on the attention projections, head trained fully; the adapters
-  are merged before saving, so the output is a plain checkpoint.
-"""
+"""How a pretrained backbone is adapted (recipe key `adaptation`, docs/models.md): which weights train, at which
+learning rate, from which head."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
@@ -23,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from datasets.fingerprint import Hasher
 from torch import nn
 
 from .errors import RecipeError, cause
@@ -42,14 +32,12 @@ def feature_cache_file(root: Path, model_args, prep, train_dataset) -> Path:
         "revision": model_args.model_revision,
         "weights": [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
         "transform": [list(prep.size), prep.resize_to, list(prep.mean), list(prep.std)],
-        "images": train_dataset._fingerprint,
+        "images": train_dataset._fingerprint,  # private, but datasets' own cache key of these rows (no public one)
     }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
-    return root / "probe-features" / f"{digest}.npz"
+    return root / "probe-features" / f"{Hasher.hash(identity)}.npz"
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:
-    """The single linear layer that turns the backbone's features into class logits."""
     head = getattr(model, "classifier", None)
     if not isinstance(head, nn.Linear):
         raise RecipeError(
@@ -78,25 +66,19 @@ def block_depth(name: str, num_blocks: int) -> int:
     return int(found.group(1)) + 1 if found else num_blocks + 1
 
 
-def freeze_first_blocks(model: nn.Module, count: int) -> int:
-    """Stop gradients to the embeddings and the first `count` blocks; return the parameters left trainable."""
+def freeze_first_blocks(model: nn.Module, count: int) -> None:
+    """Freeze the embeddings and the first `count` blocks."""
     blocks = encoder_blocks(model)
     if not 0 < count <= len(blocks):
         raise RecipeError(f"freeze_blocks: {count} is not between 1 and the model's {len(blocks)} blocks.")
     for name, parameter in model.named_parameters():
         if block_depth(name, len(blocks)) <= count:
             parameter.requires_grad_(False)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("Frozen: embeddings and %d blocks; %d parameters train.", count, trainable)
 
 
-def parameter_groups(
-    model: nn.Module,
-    decay_names: set[str],
-    learning_rate: float,
-    weight_decay: float,
-    head_multiplier: float,
-    layer_decay: float,
-) -> list[dict]:
+def parameter_groups(model: nn.Module, decay_names: set, learning_rate, weight_decay, head_multiplier, layer_decay):
     """Optimiser groups: the head at `head_multiplier` x the rate, block d at layer_decay ** (depth - d)."""
     num_blocks = len(encoder_blocks(model)) if layer_decay != 1.0 else 0
     groups: dict[tuple[float, float], list] = {}
@@ -119,8 +101,7 @@ def prepare_for_adaptation(model: nn.Module, model_args) -> nn.Module:
         for name, parameter in model.named_parameters():
             parameter.requires_grad_("classifier" in name.split("."))
     elif mode == "freeze":
-        trainable = freeze_first_blocks(model, model_args.freeze_blocks)
-        logger.info("Frozen: embeddings and %d blocks; %d parameters train.", model_args.freeze_blocks, trainable)
+        freeze_first_blocks(model, model_args.freeze_blocks)
     elif mode == "lora":
         model = add_lora(
             model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
@@ -129,32 +110,20 @@ def prepare_for_adaptation(model: nn.Module, model_args) -> nn.Module:
 
 
 def freeze_unused(model: nn.Module, size: tuple[int, int]) -> list[str]:
-    """Freeze the trainable parameters that the classification forward never uses; return their names.
-
-    DDP without `ddp_find_unused_parameters` (its fast path) fails at the second step on any such parameter
-    (DINOv2's `embeddings.mask_token`, used only for masked pre-training). One blank image through the
-    forward and backward finds them, the same way on every process (eval mode: no random numbers drawn).
-    """
+    """Freeze, and name, the trainable parameters the classification forward never uses (DINOv2's mask_token):
+    DDP's fast path (no find_unused_parameters) fails at step 2 on them. One blank image finds them."""
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
-        return []
     first = trainable[0][1]
     pixels = torch.zeros(1, getattr(model.config, "num_channels", 3), *size, device=first.device, dtype=first.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(pixel_values=pixels).logits
-        grads = torch.autograd.grad(logits.sum(), [p for _, p in trainable], allow_unused=True)
-    finally:
-        model.train(was_training)
-    unused = []
-    for (name, parameter), grad in zip(trainable, grads):
-        if grad is None:
-            parameter.requires_grad_(False)
-            unused.append(name)
+    model.eval()  # no random numbers drawn, so the same on every process; Trainer switches training back on
+    logits = model(pixel_values=pixels).logits
+    grads = torch.autograd.grad(logits.sum(), [p for _, p in trainable], allow_unused=True)
+    unused = {name: parameter for (name, parameter), grad in zip(trainable, grads) if grad is None}
+    for parameter in unused.values():
+        parameter.requires_grad_(False)
     if unused:
         logger.info("Frozen, as the classification forward does not use them: %s", ", ".join(unused))
-    return unused
+    return list(unused)
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_modules: list[str]):
@@ -177,16 +146,13 @@ def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_m
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """The plain model with the adapters folded into its weights (a no-op for other models)."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 @torch.inference_mode()
 def head_features(model: nn.Module, loader, device=None) -> tuple[np.ndarray, np.ndarray]:
-    """What the classifier head sees for every batch of `loader`, with the labels (unreadable ones dropped).
-
-    Computed on `device` (the accelerator, when the model is still on the CPU); the model goes back after.
-    """
+    """What the classifier head sees for every batch of `loader`, with the labels (unreadable ones dropped),
+    computed on `device` (the accelerator, when the model is still on the CPU)."""
     head = classifier_head(model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0].float().cpu()))
@@ -206,22 +172,11 @@ def head_features(model: nn.Module, loader, device=None) -> tuple[np.ndarray, np
     return features[keep], labels[keep]
 
 
-def fit_linear_head(
-    model: nn.Module,
-    train_loader,
-    regularization: float,
-    cache_file: Path | None = None,
-    max_iter: int = 1000,
-    device=None,
-) -> dict:
-    """Fit the head as a multinomial logistic regression on frozen features (scikit-learn), in place.
-
-    The features are standardised for the solver, and the standardisation is folded into the head's
-    weights afterwards, so the model needs no extra layer. With `cache_file`, features computed once
-    are kept there and reused by later runs with the same backbone, images and transform. They are
-    computed on `device` (default: where the model is).
-    """
+def fit_linear_head(model: nn.Module, train_loader, regularization: float, cache_file: Path | None = None, device=None):
+    """Fit the head, in place, as scikit-learn's logistic regression on standardised frozen features (the
+    standardisation folded into its weights). `cache_file` keeps the features for later runs."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     head = classifier_head(model)
@@ -244,20 +199,15 @@ def fit_linear_head(
             np.savez(partial, features=features, labels=labels)
             partial.replace(cache_file)  # atomic: a killed run leaves no half-written cache
     extracted = time.perf_counter()
-    scaler = StandardScaler().fit(features)
-    classifier = LogisticRegression(C=regularization, max_iter=max_iter).fit(scaler.transform(features), labels)
-    num_classes = head.out_features
-    weight = np.zeros((num_classes, features.shape[1]), dtype=np.float64)
-    bias = np.zeros(num_classes, dtype=np.float64)
-    if len(classifier.classes_) == 2:  # scikit-learn keeps one row for two classes: logit difference
-        weight[classifier.classes_[1]] = classifier.coef_[0]
-        bias[classifier.classes_[1]] = classifier.intercept_[0]
-    else:
-        weight[classifier.classes_] = classifier.coef_
-        bias[classifier.classes_] = classifier.intercept_
-        bias[np.setdiff1d(np.arange(num_classes), classifier.classes_)] = -1e4  # classes never seen in train
-    weight = weight / scaler.scale_
-    bias = bias - weight @ scaler.mean_
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=regularization, max_iter=1000))
+    scaler, classifier = probe.fit(features, labels).named_steps.values()
+    coef, intercept, seen = classifier.coef_, classifier.intercept_, classifier.classes_
+    if len(seen) == 2:  # scikit-learn keeps one row for two classes: the logit difference
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+    weight = np.zeros((head.out_features, features.shape[1]))
+    bias = np.full(head.out_features, -1e4)  # classes never seen in train
+    weight[seen] = coef / scaler.scale_
+    bias[seen] = intercept - weight[seen] @ scaler.mean_
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weight))
         head.bias.copy_(torch.from_numpy(bias))
@@ -266,7 +216,7 @@ def fit_linear_head(
         "probe_samples": int(len(labels)),
         "probe_feature_seconds": round(extracted - start, 2),
         "probe_fit_seconds": round(time.perf_counter() - extracted, 2),
-        "probe_train_accuracy": float(classifier.score(scaler.transform(features), labels)),
+        "probe_train_accuracy": float(probe.score(features, labels)),
     }
     logger.info("Linear probe on %d features: %s", features.shape[1], summary)
     return summary

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BadImagesError
-from .images import DECODE_ERRORS, describe, open_checked, to_rgb
+from .images import DECODE_ERRORS, describe, load_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -17,11 +17,8 @@ IGNORE_INDEX = -100  # the label of a placeholder: the loss and the metrics skip
 
 @dataclass
 class BadImageLog:
-    """Counts the unreadable images of each split, in memory and in `<output_dir>/bad_images.jsonl`.
-
-    The file is shared by DataLoader workers and processes (appends of one short line each), so the
-    limit applies to the whole run, not to each worker.
-    """
+    """Counts the unreadable images of each split, in memory and in `<output_dir>/bad_images.jsonl`: a file shared
+    by DataLoader workers and processes (appends of one short line each), so the limit holds for the whole run."""
 
     path: Path | None
     limits: dict[str, int] = field(default_factory=dict)
@@ -38,7 +35,7 @@ class BadImageLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"split": split, "file": name, "error": cause}) + "\n")
-        bad = self.read().get(split, {}) if self.path is not None else self.seen[split]
+        bad = self.read().get(split, {})
         limit = self.limits.get(split)
         if enforce_limit and limit is not None and len(bad) > limit:
             examples = "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:5])
@@ -65,10 +62,7 @@ class BadImageLog:
 def readable(value, split: str, log: Path | None, max_pixels: int | None = None) -> bool:
     """`verify_images`' filter: whether `value` decodes; the log records it when it does not."""
     try:
-        image = open_checked(value, max_pixels)
-        if image.format == "JPEG":
-            image.draft("RGB", (64, 64))  # decodes at 1/8 scale but still reads the whole stream
-        to_rgb(image)
+        load_rgb(value, max_pixels, draft=True)
     except DECODE_ERRORS as error:
         cause = f"left out by verify_images: {type(error).__name__}: {error}"
         BadImageLog(log).record(split, describe(value), cause, enforce_limit=False)
@@ -81,8 +75,7 @@ def bad_image_limit(max_bad_images: float, split_size: int) -> int:
 
 
 def shareable_names(found: dict[str, dict[str, str]], dataset_name: str) -> dict[str, list[str]]:
-    """{split: sorted files} for metrics.json, which is uploaded: paths inside a local dataset folder
-    become relative to it, so no path of the training machine is published."""
+    """{split: sorted files} for the uploaded metrics.json, where no path of the training machine is published."""
     root = Path(dataset_name).expanduser().resolve()
 
     def shareable(name: str) -> str:

@@ -26,17 +26,6 @@ TEMPLATE = Path(__file__).with_name("model_card_template.md")
 DEFAULT_LICENSE = "apache-2.0"
 BASE_TAGS = ["image-classification", "vision", "vit", "generated-from-recipe"]
 _SPLITS = ("validation", "test")
-_VERSIONS_OF = ("transformers", "torch", "datasets", "huggingface_hub")
-
-
-# The recipe keys in the card's training table: the first ones always, the others only where they differ
-# from their default, so that a technique the run did not use takes no row.
-_ALWAYS_SHOWN = ["adaptation", "learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs",
-                 "per_device_train_batch_size", "weight_decay", "optim", "train_augmentation", "seed"]  # fmt: skip
-_SHOWN_WHEN_SET = ["freeze_blocks", "lora_rank", "lora_alpha", "head_learning_rate_multiplier", "layer_decay",
-                   "max_steps", "gradient_accumulation_steps", "label_smoothing_factor", "max_grad_norm", "bf16",
-                   "fp16", "random_resized_crop_scale", "horizontal_flip", "auto_augment", "random_erasing",
-                   "mixup_alpha", "cutmix_alpha", "drop_path_rate", "ema_decay", "eval_crop_pct"]  # fmt: skip
 
 
 def folder_name(path: str | Path) -> str:
@@ -46,7 +35,7 @@ def folder_name(path: str | Path) -> str:
 
 @dataclass
 class RunFiles:
-    """What an output folder says about its run."""
+    """What an output folder says about its run; the card template reads it too."""
 
     output_dir: Path
     config: dict
@@ -58,11 +47,11 @@ class RunFiles:
         advice = "Give the output folder of a run, e.g. outputs/smoke after `python run_snacks.py recipes/smoke.yaml`."
         # The card is made from the files that describe the run; its weights are not read.
         output_dir = require_model_folder(output_dir, "output_dir", advice, weights=False)
-        config_path = output_dir / "config.json"
         metrics_path, recipe_path = output_dir / METRICS_FILE, output_dir / RESOLVED_RECIPE_NAME
         metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
         recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) if recipe_path.is_file() else None
-        return cls(output_dir, json.loads(config_path.read_text(encoding="utf-8")), metrics, recipe or {})
+        config = json.loads((output_dir / "config.json").read_text(encoding="utf-8"))
+        return cls(output_dir, config, metrics, recipe or {})
 
     @property
     def labels(self) -> list[str]:
@@ -71,25 +60,23 @@ class RunFiles:
 
     @property
     def base_model(self) -> str | None:
-        """The Hub checkpoint that was fine-tuned; None for from-scratch models and local folders."""
         name = self.recipe.get("model_name_or_path")
-        return name if is_hub_id(name) else None
+        return name if is_hub_id(name) else None  # None: trained from scratch, or from a local checkpoint
 
     @property
     def dataset(self) -> str:
-        """The dataset as a user would name it: `dataset_name_for_card`, else the Hub id, else the folder's name."""
+        """As a user would name it: `dataset_name_for_card`, else the Hub id, else the folder's name."""
         name = self.recipe.get("dataset_name") or "unknown"
         return str(self.recipe.get("dataset_name_for_card") or self.hub_dataset or folder_name(name))
 
     @property
     def hub_dataset(self) -> str | None:
-        """The Hub dataset to link to and list in the metadata: the card's name for it, else the one trained on."""
+        """The Hub dataset to link to: the card's name for it, else the one trained on."""
         names = (self.recipe.get("dataset_name_for_card"), self.recipe.get("dataset_name"))
         return next((name for name in names if is_hub_id(name)), None)
 
     def local_paths(self, *more: str | Path | None) -> dict[str, str]:
-        """The run's absolute paths on this machine (dataset, checkpoint, output folder...), each with its
-        name, longest first; they may be quoted in the command or the recipe."""
+        """The run's absolute paths (as a command or recipe may quote them), longest first, with their folder's name."""
         names = {}
         for path in (self.recipe.get("dataset_name"), self.recipe.get("model_name_or_path"), self.output_dir, *more):
             expanded = os.path.expanduser(str(path or ""))
@@ -128,29 +115,6 @@ def card_data(run: RunFiles, model_name: str, license: str | None = None) -> Mod
     )
 
 
-def _training_rows(run: RunFiles) -> list[tuple[str, object]]:
-    recipe, train = run.recipe, run.metrics.get("train") or {}
-    defaults = {
-        f.name: f.default if f.default_factory is MISSING else f.default_factory()
-        for cls in ARGUMENT_CLASSES
-        for f in fields(cls)
-    }
-    rows = [
-        (key, recipe[key])
-        for key in _ALWAYS_SHOWN + _SHOWN_WHEN_SET
-        if key in recipe and (key in _ALWAYS_SHOWN or recipe[key] != defaults.get(key))
-    ]
-    extra = [
-        ("input size (pixels)", run.config.get("image_size")),
-        ("effective batch size", run.metrics.get("effective_batch_size")),
-        ("train images", train.get("samples")),
-        ("epochs run", train.get("epoch")),
-        ("final train loss", train.get("train_loss")),
-        ("training time (s)", train.get("train_runtime")),
-    ]
-    return rows + [(label, value) for label, value in extra if value is not None]
-
-
 def _recipe_text(recipe_path: str | Path | None) -> str | None:
     if not recipe_path or not Path(recipe_path).is_file():
         return None
@@ -168,32 +132,27 @@ def build_model_card(
     license: str | None = None,
     token: str | None = None,
 ) -> ModelCard:
-    """A `huggingface_hub.ModelCard` for an output folder; `repo_id` names it in the usage snippet, and
-    `token` is scrubbed from it (as is huggingface_hub's own, see `hub.scrub`)."""
+    """The card of an output folder; `repo_id` names it in the usage snippet; tokens are scrubbed (`hub.scrub`)."""
     run = RunFiles.read(output_dir)
     model_name = (repo_id or "").split("/")[-1] or run.output_dir.resolve().name
     checkpoint = run.recipe.get("model_name_or_path")
+    recipe_fields = [f for cls in ARGUMENT_CLASSES for f in fields(cls)]
     card = ModelCard.from_template(
-        card_data(run, model_name, license),
+        card_data(run, model_name, license),  # its fields (base_model, license...) reach the template too
         template_path=str(TEMPLATE),
-        model_name=model_name,
-        model_type=run.config.get("model_type", "transformers"),
+        run=run,
+        model_name=model_name,  # not among them when there are results: it moves into the model-index
         checkpoint=folder_name(checkpoint) if checkpoint and not run.base_model else None,
-        config_overrides=run.recipe.get("config_overrides") or {},
-        dataset=run.dataset,
-        hub_dataset=run.hub_dataset,
         results={split: run.metrics[split] for split in _SPLITS if run.metrics.get(split)},
         model_ref=repo_id or str(run.output_dir),
-        eval_crop_pct=float(run.recipe.get("eval_crop_pct", 1.0)),
-        labels=run.labels,
-        training_rows=_training_rows(run),
+        defaults={f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in recipe_fields},
         command=command,
         recipe_path=recipe_path,
         recipe_text=_recipe_text(recipe_path),
         resolved_recipe=RESOLVED_RECIPE_NAME,
         onnx=read_parity(run.output_dir),
         hub_ref=bool(repo_id),
-        versions={package: importlib.metadata.version(package) for package in _VERSIONS_OF},
+        version=importlib.metadata.version,
     )
     text = scrub(str(card), token)
     for path, name in run.local_paths(recipe_path).items():
@@ -202,7 +161,7 @@ def build_model_card(
 
 
 def write_model_card(output_dir: str | Path, **kwargs) -> Path:
-    """Write `<output_dir>/README.md` (see `build_model_card` for the arguments); return its path."""
+    """Write `<output_dir>/README.md` (arguments: `build_model_card`'s); return its path."""
     path = Path(output_dir) / CARD_NAME
     path.write_text(str(build_model_card(output_dir, **kwargs)), encoding="utf-8")
     return path
@@ -210,8 +169,6 @@ def write_model_card(output_dir: str | Path, **kwargs) -> Path:
 
 @dataclass
 class HubSettings:
-    """The Hub settings of a run, kept apart from its TrainingArguments by `take_hub_settings`."""
-
     push_to_hub: bool
     hub_model_id: str | None
     hub_private_repo: bool | None
@@ -230,8 +187,7 @@ def take_hub_settings(args) -> HubSettings:
 def finish_for_hub(
     output_dir: str | Path, hub: HubSettings, recipe_path: str | Path | None = None, argv: list[str] | None = None
 ) -> str | None:
-    """Write the model card (metrics.json written first); push when `hub.push_to_hub` and return the URL.
-    A failed push raises PushError."""
+    """Write the model card (after metrics.json); push when `hub.push_to_hub` and return the URL, or raise PushError."""
     # The card is scrubbed of the token, so a --hub_token value on the command line shows as ***.
     command = shlex.join(["python", "run_snacks.py", *argv]) if argv is not None else None
     card = write_model_card(

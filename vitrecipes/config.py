@@ -1,9 +1,7 @@
 """Recipes: a flat YAML file mapped onto three argument dataclasses, with command-line overrides.
 
-A recipe key belongs to exactly one of `ModelArguments`, `DataArguments` or
-`RecipeTrainingArguments` (a `transformers.TrainingArguments` with recipe-friendly defaults).
-The recipe's values, typed by each key's annotation, become the defaults of one `HfArgumentParser`,
-which then parses the command line, so the command line wins. docs/recipes.md describes every key.
+The recipe's values, typed by each key's annotation, become the defaults of one `HfArgumentParser`, which then
+parses the command line, so the command line wins. docs/recipes.md describes every key.
 """
 
 from __future__ import annotations
@@ -12,10 +10,8 @@ import argparse
 import dataclasses
 import difflib
 import importlib
-import importlib.util
 import logging
 import os
-import re
 import sys
 import types
 import typing
@@ -35,8 +31,36 @@ from .outputs import require_model_folder
 
 
 def _key(default, help: str):
-    """A recipe key with one line of help; docs/recipes.md says more about each."""
-    return field(default=default, metadata={"help": help})
+    """A recipe key with one line of help (docs/recipes.md says more); a list default is copied per instance."""
+    default = {"default_factory": default.copy} if isinstance(default, list) else {"default": default}
+    return field(**default, metadata={"help": help})
+
+
+_NUMPY_SEED = (lambda v: 0 <= v < 2**32, "be a whole number from 0 to 2**32 - 1 (numpy's range)")
+# The values a number key takes, as a test and in words; null passes (where a key may be null), a list item by item.
+_LIMITS = {
+    "lora_rank": (lambda v: v >= 1, "be 1 or more"),
+    "lora_alpha": (lambda v: v > 0, "be positive (the adapters' scale is alpha / rank)"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "lie in [0, 1) (a probability)"),
+    "drop_path_rate": (lambda v: 0 <= v < 1, "lie in [0, 1) (the chance that a block is skipped)"),
+    "image_size": (lambda v: v >= 8, "be a side in pixels (8 or more)"),
+    **dict.fromkeys(("mixup_alpha", "cutmix_alpha"), (lambda v: v >= 0, "be 0 (off) or positive")),
+    "random_erasing": (lambda v: 0 <= v <= 1, "lie in [0, 1] (a probability)"),
+    "validation_split_size": (lambda v: 0 < v < 1, "lie strictly between 0 and 1"),
+    "eval_crop_pct": (lambda v: 0 < v <= 1, "lie in (0, 1]"),
+    "ema_decay": (lambda v: 0 <= v < 1, "lie in [0, 1) (0 is off)"),
+    "layer_decay": (lambda v: 0 < v <= 1, "lie in (0, 1] (1 is off)"),
+    "head_learning_rate_multiplier": (lambda v: v > 0, "be positive"),
+    **dict.fromkeys(("seed", "data_seed", "seeds"), _NUMPY_SEED),
+}
+
+
+def _check_limits(args) -> None:
+    for key, (ok, words) in _LIMITS.items():
+        values = getattr(args, key, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and not ok(value):
+                raise RecipeError(f"{key} must {words}, got {value}.")
 
 
 @dataclass
@@ -63,11 +87,10 @@ class ModelArguments:
     lora_rank: int = _key(16, "adaptation lora: rank of the adapters.")
     lora_alpha: float = _key(16.0, "adaptation lora: scale of the adapters (alpha / rank).")
     lora_dropout: float = _key(0.0, "adaptation lora: dropout on the adapter input.")
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "adaptation lora: layers that get adapters."}
-    )
+    lora_target_modules: list[str] = _key(["q_proj", "v_proj"], "adaptation lora: layers that get adapters.")
 
     def __post_init__(self):
+        _check_limits(self)
         if self.attn_implementation is not None:
             check_attention_kernel(self.attn_implementation)
         if self.adaptation == "freeze" and self.freeze_blocks < 1:
@@ -75,41 +98,21 @@ class ModelArguments:
                 f"freeze_blocks: {self.freeze_blocks} blocks cannot be frozen; adaptation 'freeze' needs freeze_blocks "
                 "set to 1 or more, up to the model's number of encoder blocks (checked when the model loads)."
             )
-        if self.lora_rank < 1:
-            raise RecipeError(f"lora_rank must be 1 or more, got {self.lora_rank}.")
-        if self.lora_alpha <= 0:
-            raise RecipeError(
-                f"lora_alpha must be positive (the adapters' scale is alpha / rank), got {self.lora_alpha}."
-            )
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise RecipeError(f"lora_dropout must lie in [0, 1) (a probability), got {self.lora_dropout}.")
-        if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
-            raise RecipeError(
-                f"drop_path_rate must lie in [0, 1) (the chance that a block is skipped), got {self.drop_path_rate}."
-            )
-        if self.image_size is not None and self.image_size < 8:
-            raise RecipeError(f"image_size must be a side in pixels (8 or more), got {self.image_size}.")
         if self.adaptation != "full" and self.model_name_or_path is None:
-            raise RecipeError(
-                f"adaptation '{self.adaptation}' adapts a pretrained checkpoint; from scratch, use 'full'."
-            )
-        if not self.trust_remote_code and self.model_name_or_path and Path(self.model_name_or_path).is_dir():
-            _refuse_shipped_code(Path(self.model_name_or_path))
-
-
-def _refuse_shipped_code(folder: Path) -> None:
-    """A checkpoint whose config.json has `auto_map` ships Python code of its own; without trust_remote_code
-    transformers refuses it with a raw error, or (for a known model_type) silently builds its own class."""
-    try:
-        config, _ = PreTrainedConfig.get_config_dict(str(folder))
-    except OSError:
-        return  # no readable config.json: loading the model explains that
-    if config.get("auto_map"):
-        raise RecipeError(
-            f"model_name_or_path: the checkpoint {folder} ships its own code (the Python files that auto_map in its "
-            "config.json names), which is not run unless you allow it. Read that code; if you trust it, set "
-            "trust_remote_code: true."
-        )
+            raise RecipeError(f"adaptation '{self.adaptation}' adapts a checkpoint; from scratch, use 'full'.")
+        folder = self.model_name_or_path
+        if not self.trust_remote_code and folder and Path(folder).is_dir():
+            # auto_map names shipped code: transformers refuses it with a raw error, or silently builds its own class.
+            try:
+                shipped = PreTrainedConfig.get_config_dict(folder)[0].get("auto_map")
+            except OSError:
+                shipped = None  # no readable config.json: loading the model explains that
+            if shipped:
+                raise RecipeError(
+                    f"model_name_or_path: the checkpoint {folder} ships its own code (the Python files that auto_map "
+                    "in its config.json names), which is not run unless you allow it. Read that code; if you trust "
+                    "it, set trust_remote_code: true."
+                )
 
 
 @dataclass
@@ -129,9 +132,7 @@ class DataArguments:
     train_augmentation: Literal["random_resized_crop", "none"] = _key(
         "random_resized_crop", "RandomResizedCrop (+ flip), or none: the eval transform."
     )
-    random_resized_crop_scale: list[float] = field(
-        default_factory=lambda: [0.08, 1.0], metadata={"help": "Area range of RandomResizedCrop (fraction of image)."}
-    )
+    random_resized_crop_scale: list[float] = _key([0.08, 1.0], "Area range of RandomResizedCrop (fraction of image).")
     horizontal_flip: bool = _key(True, "Random horizontal flips while training.")
     auto_augment: Literal["none", "trivial", "rand"] = _key("none", "trivial (TrivialAugmentWide), rand (RandAugment).")
     random_erasing: float = _key(0.0, "Probability of RandomErasing per training image (0: off).")
@@ -143,17 +144,7 @@ class DataArguments:
     eval_crop_pct: float = _key(1.0, "Eval: resize the shorter side to size / eval_crop_pct, centre-crop to size.")
 
     def __post_init__(self):
-        for key in ("mixup_alpha", "cutmix_alpha"):
-            if getattr(self, key) < 0:
-                raise RecipeError(f"{key} must be 0 (off) or positive, got {getattr(self, key)}.")
-        if not 0.0 <= self.random_erasing <= 1.0:
-            raise RecipeError(f"random_erasing is a probability in [0, 1], got {self.random_erasing}.")
-        if not 0.0 < self.validation_split_size < 1.0:
-            raise RecipeError(
-                f"validation_split_size must lie strictly between 0 and 1, got {self.validation_split_size}."
-            )
-        if not 0.0 < self.eval_crop_pct <= 1.0:
-            raise RecipeError(f"eval_crop_pct must lie in (0, 1], got {self.eval_crop_pct}.")
+        _check_limits(self)
 
 
 def _recipe_default(name: str, value):
@@ -181,22 +172,22 @@ class RecipeTrainingArguments(TrainingArguments):
     hub_license: str = _key("apache-2.0", "License written into the model card's metadata.")
     head_learning_rate_multiplier: float = _key(1.0, "The new classification head trains at learning_rate times this.")
     layer_decay: float = _key(1.0, "Layer-wise learning-rate decay per encoder block (1.0: off).")
-    ema_decay: float = _key(
-        0.0, "Moving average of the weights with this decay per step, for the final model (0: off)."
-    )
+    ema_decay: float = _key(0.0, "Moving average of the weights (this decay per step) as the final model; 0: off.")
     seeds: list[int] | None = _key(None, "Run once per seed into output_dir/seed-<N>, then summarise mean ± std.")
     sweep: str | None = _key(None, "A search-space YAML file: an Optuna sweep, then the best recipe trained once.")
     export_onnx: bool = _key(False, "At the end of training, export onnx/ (fp32 and int8) as export.py does.")
     remove_unused_columns: bool = _key(False, "Always false: the lazy transform consumes the image column.")
 
+    def __post_init__(self):
+        _check_limits(self)
+        super().__post_init__()
+
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeTrainingArguments)
 
 
-class _DuplicateKey(yaml.constructor.ConstructorError):
-    def __init__(self, key, first: yaml.Mark, second: yaml.Mark):
-        super().__init__(None, first, f"duplicate key {key!r}", second)
-        self.key, self.lines = key, (first.line + 1, second.line + 1)
+class _DuplicateKey(yaml.YAMLError):
+    """args: the key, and the lines of its first and second values."""
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -209,18 +200,16 @@ class _RecipeLoader(yaml.SafeLoader):
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 key = self.construct_object(key_node)
                 if key in seen:
-                    raise _DuplicateKey(key, seen[key], key_node.start_mark)
-                seen[key] = key_node.start_mark
+                    raise _DuplicateKey(key, seen[key], key_node.start_mark.line + 1)
+                seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_bool(self, node):
+        word = self.construct_scalar(node)
+        return word.lower() == "true" if word.lower() in ("true", "false") else word
 
-_RecipeLoader.yaml_implicit_resolvers = {
-    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+
+_RecipeLoader.add_constructor("tag:yaml.org,2002:bool", _RecipeLoader.construct_yaml_bool)
 
 
 def load_yaml(text: str):
@@ -230,39 +219,33 @@ def load_yaml(text: str):
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(
-            f"Recipe file {path} does not exist. Give the path of a YAML recipe, e.g. recipes/smoke.yaml."
-        )
+        raise RecipeError(f"Recipe file {path} does not exist. Give a YAML recipe's path, e.g. recipes/smoke.yaml.")
     try:
         content = load_yaml(path.read_text(encoding="utf-8"))
     except _DuplicateKey as error:
+        key, first, second = error.args
         raise RecipeError(
-            f"{path} sets '{error.key}' twice (lines {error.lines[0]} and {error.lines[1]}); YAML would silently "
-            "keep the last value. Delete the one you do not mean."
-        ) from None
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown place"
-        raise RecipeError(
-            f"Recipe {path} is not valid YAML at {where}: {error.problem}. "
-            "Check the indentation and that every key is followed by ': '."
+            f"{path} sets '{key}' twice (lines {first} and {second}); YAML would silently keep the last value. "
+            "Delete the one you do not mean."
         ) from None
     except yaml.YAMLError as error:
-        raise RecipeError(f"Recipe {path} is not valid YAML: {error}.") from None
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(
+            f"Recipe {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}. "
+            "Check the indentation and that every key is followed by ': '."
+        ) from None
+    if not isinstance(content or {}, dict):
         raise RecipeError(f"Recipe {path} must be a mapping of keys to values, not a {type(content).__name__}.")
-    return content
+    return content or {}
 
 
-_HINTS = {key: hint for cls in ARGUMENT_CLASSES for key, hint in typing.get_type_hints(cls).items()}
-
-
-def _options(key: str) -> tuple:
-    """The types a key takes: `int | None` -> (int, NoneType)."""
-    hint = _HINTS.get(key)
-    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+# The types each key takes: `int | None` -> (int, NoneType).
+_OPTIONS = {
+    key: typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for cls in ARGUMENT_CLASSES
+    for key, hint in typing.get_type_hints(cls).items()
+}
 
 
 def _is_enum(option) -> bool:
@@ -303,13 +286,12 @@ def _as_type(value, option):
     raise TypeError(value)
 
 
-_EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
-_EXPECTED[dict] = "a mapping such as {a: 1}"
+_EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "text", dict: "a mapping ({a: 1})"}
 
 
 def _coerce(key: str, value, source: str):
     """A recipe value, or the command line's text, as its key's type; else a RecipeError that names the key."""
-    options = _options(key)
+    options = _OPTIONS[key]
     if any(_is_enum(o) or (typing.get_origin(o) or o) is dict for o in options):
         options = [o for o in options if o is not str]  # `str` only lets HfArgumentParser take such keys as text
     if isinstance(value, str) and str in options:
@@ -334,72 +316,45 @@ def _coerce(key: str, value, source: str):
 
 
 class RecipeParser(HfArgumentParser):
-    """The three argument dataclasses as one argparse parser whose mistakes are RecipeErrors."""
-
-    def __init__(self):
-        super().__init__(
-            ARGUMENT_CLASSES,
-            prog="run_snacks.py",
-            usage="python run_snacks.py RECIPE.yaml [--key value ...]",
-            description="Train an image classifier from a YAML recipe. Every key below can be set in the recipe "
-            "or on the command line (--key value, --key=value, --flag for true, --mapping.key value, null for "
-            "none); the command line wins. docs/recipes.md describes every key.",
-            allow_abbrev=False,
-        )
+    """An argparse parser whose mistakes are RecipeErrors."""
 
     def error(self, message: str):
         raise RecipeError(f"The command line: {message.rstrip('.')}. Overrides look like '--learning_rate 3.0e-4'.")
 
 
-def check_keys(keys, source: str) -> None:
-    for key in keys:
-        if key not in _HINTS:
-            raise RecipeError(
-                f"Unknown key '{key}' in {source}.{_suggest(key, _HINTS)} "
-                "Run `python run_snacks.py --help` to list every key."
-            )
-
-
 _IN_5 = "It was renamed or removed in transformers 5; use"
 _GONE = "It was removed (its speed-up was below the benchmark's noise); delete the key."
+_REMOVED = ("reuse_freed_memory", "dataloader_worker_niceness", "jpeg_draft", "decoded_image_cache_mib", "decode_ahead")
 # Keys of transformers 4 recipes, and keys that older resolved recipes of this project hold.
 _RENAMED_KEYS = {
     "warmup_ratio": f"{_IN_5} warmup_steps (a value below 1 is read as a fraction of all steps).",
     "evaluation_strategy": f"{_IN_5} eval_strategy.",
     "no_cuda": f"{_IN_5} use_cpu.",
     "save_safetensors": f"{_IN_5} nothing: weights are always saved as safetensors; remove the key.",
-    **dict.fromkeys(
-        ["reuse_freed_memory", "dataloader_worker_niceness", "jpeg_draft", "decoded_image_cache_mib", "decode_ahead"],
-        _GONE,
-    ),
+    **dict.fromkeys(_REMOVED, _GONE),
 }
 
 
-def _suggest(key: str, known) -> str:
-    if key in _RENAMED_KEYS:
-        return f" {_RENAMED_KEYS[key]}"
-    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
-def _split_command_line(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """argv as (the words before the first --key, {key: [--key, its words...]}); a later --key wins, as in argparse."""
-    starts = [i for i, word in enumerate(argv) if word.startswith("--")]
-    given = {}
-    for start, end in zip(starts, [*starts[1:], len(argv)]):
-        option, equals, value = argv[start].partition("=")
-        given[option[2:].replace("-", "_")] = [option, *([value] if equals else []), *argv[start + 1 : end]]
-    return argv[: starts[0] if starts else len(argv)], given
+def check_keys(keys, source: str) -> None:
+    for key in keys:
+        if key not in _OPTIONS:
+            close = difflib.get_close_matches(key, sorted(_OPTIONS), n=1, cutoff=0.6)
+            hint = _RENAMED_KEYS.get(key) or (f"Did you mean '{close[0]}'?" if close else "")
+            raise RecipeError(
+                f"Unknown key '{key}' in {source}.{' ' + hint if hint else ''} "
+                "Run `python run_snacks.py --help` to list every key."
+            )
 
 
 def parse_recipe(argv: list[str] | None = None):
-    """Parse `RECIPE.yaml [--key value ...]` into the three argument dataclasses.
-
-    Returns (model_args, data_args, training_args, recipe_path). The output folder defaults to
-    outputs/<recipe file stem>.
-    """
+    """`RECIPE.yaml [--key value ...]` as (model_args, data_args, training_args, recipe_path)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = RecipeParser()
+    parser = RecipeParser(
+        ARGUMENT_CLASSES,
+        usage="python run_snacks.py RECIPE.yaml [--key value ...]",
+        description="Train an image classifier from a YAML recipe. Set any key below in the recipe or on the command "
+        "line (--key value, --key=value, --flag, --mapping.key value, null), which wins; docs/recipes.md says more.",
+    )
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
         raise SystemExit(0)
@@ -409,16 +364,21 @@ def parse_recipe(argv: list[str] | None = None):
         recipe = read_yaml(recipe_path)
     source = f"recipe {recipe_path}" if recipe_path else "the command line"
     check_keys(recipe, source)
-    rest, given = _split_command_line(argv)
-    check_keys([key.split(".")[0] for key in given if key.removeprefix("no_") not in _HINTS], "the command line")
+    # The words before the first --key, and {key: [--key, its words...]}; a later --key wins, as in argparse.
+    starts = [i for i, word in enumerate(argv) if word.startswith("--")]
+    rest, given = argv[: starts[0] if starts else len(argv)], {}
+    for start, end in zip(starts, [*starts[1:], len(argv)]):
+        option, equals, value = argv[start].partition("=")
+        given[option[2:].replace("-", "_")] = [option, *([value] if equals else []), *argv[start + 1 : end]]
+    check_keys([key.split(".")[0] for key in given if key.removeprefix("no_") not in _OPTIONS], "the command line")
     # The recipe's values and the command line's words are typed alike (by each key's annotation) and become
     # the parser's defaults; argparse is left stray words and keys without their value.
     defaults = {key: _coerce(key, value, source) for key, value in recipe.items()}
     for key, (option, *words) in given.items():
-        if key.startswith("no_") and bool in _options(key[3:]) and not words:  # HfArgumentParser's --no_flag
+        if key.startswith("no_") and bool in _OPTIONS.get(key[3:], ()) and not words:  # HfArgumentParser's --no_flag
             key, words = key[3:], ["false"]
         parent, dot, child = key.partition(".")
-        if parent not in _HINTS or not (words or dot or bool in _options(key)):
+        if parent not in _OPTIONS or not (words or dot or bool in _OPTIONS.get(key, ())):
             rest += [option, *words]  # for argparse's own message
             continue
         if dot:  # --mapping.key value: one entry of a mapping, typed as YAML
@@ -432,18 +392,29 @@ def parse_recipe(argv: list[str] | None = None):
         defaults[parent] = _coerce(parent, value, "the command line")
     parser.set_defaults(**defaults)
     values = vars(parser.parse_args(rest))
-    if values.get("output_dir") is not None and not str(values["output_dir"]).strip():
+    if values["output_dir"] is not None and not values["output_dir"].strip():
         raise RecipeError(
             "output_dir is empty (''). Give a folder (e.g. --output_dir outputs/my-run), or leave the key out "
             "for the default, outputs/<recipe name>."
         )
-    if not values.get("output_dir"):
+    if not values["output_dir"]:
         if recipe_path is None:
             raise RecipeError("No output_dir: give a recipe file or pass --output_dir PATH.")
         values["output_dir"] = str(Path("outputs") / recipe_path.stem)
     if not values["do_train"]:
-        _evaluate_the_trained_model(values, model_given="model_name_or_path" in given)
-    model_args, data_args, training_args = _build(values, source)
+        # Evaluate the model this recipe trained, unless the command line names another; the recipe's
+        # from-scratch keys no longer apply: the checkpoint carries its own config.
+        if "model_name_or_path" not in given:
+            what = "--do_train false evaluates the model saved in output_dir"
+            advice = "Train it first, point --output_dir at a finished run, or name one with --model_name_or_path."
+            values["model_name_or_path"] = str(require_model_folder(values["output_dir"], what, advice))
+        values["model_type"] = values["config_overrides"] = None
+    switched_off = switch_off_gpu_only_settings(values)
+    try:
+        model_args, data_args, training_args = parser.parse_dict(values)
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"Invalid value in {source}: {error}") from None
+    training_args.gpu_settings_switched_off = switched_off  # the run logs them, the resolved recipe records them
     check_consistency(model_args, training_args)
     refuse_keys_that_cannot_act(model_args, data_args, training_args)
     if training_args.remove_unused_columns:
@@ -454,35 +425,6 @@ def parse_recipe(argv: list[str] | None = None):
     return model_args, data_args, training_args, recipe_path
 
 
-def _build(values: dict[str, Any], source: str):
-    built = []
-    for cls in ARGUMENT_CLASSES:
-        kwargs = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values}
-        if cls is RecipeTrainingArguments:
-            switched_off = switch_off_gpu_only_settings(kwargs)
-        try:
-            built.append(cls(**kwargs))
-        except (ValueError, TypeError) as error:
-            raise RecipeError(f"Invalid value in {source} ({cls.__name__}): {error}") from None
-    # Kept on the arguments so that the run logs it and the resolved recipe records it.
-    built[-1].gpu_settings_switched_off = switched_off
-    return tuple(built)
-
-
-def _evaluate_the_trained_model(values: dict[str, Any], model_given: bool) -> None:
-    """`--do_train false` evaluates the model the recipe trained (in its output_dir), unless the command
-    line names another with --model_name_or_path. The recipe's from-scratch architecture keys no longer
-    apply: the checkpoint carries its own config."""
-    if not model_given:
-        output_dir = require_model_folder(
-            str(values["output_dir"]),
-            "--do_train false evaluates the model saved in output_dir",
-            "Train it first, point --output_dir at a finished run, or name the checkpoint with --model_name_or_path.",
-        )
-        values["model_name_or_path"] = str(output_dir)
-    values["model_type"] = values["config_overrides"] = None
-
-
 def check_consistency(model_args: ModelArguments, training_args: TrainingArguments) -> None:
     if model_args.model_name_or_path and model_args.model_type:
         raise RecipeError(
@@ -491,8 +433,6 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
         )
     if not model_args.model_name_or_path and not model_args.model_type:
         raise RecipeError("Neither model_name_or_path nor model_type is set: the recipe must name a model.")
-    if not 0.0 <= training_args.ema_decay < 1.0:
-        raise RecipeError(f"ema_decay must lie in [0, 1) (0 is off), got {training_args.ema_decay}.")
     if training_args.ema_decay and training_args.load_best_model_at_end and training_args.do_train:
         raise RecipeError(
             "ema_decay: the averaged weights become the final model, so the best checkpoint cannot be reloaded "
@@ -509,26 +449,25 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
         )
     if training_args.seeds and training_args.sweep:
         raise RecipeError("seeds and sweep cannot be combined: run the sweep, then --seeds on its best_recipe.yaml.")
-    if training_args.sweep and not Path(training_args.sweep).is_file():
-        raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
     if training_args.sweep:
+        if not Path(training_args.sweep).is_file():
+            raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
         load_search_space(training_args.sweep, training_args)  # its mistakes, before any data is loaded
     seeds = training_args.seeds or []
-    for key, values in (("seed", [training_args.seed]), ("data_seed", [training_args.data_seed]), ("seeds", seeds)):
-        for value in values:
-            if value is not None and not 0 <= value < 2**32:
-                raise RecipeError(f"{key} must be a whole number from 0 to 2**32 - 1 (numpy's range), got {value}.")
     twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if twice:
         raise RecipeError(f"seeds: {twice[0]} is given twice; each seed runs once, into output_dir/seed-{twice[0]}.")
-    if not 0.0 < training_args.layer_decay <= 1.0:
-        raise RecipeError(f"layer_decay must lie in (0, 1] (1 is off), got {training_args.layer_decay}.")
-    if training_args.head_learning_rate_multiplier <= 0:
-        raise RecipeError(
-            f"head_learning_rate_multiplier must be positive, got {training_args.head_learning_rate_multiplier}."
-        )
-    for tracker in training_args.report_to:  # a list once TrainingArguments has read "all" / "none"
-        _check_tracker(tracker)
+    # Trainer imports a tracker only when it builds its callbacks, after the data has loaded.
+    for name in [tracker for tracker in training_args.report_to if tracker in _TRACKERS]:  # "all" is a list by now
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - installed but broken (a missing shared library, a bad version)
+            missing = isinstance(error, ModuleNotFoundError) and error.name == name
+            problem = "is not installed" if missing else f"fails to import ({cause(error)})"
+            raise RecipeError(
+                f"report_to: {name} {problem}, and Trainer needs it to log there. Run `pip install {name}` (or "
+                f"`pip install --upgrade {name}`), or remove {name} from report_to."
+            ) from None
     if model_args.config_overrides and model_args.model_name_or_path:
         raise RecipeError(
             "config_overrides only applies to from-scratch models (model_type). To change a checkpoint's "
@@ -550,11 +489,6 @@ ADAPTATION_KEYS = {
 CHECKPOINT_KEYS = ("image_processor_name", "model_revision", "image_size", "ignore_mismatched_sizes")
 
 
-def _default(args, key: str):
-    spec = next(f for f in dataclasses.fields(args) if f.name == key)
-    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
-
-
 def refuse_keys_that_cannot_act(model_args, data_args, training_args) -> None:
     """A key set away from its default that this training run cannot use is an error, so that the model card
     and the resolved recipe never record a setting that did not apply."""
@@ -573,13 +507,15 @@ def refuse_keys_that_cannot_act(model_args, data_args, training_args) -> None:
     if model_args.model_name_or_path is None:
         reason = "it applies to a loaded checkpoint; a from-scratch model takes its sizes from config_overrides"
         unusable += [(key, reason) for key in CHECKPOINT_KEYS]
-    owner = {f.name: args for args in (model_args, data_args, training_args) for f in dataclasses.fields(args)}
+    owner = {f.name: (args, f) for args in (model_args, data_args, training_args) for f in dataclasses.fields(args)}
     for key, reason in unusable:
-        value, default = getattr(owner[key], key), _default(owner[key], key)
-        if value != default:
+        args, spec = owner[key]
+        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+        if getattr(args, key) != default:
             raise RecipeError(
-                f"{key}: {value} cannot act in this run, because {reason}. Remove the key or set it back to its "
-                f"default ({'null' if default is None else default}), or choose the adaptation or model it belongs to."
+                f"{key}: {getattr(args, key)} cannot act in this run, because {reason}. Remove the key or set it back "
+                f"to its default ({'null' if default is None else default}), or choose the adaptation or model it "
+                "belongs to."
             )
     if mode != "linear_probe" and training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
         raise RecipeError(
@@ -590,23 +526,6 @@ def refuse_keys_that_cannot_act(model_args, data_args, training_args) -> None:
 
 # Trackers whose Python package (and `pip install` name) is the report_to name.
 _TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "neptune", "clearml", "dvclive", "swanlab")
-
-
-def _check_tracker(name: str) -> None:
-    """Trainer imports the tracker only when it builds its callbacks, after the data has loaded."""
-    if name not in _TRACKERS:
-        return
-    try:
-        problem = None if importlib.util.find_spec(name) else "is not installed"
-        if problem is None:
-            importlib.import_module(name)  # installed but broken (a missing shared library, a bad version)
-    except Exception as error:  # noqa: BLE001 - whatever the import raises, the advice is the same
-        problem = f"fails to import ({cause(error)})"
-    if problem:
-        raise RecipeError(
-            f"report_to: {name} {problem}, and Trainer needs it to log there. Run `pip install {name}` (or "
-            f"`pip install --upgrade {name}`), or remove {name} from report_to."
-        )
 
 
 def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, dict]]:
@@ -622,30 +541,26 @@ def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, d
         )
     n_trials = space.get("n_trials", 10)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise RecipeError(
-            f"Search space {path}: 'n_trials' must be a whole number of trials, 1 or more; got {n_trials!r}."
-        )
+        raise RecipeError(f"Search space {path}: 'n_trials' must be a whole number, 1 or more; got {n_trials!r}.")
     for key, spec in params.items():
+        where = f"Search space {path}: '{key}'"
         if not hasattr(training_args, key):
             raise RecipeError(
-                f"Search space {path}: '{key}' is not a training key. Trainer.hyperparameter_search sets "
-                "TrainingArguments keys (learning_rate, weight_decay, num_train_epochs, warmup_steps, ...) only."
+                f"{where} is not a training key. Trainer.hyperparameter_search sets TrainingArguments keys "
+                "(learning_rate, weight_decay, num_train_epochs, warmup_steps, ...) only."
             )
         if not isinstance(spec, dict) or not ({"choices"} <= set(spec) or {"low", "high"} <= set(spec)):
-            raise RecipeError(f"Search space {path}: '{key}' needs either `choices: [...]` or `low` and `high`.")
+            raise RecipeError(f"{where} needs either `choices: [...]` or `low` and `high`.")
         if "choices" in spec:
             if not isinstance(spec["choices"], list) or not spec["choices"]:
-                raise RecipeError(f"Search space {path}: '{key}' needs a non-empty list of `choices`.")
+                raise RecipeError(f"{where} needs a non-empty list of `choices`.")
             continue
         try:  # float(), as optuna_space reads them: PyYAML reads `1e-4` as text
             ordered = float(spec["low"]) <= float(spec["high"])
         except (TypeError, ValueError):
             ordered = False
         if not ordered:
-            raise RecipeError(
-                f"Search space {path}: '{key}' needs numbers with low <= high; got low {spec['low']!r}, "
-                f"high {spec['high']!r}."
-            )
+            raise RecipeError(f"{where} needs numbers, low <= high; got low {spec['low']!r}, high {spec['high']!r}.")
         if spec.get("log") and float(spec["low"]) <= 0:
-            raise RecipeError(f"Search space {path}: '{key}' has `log: true`, which needs low > 0; got {spec['low']}.")
+            raise RecipeError(f"{where} has `log: true`, which needs low > 0; got {spec['low']}.")
     return n_trials, params

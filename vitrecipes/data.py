@@ -1,8 +1,5 @@
-"""Loading the splits: Hub ids, local imagefolders, save_to_disk folders and the built-in digits.
-
-`load_splits` returns a DatasetDict ("train", "validation" and, when there is one, "test") with a
-`ClassLabel` label column and an undecoded image column; decoding happens lazily in `transforms.py`.
-"""
+"""The splits from Hub ids, local imagefolders, save_to_disk folders or the built-in digits: a DatasetDict with a
+`ClassLabel` label column and an undecoded image column (decoded lazily, in `transforms.py`)."""
 
 from __future__ import annotations
 
@@ -16,13 +13,13 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from .bad_images import BadImageLog, readable
 from .config import DataArguments
 from .errors import RecipeError, hub_unreachable
+from .hub import is_hub_id
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_DIGITS = "builtin:digits"
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-# The Hub's automatic Parquet export, tried when the main branch does not load: e.g. it holds a loading
-# script, which datasets 4 and later refuse to run (Matthijs/snacks is such a dataset).
+# The Hub's Parquet export: tried when main does not load, e.g. a loading script, which datasets>=4 refuse (snacks).
 PARQUET_REVISION = "refs/convert/parquet"
 
 
@@ -54,30 +51,21 @@ def builtin_digits(image_size: int = 32) -> DatasetDict:
     return DatasetDict(train=split(train), validation=split(validation), test=split(test))
 
 
-def _is_saved_to_disk(path: Path) -> bool:
-    return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
-
-
 def load_raw_dataset(data_args: DataArguments) -> DatasetDict:
-    """Load whatever `dataset_name` points at, as a DatasetDict keyed by split name."""
     name = data_args.dataset_name
     if name == BUILTIN_DIGITS:
         return builtin_digits()
     path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise RecipeError(
-                f"dataset_name: {path} is a file. Give a folder: an imagefolder (<split>/<class>/<image>) "
-                "or a folder written by Dataset.save_to_disk."
-            )
-        if _is_saved_to_disk(path):
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             loaded = datasets.load_from_disk(str(path))
             return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
         return _load_imagefolder(path)
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+    if path.exists() or name.startswith("~") or ("/" in name and not is_hub_id(name)):
+        problem = f"{path} is a file" if path.exists() else f"the folder {name} does not exist"
         raise RecipeError(
-            f"dataset_name: the folder {name} does not exist. Check the path, or give a Hub id such as "
-            "'Matthijs/snacks'."
+            f"dataset_name: {problem}. Check the path: give a folder (an imagefolder, <split>/<class>/<image>, or one "
+            "written by Dataset.save_to_disk) or a Hub id such as 'Matthijs/snacks'."
         )
     return _load_from_hub(data_args)
 
@@ -85,81 +73,69 @@ def load_raw_dataset(data_args: DataArguments) -> DatasetDict:
 def _load_imagefolder(path: Path) -> DatasetDict:
     from PIL import Image
 
-    # Checked first: the builder fails on a folder without images with an error that depends on what else is there.
     extensions = Image.registered_extensions()
-    if not any(file.suffix.lower() in extensions for file in path.rglob("*")):
+    class_folders = {file.parent for file in path.rglob("*") if file.suffix.lower() in extensions}
+    # Checked first: the builder fails on a folder without images with an error that depends on what else is there.
+    if not class_folders:
         raise RecipeError(
             f"dataset_name: the folder {path} holds no image files. Lay it out as an imagefolder, "
             "<split>/<class name>/<image> (e.g. train/cat/1.jpg and validation/cat/2.jpg; validation/ and test/ "
             "are optional), or give a folder written by save_to_disk."
         )
+    for split_folder in sorted({folder.parent for folder in class_folders}):
+        for folder in sorted(split_folder.iterdir()):
+            if folder.is_dir() and folder not in class_folders and not folder.name.startswith("."):
+                logger.warning("%s holds no images, so it is not a class of the model: add images or remove it", folder)
     return datasets.load_dataset("imagefolder", data_dir=str(path))
 
 
 def _load_from_hub(data_args: DataArguments) -> DatasetDict:
-    name, config = data_args.dataset_name, data_args.dataset_config_name
-    try:
-        return datasets.load_dataset(name, name=config, revision=data_args.dataset_revision)
-    except Exception as error:  # noqa: BLE001 - the Parquet export is tried next, then one message for both
-        first_error = message = error
-    if data_args.dataset_revision is None:
+    name, chosen = data_args.dataset_name, data_args.dataset_revision
+    failures = []
+    for revision in [chosen] if chosen is not None else [None, PARQUET_REVISION]:
         try:
-            loaded = datasets.load_dataset(name, name=config, revision=PARQUET_REVISION)
-        except Exception as error:  # noqa: BLE001
-            message = f"{first_error} Then the Parquet export (revision {PARQUET_REVISION}) failed too: {error}"
-        else:
-            logger.warning(
-                "%s did not load (%s); loaded its Parquet export, revision %s.", name, first_error, PARQUET_REVISION
-            )
-            return loaded
+            loaded = datasets.load_dataset(name, name=data_args.dataset_config_name, revision=revision)
+        except Exception as error:  # noqa: BLE001 - the Parquet export is tried next, then one message for both
+            failures.append(f"revision {revision or 'main'}: {type(error).__name__}: {error}")
+            continue
+        if failures:
+            logger.warning("%s did not load (%s); loaded its Parquet export, revision %s.", name, failures[0], revision)
+        return loaded
     hint = hub_unreachable("The Hub may be unreachable, or the id may be misspelt")
     raise RecipeError(
         f"Could not load dataset '{name}' from the Hugging Face Hub. {hint}. To use a local copy, set "
         "dataset_name to a folder: an imagefolder laid out as <split>/<class name>/<image> (e.g. "
-        "../shared/data/snacks) or a folder written by save_to_disk. Cause: "
-        f"{type(first_error).__name__}: {message}"
+        f"../shared/data/snacks) or a folder written by save_to_disk. Cause: {'; then '.join(failures)}"
     ) from None
-
-
-def _check_columns(split_name: str, dataset: Dataset, data_args: DataArguments) -> None:
-    for key in ("image_column_name", "label_column_name"):
-        column = getattr(data_args, key)
-        if column not in dataset.column_names:
-            raise RecipeError(
-                f"{key}: column '{column}' is not in the '{split_name}' split of {data_args.dataset_name}. "
-                f"Its columns are: {', '.join(dataset.column_names)}. Set {key} in the recipe."
-            )
 
 
 def _encode_labels(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
     """Every split's labels cast to one ClassLabel; the classes that no train image has are named."""
     label, train_split = data_args.label_column_name, data_args.train_split
-    train_feature = feature = raw[train_split].features[label]
+    feature = raw[train_split].features[label]
     for split_name, dataset in raw.items():
-        if getattr(dataset.features[label], "names", None) != getattr(train_feature, "names", None):
+        if getattr(dataset.features[label], "names", None) != getattr(feature, "names", None):
             raise RecipeError(
-                f"The '{split_name}' split's labels are {dataset.features[label]}, but train's are {train_feature}. "
+                f"The '{split_name}' split's labels are {dataset.features[label]}, but train's are {feature}. "
                 "All splits must share one class list."
             )
     if not isinstance(feature, ClassLabel):
         # The labels of every split, so that one that train lacks is named below rather than failing the cast.
         values = set().union(*(dataset.unique(label) for dataset in raw.values()))
         if all(isinstance(v, str) for v in values):
-            feature = ClassLabel(names=sorted(values))
+            raw = raw.cast_column(label, ClassLabel(names=sorted(values)))
         elif all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-            feature = ClassLabel(num_classes=max(values) + 1)
+            raw = raw.cast_column(label, ClassLabel(num_classes=max(values) + 1))
         else:
             raise RecipeError(
-                f"label_column_name: column '{label}' holds {train_feature}, which is not a label. Use a column of "
+                f"label_column_name: column '{label}' holds {feature}, which is not a label. Use a column of "
                 "ClassLabel, strings or non-negative integers."
             )
-        raw = raw.cast_column(label, feature)
-    in_train = set(raw[train_split].unique(label))
+    names, in_train = raw[train_split].features[label].names, set(raw[train_split].unique(label))
     missing: dict[str, list[str]] = {}
     for split_name, dataset in raw.items():
-        for index in sorted(set(dataset.unique(label)) - in_train):
-            if index >= 0:  # -1: ClassLabel's "no label"
-                missing.setdefault(feature.names[index], []).append(split_name)
+        for index in sorted(set(dataset.unique(label)) - in_train - {-1}):  # -1: ClassLabel's "no label"
+            missing.setdefault(names[index], []).append(split_name)
     if missing:
         # The imagefolder builder takes its class list from every split: a folder only in validation/ would be a class.
         listed = ", ".join(f"'{name}' (in {', '.join(splits)})" for name, splits in sorted(missing.items()))
@@ -170,17 +146,6 @@ def _encode_labels(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
     return raw
 
 
-def _warn_empty_class_folders(train: Dataset, image_column: str) -> None:
-    """An imagefolder's train class folder without images is not a class at all: say so, by folder."""
-    class_folders = {Path(value["path"]).parent for value in train[image_column] if value.get("path")}
-    for split_folder in {folder.parent for folder in class_folders}:
-        for folder in sorted(split_folder.iterdir()):
-            if folder.is_dir() and folder not in class_folders and not folder.name.startswith("."):
-                logger.warning(
-                    "%s holds no images, so it is not a class of the model. Add images to it or remove it.", folder
-                )
-
-
 def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
     raw = load_raw_dataset(data_args)
     if data_args.train_split not in raw:
@@ -189,16 +154,18 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
             f"Its splits are: {', '.join(raw)}. Set train_split in the recipe."
         )
     for split_name, dataset in raw.items():
-        _check_columns(split_name, dataset, data_args)
+        for key in ("image_column_name", "label_column_name"):
+            if getattr(data_args, key) not in dataset.column_names:
+                raise RecipeError(
+                    f"{key}: column '{getattr(data_args, key)}' is not in the '{split_name}' split of "
+                    f"{data_args.dataset_name}. Its columns are: {', '.join(dataset.column_names)}. "
+                    f"Set {key} in the recipe."
+                )
     # Images are decoded in the lazy transform, which logs an unreadable file instead of failing the batch.
     image = data_args.image_column_name
     if isinstance(raw[data_args.train_split].features[image], datasets.Image):
         raw = raw.cast_column(image, datasets.Image(decode=False))
     raw = _encode_labels(raw, data_args)
-    folder = Path(data_args.dataset_name).expanduser()
-    if folder.is_dir() and not _is_saved_to_disk(folder):
-        _warn_empty_class_folders(raw[data_args.train_split], image)
-
     splits = DatasetDict(train=raw[data_args.train_split])
     if data_args.validation_split in raw:
         splits["validation"] = raw[data_args.validation_split]
@@ -244,13 +211,10 @@ def drop_unreadable(splits: DatasetDict, data_args: DataArguments, bad_images: B
             load_from_cache_file=not fresh,
             desc=f"verify_images: decoding {name}",
         )
-        if len(kept[name]) < len(dataset):
-            logger.warning(
-                "verify_images: %d unreadable image(s) left out of %s:\n  %s",
-                len(dataset) - len(kept[name]),
-                name,
-                "\n  ".join(f"{file}  ({cause})" for file, cause in bad_images.read().get(name, {}).items()),
-            )
+        left_out = len(dataset) - len(kept[name])
+        if left_out:
+            listed = "\n  ".join(f"{file}  ({cause})" for file, cause in bad_images.read().get(name, {}).items())
+            logger.warning("verify_images: %d unreadable image(s) left out of %s:\n  %s", left_out, name, listed)
         else:
             logger.info("verify_images: all %d images of %s decode.", len(dataset), name)
     return DatasetDict(kept)

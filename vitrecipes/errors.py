@@ -2,8 +2,7 @@
 
 
 class RecipeError(Exception):
-    """A mistake the user can fix: one paragraph naming the file, key or column and what to do, which
-    `run_snacks.py` prints without a traceback, exiting with status 2."""
+    """A mistake the user can fix, in one paragraph; `run_snacks.py` prints it without a traceback and exits 2."""
 
 
 class BadImagesError(RecipeError):
@@ -24,8 +23,7 @@ def user_message(error: BaseException) -> str:
 
 def cause(error: BaseException) -> str:
     """`Type: first line of the message`: how a one-paragraph error quotes the library error behind it."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
 
 
 def hub_unreachable(otherwise: str) -> str:

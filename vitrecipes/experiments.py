@@ -1,11 +1,5 @@
-"""Several runs of one recipe: seeds in one command with a mean ± std summary, and Optuna sweeps.
-
-    python run_snacks.py RECIPE.yaml --seeds 42 43 44        # output_dir/seed-42, ..., summary.md
-    python run_snacks.py RECIPE.yaml --sweep SPACE.yaml      # trials, sweep_trials.md, best_recipe.yaml, best/
-
-A sweep is `Trainer.hyperparameter_search` with the Optuna backend. Trials are chosen on validation
-accuracy only; the test split is evaluated once, by the run of the best trial's recipe.
-"""
+"""Several runs of one recipe (docs/experiments.md): `--seeds` with a mean ± std summary, and `--sweep`
+(Trainer.hyperparameter_search with Optuna, on validation accuracy only; the best recipe then runs test once)."""
 
 from __future__ import annotations
 
@@ -83,12 +77,10 @@ def write_summary(summary: dict, output_dir: str | Path, title: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{SUMMARY_NAME}.json").write_text(json.dumps(summary, indent=2) + "\n")
     columns = {"run": "run", **{k: v for k, v in FIGURES.items() if k in summary["summary"]}}
-    mean_row = {"run": f"**mean ± std** (n={len(summary['runs'])})"}
-    for key, stats in summary["summary"].items():
-        mean_row[key] = f"{stats['mean']:.4f} ± {stats['std']:.4f}"
-    lines = [f"# {title}", "", *_table([*summary["runs"], mean_row], columns), ""]
+    mean_row = {key: f"{stats['mean']:.4f} ± {stats['std']:.4f}" for key, stats in summary["summary"].items()}
+    mean_row["run"] = f"**mean ± std** (n={len(summary['runs'])})"
     path = out / f"{SUMMARY_NAME}.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text("\n".join([f"# {title}", "", *_table([*summary["runs"], mean_row], columns), ""]), encoding="utf-8")
     return path
 
 
@@ -97,11 +89,10 @@ def finished_run(argv: list[str]) -> dict | None:
     (then `main(argv)` resumes it, starts it, or refuses a different recipe's folder)."""
     model_args, data_args, training_args, _ = parse_recipe(argv)
     folder = Path(training_args.output_dir)
-    if training_args.overwrite_output_dir or not (folder / RESOLVED_RECIPE_NAME).is_file():
+    finished = (folder / RESOLVED_RECIPE_NAME).is_file() and (folder / METRICS_FILE).is_file()
+    if not finished or training_args.overwrite_output_dir:
         return None
-    if not (folder / METRICS_FILE).is_file() or recipe_differences(
-        folder, resolved_recipe(model_args, data_args, training_args)
-    ):
+    if recipe_differences(folder, resolved_recipe(model_args, data_args, training_args)):
         return None
     logger.warning("%s finished: kept (its results are in %s).", folder.name, folder / METRICS_FILE)
     return json.loads((folder / METRICS_FILE).read_text())
@@ -126,9 +117,6 @@ def run_seeds(main: Callable, argv: list[str], training_args) -> dict:
     return summary
 
 
-# --- sweeps ---------------------------------------------------------------------------------------
-
-
 def optuna_space(params: dict[str, dict]) -> Callable:
     def space(trial) -> dict:
         chosen = {}
@@ -146,10 +134,8 @@ def optuna_space(params: dict[str, dict]) -> Callable:
 
 
 def run_sweep(trainer, model_args, data_args, training_args, hub, space_path: str | Path) -> Path:
-    """Search with `trainer` (built with `model_init`); write the trials table and the best trial's recipe.
-
-    Returns the path of the best recipe, which `run_snacks.py` runs as an ordinary recipe.
-    """
+    """Search with `trainer` (built with `model_init`); write the trials table and the best trial's recipe, and
+    return its path (`run_snacks.py` runs it as an ordinary recipe)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -189,10 +175,7 @@ def run_sweep(trainer, model_args, data_args, training_args, hub, space_path: st
     best = study.best_trial
     path = out / BEST_RECIPE_NAME
     if done >= n_trials and path.is_file():
-        logger.warning(
-            "Sweep %s finished earlier (%d trials; the best, %d, has validation accuracy %.4f): kept %s and %s.",
-            out, done, best.number, best.value, f"{SWEEP_TRIALS_NAME}.md", BEST_RECIPE_NAME,
-        )  # fmt: skip
+        logger.warning("Sweep %s finished earlier (%d trials; the best: %d): kept %s.", out, done, best.number, path)
         return path
     rows = [{"trial": t.number, **t.params, "validation_accuracy": t.value, "best": t.number == best.number}
             for t in study.get_trials(states=(TrialState.COMPLETE,))]  # fmt: skip

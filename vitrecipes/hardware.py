@@ -1,12 +1,5 @@
-"""The machine: the library versions the code needs, and the GPU speed settings (bf16, TF32,
-torch.compile, attention kernel) and what they become on a CPU.
-
-The GPU recipes turn these on. The same recipe must still run on a laptop or a CPU CI machine, so
-each GPU-only setting is switched off there with one warning line, and the resolved recipe records
-what actually ran. None of them is left on to slow a CPU run down silently: bf16 autocast is
-emulated on most CPUs (slower than fp32), TF32 does not exist there, and torch.compile spends
-minutes compiling for a short CPU run.
-"""
+"""The machine: the library versions the code needs, and the GPU-only speed settings (bf16, TF32, torch.compile,
+attention kernel), switched off with a warning on a CPU so that a GPU recipe still runs there, no slower."""
 
 from __future__ import annotations
 
@@ -26,20 +19,18 @@ ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", 
 
 
 def switch_off_gpu_only_settings(values: dict[str, Any]) -> list[str]:
-    """On a machine without a usable CUDA GPU, turn GPU-only settings off in `values` (coerced
-    TrainingArguments keywords), and tf32 on a GPU older than Ampere. Returns one sentence per setting
-    switched off."""
+    """Without a usable CUDA GPU, turn the GPU-only settings in `values` (TrainingArguments keywords) off, and tf32
+    on a GPU older than Ampere; one sentence per setting switched off."""
     if torch.cuda.is_available() and not values.get("use_cpu", False):
         if not values.get("tf32") or torch.cuda.get_device_capability() >= (8, 0):
             return []
         values["tf32"] = None  # TrainingArguments refuses it there; like on a CPU, the recipe runs without
         return [f"tf32: switched off, this GPU is older than Ampere ({GPU_ONLY_SETTINGS['tf32']})."]
+    if values.get("torch_compile_backend") or values.get("torch_compile_mode"):
+        values["torch_compile"] = True  # either implies it, as in TrainingArguments
     notes = []
     for key, why in GPU_ONLY_SETTINGS.items():
-        compile_implied = key == "torch_compile" and (
-            values.get("torch_compile_backend") or values.get("torch_compile_mode")
-        )
-        if values.get(key) or compile_implied:
+        if values.get(key):
             values[key] = None if key == "tf32" else False
             if key == "torch_compile":
                 values["torch_compile_backend"] = values["torch_compile_mode"] = None
@@ -48,7 +39,6 @@ def switch_off_gpu_only_settings(values: dict[str, Any]) -> list[str]:
 
 
 def check_attention_kernel(name: str) -> None:
-    """Fail early, with the fix, for a kernel this machine cannot run."""
     if name.startswith("flash_attention") and not torch.cuda.is_available():
         raise RecipeError(
             f"attn_implementation: {name} needs a CUDA GPU and the flash-attn package; this machine has no "
@@ -62,7 +52,6 @@ REQUIREMENTS = ("transformers>=5.18", "datasets>=3.0", "accelerate>=1.0")
 
 
 def check_requirements() -> None:
-    """Stop at start-up, with the fix, when an installed library is older than the code needs."""
     from transformers.utils.versions import require_version
 
     for requirement in REQUIREMENTS:

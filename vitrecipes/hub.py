@@ -1,8 +1,5 @@
-"""Uploading a run's output folder to the Hugging Face Hub, and keeping the token secret.
-
-A leaf: it imports no other module of the package but errors and outputs. A failed push loses nothing; its
-error names the command that pushes later. Tokens are scrubbed from every message (and, by card.py, the card).
-"""
+"""Uploading a run's output folder to the Hugging Face Hub (a leaf: it imports only errors and outputs). A failed
+push loses nothing and names the command that pushes later; tokens are scrubbed from every message (and the card)."""
 
 from __future__ import annotations
 
@@ -23,19 +20,9 @@ logger = logging.getLogger(__name__)
 
 # Only what someone using the model needs. An allow-list, so that stray files (notes, logs, an
 # eval-only run's metrics) never leave the machine by accident.
-UPLOAD_PATTERNS = [
-    CARD_NAME,
-    "config.json",
-    "preprocessor_config.json",
-    "model.safetensors",
-    "model-*-of-*.safetensors",
-    "model.safetensors.index.json",
-    METRICS_FILE,
-    RESOLVED_RECIPE_NAME,
-    "onnx/model.onnx",  # python export.py, in transformers.js's layout
-    "onnx/model_quantized.onnx",
-    "onnx/parity.json",
-]
+UPLOAD_PATTERNS = [CARD_NAME, "config.json", "preprocessor_config.json", METRICS_FILE, RESOLVED_RECIPE_NAME,
+                   "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+                   "onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/parity.json"]  # fmt: skip
 # Belt and braces behind the allow-list: training state that is large, pickled, or may hold secrets.
 NEVER_UPLOAD = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*"]
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
@@ -54,8 +41,7 @@ def is_hub_id(name: Any) -> bool:
 
 
 def scrub(text: str, *secrets: str | None) -> str:
-    """`text` with the given secrets, the token huggingface_hub would use (HF_TOKEN or the cached login) and
-    anything shaped like a Hub token replaced by ***."""
+    """`text` with `secrets`, huggingface_hub's token (HF_TOKEN or the login) and Hub-token shapes replaced by ***."""
     with contextlib.suppress(Exception):  # an unusable login (a failed refresh, say) is the same as none
         secrets += (get_token(),)
     for secret in secrets:
@@ -64,17 +50,9 @@ def scrub(text: str, *secrets: str | None) -> str:
     return _TOKEN_PATTERN.sub(_HIDDEN, text)
 
 
-def later_push_command(output_dir: str | Path, repo_id: str, private: bool = False) -> str:
-    parts = ["python", "push_to_hub.py", str(output_dir), "--hub_model_id", repo_id]
-    return shlex.join(parts + (["--private"] if private else []))
-
-
 def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Upload an output folder's model files to `repo_id` (created if needed); return the repository URL.
-
-    `token`: an explicit one, else huggingface_hub's own (HF_TOKEN or the login). Raises PushError, without it.
-    """
-    output_dir = Path(output_dir)
+    """Upload an output folder's model files to `repo_id` (created if needed); return the repository URL. `token`:
+    else huggingface_hub's own (HF_TOKEN or the login). Raises PushError, whose message never holds the token."""
     api = HfApi()
     failure = None
     try:
@@ -93,11 +71,12 @@ def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False,
             "Check the network and that your token may write to this repository (`hf auth login`, or the "
             "HF_TOKEN environment variable)"
         )
+        later = shlex.join(["python", "push_to_hub.py", str(output_dir), "--hub_model_id", repo_id])
         failure = PushError(
             f"Could not push to the Hugging Face Hub repository {repo_id} ({scrub(cause(error), token)}). Nothing "
             "is lost: the model, its image processor, metrics and model card are safe on disk at "
-            f"{output_dir.resolve()}. {hint}. "
-            f"Push them later with: {later_push_command(output_dir, repo_id, private)}"
+            f"{Path(output_dir).resolve()}. {hint}. "
+            f"Push them later with: {later}{' --private' if private else ''}"
         )
     # Raised outside the except block so the original exception (which may quote the token) is not chained.
     if failure is not None:

@@ -13,28 +13,10 @@ from PIL import Image, ImageOps
 # What Pillow raises for a file that is not a readable image: not an image, cut short, corrupt, or too big.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
-_HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Orient by EXIF and convert to 8-bit RGB; transparent areas become white."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "RGB":
-        return image
-    if image.mode in _HIGH_BIT_DEPTH_MODES:
-        pixels = np.asarray(image, dtype=np.float32)
-        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P" or image.mode in ("LA", "PA", "RGBA", "La", "RGBa"):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
-
-
-def open_checked(value: Any, max_pixels: int | None = None) -> Image.Image:
-    """Open what a datasets Image column holds ({'bytes', 'path'}, a path, raw bytes or a PIL image),
-    refusing images above `max_pixels` from their header, before decoding anything."""
+def load_rgb(value: Any, max_pixels: int | None = None, draft: bool = False) -> Image.Image:
+    """What a datasets Image column holds ({'bytes', 'path'}, a path, raw bytes or a PIL image) as 8-bit RGB, oriented
+    by EXIF, transparent areas white. An image above `max_pixels` is refused from its header, before decoding."""
     if isinstance(value, dict):
         value = value.get("bytes") or value["path"]
     if isinstance(value, (bytes, bytearray)):
@@ -44,11 +26,16 @@ def open_checked(value: Any, max_pixels: int | None = None) -> Image.Image:
         raise Image.DecompressionBombError(
             f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
         )
-    return image
-
-
-def load_rgb(value: Any, max_pixels: int | None = None) -> Image.Image:
-    return to_rgb(open_checked(value, max_pixels))
+    if draft and image.format == "JPEG":
+        image.draft("RGB", (64, 64))  # a check only: decodes at 1/8 scale but still reads the whole stream
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # high bit depth: scaled to 8 bits, not clipped
+        pixels = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("P", "LA", "PA", "RGBA", "La", "RGBa"):
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
+    return image.convert("RGB")
 
 
 def describe(value: Any) -> str:

@@ -60,8 +60,7 @@ def scratch_config(model_args: ModelArguments, **extra):
 def build_image_processor(model_args: ModelArguments):
     """The checkpoint's own processor, or a ViT-style one sized to a from-scratch config."""
     if model_args.model_name_or_path is None:
-        config = scratch_config(model_args)
-        size = getattr(config, "image_size", 224)
+        size = getattr(scratch_config(model_args), "image_size", 224)
         return ViTImageProcessor(size={"height": size, "width": size})
     name = model_args.image_processor_name or model_args.model_name_or_path
     try:
@@ -79,22 +78,24 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
     name = model_args.model_name_or_path
     what = name or model_args.model_type
     try:
-        config = (
-            scratch_config(model_args, **labels)
-            if name is None
-            else AutoConfig.from_pretrained(name, **labels, **_hub_kwargs(model_args))
-        )
-    except OSError as error:
-        raise _missing_checkpoint_error(name, error) from None
-    _set_drop_path_rate(config, model_args.drop_path_rate)
-    # Checked before building: for another architecture AutoModelForImageClassification raises a bare ValueError.
-    remote = "AutoModelForImageClassification" in (getattr(config, "auto_map", None) or {})
-    if type(config) not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING and not remote:
-        raise RecipeError(
-            f"{what} is not an image-classification architecture: AutoModelForImageClassification has no "
-            "class for it. Use a vision checkpoint such as google/vit-base-patch16-224-in21k."
-        )
-    try:
+        if name is None:
+            config = scratch_config(model_args, **labels)
+        else:
+            config = AutoConfig.from_pretrained(name, **labels, **_hub_kwargs(model_args))
+        if model_args.drop_path_rate is not None:
+            if not hasattr(config, "drop_path_rate"):
+                raise RecipeError(
+                    f"drop_path_rate: {config.model_type} models have no stochastic depth (their config has no "
+                    "drop_path_rate). Remove the key."
+                )
+            config.drop_path_rate = model_args.drop_path_rate
+        # Checked before building: for another architecture AutoModelForImageClassification raises a bare ValueError.
+        remote = "AutoModelForImageClassification" in (getattr(config, "auto_map", None) or {})
+        if type(config) not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING and not remote:
+            raise RecipeError(
+                f"{what} is not an image-classification architecture: AutoModelForImageClassification has no "
+                "class for it. Use a vision checkpoint such as google/vit-base-patch16-224-in21k."
+            )
         if name is None:
             return AutoModelForImageClassification.from_config(config)
         model = AutoModelForImageClassification.from_pretrained(
@@ -107,8 +108,7 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
     except OSError as error:
         raise _missing_checkpoint_error(name, error) from None
     except ValueError as error:
-        # Message text: transformers >=5.0 (checked: 5.24.0) has no public check of a kernel before building and
-        # refuses one the architecture lacks with a ValueError naming attention. Pinned by test_attention_kernel_*.
+        # Message text: transformers 5.24.0 refuses a kernel by a ValueError naming attention (test_attention_kernel_*).
         if "attention" not in str(error).lower():
             raise
         raise RecipeError(
@@ -121,21 +121,10 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
     return model
 
 
-def _set_drop_path_rate(config, rate: float | None) -> None:
-    if rate is None:
-        return
-    if not hasattr(config, "drop_path_rate"):
-        raise RecipeError(
-            f"drop_path_rate: {config.model_type} models have no stochastic depth (their config has no "
-            "drop_path_rate). Remove the key."
-        )
-    config.drop_path_rate = rate
-
-
 def materialize_new_weights(model) -> None:
-    """Zeros for weights left on the meta device: under FSDP's `fsdp_cpu_ram_efficient_loading`, a new head is made
-    on each machine's first process only, for FSDP to overwrite. Before that the probe and `freeze_unused` run it,
-    and accelerate maps the optimiser's parameters by `data_ptr`, 0 for every meta tensor."""
+    """Zeros for weights left on the meta device: under FSDP's `fsdp_cpu_ram_efficient_loading` a new head is made on
+    each machine's first process only, for FSDP to fill. Before that the probe and `freeze_unused` run it, and
+    accelerate maps the optimiser's parameters by `data_ptr`, 0 for every meta tensor."""
     for module in model.modules():
         for name, parameter in module.named_parameters(recurse=False):
             if parameter.is_meta:
@@ -144,9 +133,8 @@ def materialize_new_weights(model) -> None:
 
 
 def resize_position_embeddings(model, image_size: int):
-    """A fixed-size ViT-style model rebuilt native at `image_size` (so pipeline() needs no flag): from a config of
-    that size, with the position table resampled once by the model's own `interpolate_pos_encoding`. Models that
-    interpolate on every call (DINOv2: no `image_size` check) are returned as they are."""
+    """A fixed-size ViT-style model rebuilt native at `image_size` (so pipeline() needs no flag), its position table
+    resampled once by its own `interpolate_pos_encoding`. DINOv2 interpolates on every call: returned as it is."""
     embeddings = getattr(getattr(model, model.base_model_prefix, None), "embeddings", None)
     native = getattr(model.config, "image_size", None)
     if native == image_size or embeddings is None or model.config.model_type == "dinov2":

@@ -58,10 +58,7 @@ def resolved_recipe(model_args, data_args, training_args, hub=None) -> dict[str,
     if hub is not None:
         training.update(push_to_hub=hub.push_to_hub, hub_model_id=hub.hub_model_id)
     groups = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": training}
-    for group in groups.values():
-        for key in _UNSAVED_KEYS:
-            group.pop(key, None)
-    return groups
+    return {name: {k: v for k, v in group.items() if k not in _UNSAVED_KEYS} for name, group in groups.items()}
 
 
 def save_resolved_recipe(output_dir: str | Path, model_args, data_args, training_args, hub=None) -> Path:
@@ -72,8 +69,7 @@ def save_resolved_recipe(output_dir: str | Path, model_args, data_args, training
     parts = ["# Every setting this run used. Repeat it with: python run_snacks.py " + str(path)]
     parts += [f"# {note}" for note in getattr(training_args, "gpu_settings_switched_off", [])]
     for group, values in resolved_recipe(model_args, data_args, training_args, hub).items():
-        parts.append(f"\n# --- {group} ---")
-        parts.append(yaml.safe_dump(values, sort_keys=False, default_flow_style=False).rstrip())
+        parts += [f"\n# --- {group} ---", yaml.safe_dump(values, sort_keys=False, default_flow_style=False).rstrip()]
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return path
 
@@ -90,26 +86,18 @@ def bad_images_path(output_dir: str | Path, trained: bool) -> Path:
     return Path(output_dir) / (BAD_IMAGES_FILE if trained else EVAL_ONLY_BAD_IMAGES_FILE)
 
 
-def _safetensors_complete(path: Path) -> bool:
-    """safetensors refuses to open a file that does not cover every tensor its header lists (one cut short)."""
-    try:
-        with safe_open(path, framework="numpy"):
-            return True
-    except SafetensorError:
-        return False
-
-
 def _weights_complete(path: Path) -> bool:
     """Every weights format Trainer writes: one safetensors file, shards with their index, LoRA adapters,
     or FSDP's own (a full `pytorch_model_fsdp.bin`, or a sharded `pytorch_model_fsdp_0/` with its metadata)."""
-    for name in ("model.safetensors", "adapter_model.safetensors"):
-        if (path / name).exists():
-            return _safetensors_complete(path / name)
+    files = [path / name for name in ("model.safetensors", "adapter_model.safetensors") if (path / name).exists()]
     index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-        return bool(shards) and all((path / s).exists() and _safetensors_complete(path / s) for s in shards)
-    return any(path.glob("pytorch_model_fsdp*.bin")) or any(path.glob("pytorch_model_fsdp_*/.metadata"))
+    if not files and index.exists():
+        files = [path / shard for shard in set(json.loads(index.read_text())["weight_map"].values())]
+    for file in files:
+        # safetensors refuses a file that does not cover every tensor its header lists (one cut short).
+        with safe_open(file, framework="numpy"):
+            pass
+    return bool(files) or any(path.glob("pytorch_model_fsdp*.bin")) or any(path.glob("pytorch_model_fsdp_*/.metadata"))
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -120,7 +108,7 @@ def is_complete_checkpoint(path: Path) -> bool:
         # torch.save writes a zip; one cut short (a full disk) is not one
         optimizers = [p for p in (path / "optimizer.pt", path / "optimizer.bin") if p.exists()]
         return "global_step" in state and _weights_complete(path) and all(map(zipfile.is_zipfile, optimizers))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):  # a missing shard is an OSError
         return False
 
 
@@ -143,13 +131,6 @@ def recipe_differences(output_dir: Path, current: dict[str, dict[str, Any]]) -> 
     return sorted(k for k in keys if saved.get(k) != now.get(k))
 
 
-def _start_afresh(output_dir: Path) -> None:
-    for pattern in _RUN_OUTPUTS:
-        for path in output_dir.glob(pattern):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    logger.warning("overwrite_output_dir: starting afresh in %s (the old run's outputs removed).", output_dir)
-
-
 def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) -> str | None:
     """The checkpoint to resume from, or None; a RecipeError for a folder holding a finished or a different run,
     unless `overwrite_output_dir`, which removes the old run's outputs (main process only)."""
@@ -168,7 +149,10 @@ def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) ->
         return None
     if training_args.overwrite_output_dir:
         if training_args.process_index == 0:
-            _start_afresh(output_dir)
+            for pattern in _RUN_OUTPUTS:
+                for path in output_dir.glob(pattern):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            logger.warning("overwrite_output_dir: starting afresh in %s (the old run's outputs removed).", output_dir)
         return None
     if (output_dir / METRICS_FILE).exists():
         raise RecipeError(
@@ -180,8 +164,7 @@ def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) ->
     sweep = (output_dir / SWEEP_STUDY_FILE).exists()  # a sweep's trials, which a rerun continues
     if not existing and not sweep:
         return None
-    different = recipe_differences(output_dir, current_recipe)
-    if different:
+    if different := recipe_differences(output_dir, current_recipe):
         raise RecipeError(
             f"output_dir {output_dir} holds {'a sweep' if sweep else 'checkpoints of a run'} with a different "
             f"recipe (keys that differ: {', '.join(different[:12])}). Resuming would mix two runs. Choose another "

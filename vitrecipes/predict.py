@@ -1,10 +1,6 @@
-"""Classify images with an output folder (or a Hub model) through transformers' `pipeline()`.
-
-    predict("outputs/smoke", ["cat.png", "photos/", "https://example.com/dog.jpg"], top_k=3)
-
-A run saves its evaluation transform as its image processor, so the pipeline reproduces its evaluation.
-An input that cannot be read becomes a result with an "error" key; the others are still classified.
-"""
+"""Classify images with an output folder (or a Hub model) through transformers' `pipeline()`, which applies the
+run's saved evaluation transform: `predict("outputs/smoke", ["cat.png", "photos/", "https://x.org/dog.jpg"], top_k=3)`.
+An input that cannot be read becomes a result with an "error" key; the others are still classified."""
 
 from __future__ import annotations
 
@@ -18,7 +14,8 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import ImageClassificationPipeline
+from transformers import ImageClassificationPipeline, pipeline
+from transformers.utils.logging import disable_progress_bar
 
 from .errors import RecipeError, cause
 from .hub import is_hub_id
@@ -27,6 +24,7 @@ from .outputs import require_model_folder
 
 IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 URL_TIMEOUT_S = 30
+Model = str | os.PathLike | ImageClassificationPipeline  # an output folder, a Hub id, or a loaded pipeline
 
 
 def is_url(value: Any) -> bool:
@@ -66,8 +64,6 @@ def read_image(item: Any) -> Image.Image:
 
 def load_classifier(model: str | os.PathLike, device: str | None = None) -> ImageClassificationPipeline:
     """The image-classification pipeline of an output folder or a Hub model id: load once, classify many."""
-    from transformers import pipeline
-
     name = str(model)
     if not is_hub_id(name):
         advice = "Give the output folder of a training run (e.g. outputs/smoke, from recipes/smoke.yaml) or a Hub id."
@@ -93,30 +89,22 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Imag
         ) from None
 
 
-def _display_name(item: Any, position: int) -> str:
-    return f"<image {position}>" if isinstance(item, Image.Image) else str(item)
-
-
 def check_counts(top_k: int, batch_size: int) -> None:
     if top_k < 1 or batch_size < 1:
         raise RecipeError(f"top_k and batch_size must be at least 1, got top_k={top_k}, batch_size={batch_size}.")
 
 
 def iter_predictions(
-    model: str | os.PathLike | ImageClassificationPipeline,
-    images: Iterable[Any],
-    top_k: int = 1,
-    batch_size: int = 32,
-    device: str | None = None,
+    model: Model, images: Iterable[Any], top_k: int = 1, batch_size: int = 32, device: str | None = None
 ) -> Iterator[dict]:
-    """Results in input order, one batch at a time, so a large folder never sits in memory at once."""
+    """`predict`'s results in input order, one batch at a time, so a large folder never sits in memory at once."""
     check_counts(top_k, batch_size)
     classifier = load_classifier(model, device) if isinstance(model, (str, os.PathLike)) else model
     items = expand_inputs([images] if isinstance(images, (str, os.PathLike, Image.Image)) else images)
     for start in range(0, len(items), batch_size):
         results, loaded = {}, {}
         for position, item in enumerate(items[start : start + batch_size], start):
-            results[position] = {"input": _display_name(item, position)}
+            results[position] = {"input": f"<image {position}>" if isinstance(item, Image.Image) else str(item)}
             try:
                 loaded[position] = read_image(item)
             except Exception as error:  # noqa: BLE001 - one bad input must not stop the others
@@ -127,42 +115,28 @@ def iter_predictions(
         yield from results.values()
 
 
-def predict(model: str | os.PathLike | ImageClassificationPipeline, images: Any, **options) -> list[dict]:
-    """One dict per image: {input, label, score, top_k: [{label, score}]} or {input, error}.
-
-    `model`: an output folder, a Hub id, or a `load_classifier(...)` to reuse; options: top_k, batch_size, device.
-    """
+def predict(model: Model, images: Any, **options) -> list[dict]:
+    """One dict per image: {input, label, score, top_k: [{label, score}]} or {input, error}. `model`: an output
+    folder, a Hub id, or a `load_classifier(...)` to reuse; options: top_k, batch_size, device."""
     return list(iter_predictions(model, images, **options))
 
 
 # --- command line -------------------------------------------------------------------------------
 
 
-def format_row(result: dict, width: int, label_width: int, top_k: int) -> str:
-    name = result["input"]
-    if "error" in result:
-        return f"{name:<{width}}  ERROR {result['error']}"
-    row = f"{name:<{width}}  {result['label']:<{label_width}}  {result['score']:>11.4f}"
-    if top_k > 1:
-        row += "  " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in result["top_k"])
-    return row
-
-
 def run_cli(args, classifier=None) -> int:
     """Print one line per image (a table, or JSON lines); return 1 if any image failed, else 0. `classifier`:
     one to use instead of loading args.model's pipeline (predict.py --backend onnx gives its OnnxClassifier)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the weight-loading bar would interleave with the table on a terminal
+    disable_progress_bar()  # the weight-loading bar would interleave with the table on a terminal
     check_counts(args.top_k, args.batch_size)  # before the model loads
     classifier = classifier or load_classifier(args.model, args.device)
-    classes = len(classifier.model.config.id2label)
-    top_k = min(args.top_k, classes)
-    if args.top_k > classes:  # the pipeline gives every class then; the header must say so
-        print(f"--top_k {args.top_k}: the model has {classes} classes, so all {classes} are shown.", file=sys.stderr)
+    id2label = classifier.model.config.id2label
+    top_k = min(args.top_k, len(id2label))
+    if args.top_k > len(id2label):  # the pipeline gives every class then; the header must say so
+        print(f"--top_k {args.top_k}: the model has {top_k} classes, so all {top_k} are shown.", file=sys.stderr)
     items = expand_inputs(args.images)
-    width = min(max((len(_display_name(item, i)) for i, item in enumerate(items)), default=4), 80)
-    label_width = max(len("label"), *(len(str(label)) for label in classifier.model.config.id2label.values()))
+    width = min(max((len(item) for item in items), default=4), 80)
+    label_width = max(len("label"), *(len(str(label)) for label in id2label.values()))
     if not args.json:
         header = f"{'file':<{width}}  {'label':<{label_width}}  {'probability':>11}"
         print(header + (f"  top {top_k}" if top_k > 1 else ""), flush=True)
@@ -171,8 +145,12 @@ def run_cli(args, classifier=None) -> int:
         failed += "error" in result
         if args.json:
             print(json.dumps(result, ensure_ascii=False), flush=True)
+        elif "error" in result:
+            print(f"{result['input']:<{width}}  ERROR {result['error']}", flush=True)
         else:
-            print(format_row(result, width, label_width, top_k), flush=True)
+            row = f"{result['input']:<{width}}  {result['label']:<{label_width}}  {result['score']:>11.4f}"
+            top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in result["top_k"])
+            print(row + (f"  {top}" if top_k > 1 else ""), flush=True)
     if failed:
         print(f"{failed} of {len(items)} inputs could not be classified (see the error lines).", file=sys.stderr)
     return 1 if failed else 0

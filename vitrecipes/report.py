@@ -1,7 +1,5 @@
-"""A per-split evaluation report (files listed in docs/outputs.md), from the logits of the final evaluation.
-
-Only the few images shown as mistakes are decoded again: a report costs no second pass over the data.
-"""
+"""A per-split evaluation report (files listed in docs/outputs.md), from the logits of the final evaluation:
+only the few images shown as mistakes are decoded again, a report costs no second pass over the data."""
 
 from __future__ import annotations
 
@@ -22,9 +20,7 @@ from .metrics import scores
 
 
 @dataclass
-class SplitPredictions:
-    """One split's logits and labels from the final evaluation, kept so reports need no second pass."""
-
+class SplitPredictions:  # one split's logits and labels from the final evaluation
     split: str
     logits: np.ndarray
     labels: np.ndarray
@@ -47,39 +43,33 @@ def write_report(
     log_history: list[dict] | None = None,
     final_validation: dict | None = None,
 ) -> Path:
-    """Write the report of one evaluated split (as `evaluate_splits` returns it) and return its report.md.
-
-    `log_history`: Trainer's (`trainer.state.log_history`), for the curves; `final_validation`: the final
-    validation metrics, drawn there when nothing was evaluated during training.
-    """
+    """Write the report of one split as `evaluate_splits` returns it; return its report.md. `log_history`
+    (Trainer's) gives the curves, `final_validation` their point when nothing was evaluated during training."""
     logits, labels = predictions.logits, predictions.labels
     probabilities, numbers = compute_report_metrics(logits, labels, class_names)
     predicted = probabilities.argmax(axis=1)
     counts = confusion_matrix(labels, predicted, labels=np.arange(len(class_names)))
-    metrics = {
-        "split": predictions.split,
-        "checkpoint": checkpoint,
-        **numbers,
-        "most_confused": most_confused_pairs(counts, class_names),
-    }
+    metrics = {"split": predictions.split, "checkpoint": checkpoint, **numbers}
+    metrics["most_confused"] = most_confused_pairs(counts, class_names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / outputs.METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     confusion = {"class_names": list(class_names), "rows": "true", "columns": "predicted", "counts": counts.tolist()}
     (out / outputs.CONFUSION_JSON).write_text(json.dumps(confusion, indent=2) + "\n", encoding="utf-8")
     np.savez_compressed(out / outputs.PREDICTIONS_FILE, logits=logits, labels=labels, class_names=np.array(class_names))
-    title = f"{predictions.split} · {_tail(checkpoint, 60)} · n={len(labels)}"
+    title = f"{predictions.split} · {_short(checkpoint, 60, keep_end=True)} · n={len(labels)}"
     # "tight" on top of the constrained layout: long rotated class names must never be clipped.
     plot_confusion_matrix(counts, class_names, title).savefig(out / outputs.CONFUSION_PNG, bbox_inches="tight")
-    mistakes = most_confident_mistakes(probabilities, labels)
-    figure = plot_mistakes(predictions, image_column, mistakes, probabilities, labels, class_names, title)
+    wrong = np.flatnonzero(predicted != labels)
+    # The most confident mistakes first: the errors a user would trust the most.
+    mistakes = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:MAX_MISTAKES]
+    figure = plot_mistakes(predictions, image_column, mistakes, probabilities, class_names, title)
     figure.savefig(out / outputs.MISTAKES_PNG)
     curves = plot_curves(log_history, final_validation) if log_history else None
     if curves is not None:
         curves.savefig(out / outputs.CURVES_PNG)
-    n_mistakes = int((predicted != labels).sum())
-    page = _PAGES.get_template("report_template.md").render(
-        m=metrics, n_mistakes=n_mistakes, max_mistakes=MAX_MISTAKES, curves=curves is not None, files=outputs
+    page = _PAGE.render(
+        m=metrics, n_mistakes=len(wrong), max_mistakes=MAX_MISTAKES, curves=curves is not None, files=outputs
     )
     report = out / outputs.REPORT_FILE
     report.write_text(page.rstrip() + "\n", encoding="utf-8")
@@ -95,9 +85,7 @@ def compute_report_metrics(
     k = min(TOP_K, len(classes))
     # With k as many as the classes every label is in the top k (scikit-learn would also warn so).
     top_k_accuracy = top_k_accuracy_score(labels, probabilities, k=k, labels=classes) if k < len(classes) else 1.0
-    table = classification_report(
-        labels, probabilities.argmax(axis=1), labels=classes, output_dict=True, zero_division=0
-    )
+    table = classification_report(labels, logits.argmax(axis=1), labels=classes, output_dict=True, zero_division=0)
     # Rows by class id, not name: a class called "accuracy" or "macro avg" would clash with the summary rows.
     per_class = {name: table[str(i)] for i, name in enumerate(class_names)}
     return probabilities, {
@@ -118,22 +106,8 @@ def _prf(row: dict[str, float]) -> dict[str, float]:
 
 def most_confused_pairs(counts: np.ndarray, class_names: Sequence[str], limit: int = MAX_CONFUSED_PAIRS) -> list[dict]:
     """Off-diagonal cells of the confusion matrix, largest count first (ties: by class order)."""
-    off_diagonal = counts.copy()
-    np.fill_diagonal(off_diagonal, 0)
-    true_ids, predicted_ids = np.nonzero(off_diagonal)
-    order = np.lexsort((predicted_ids, true_ids, -off_diagonal[true_ids, predicted_ids]))[:limit]
-    return [
-        {"true": class_names[t], "predicted": class_names[p], "count": int(off_diagonal[t, p])}
-        for t, p in zip(true_ids[order], predicted_ids[order], strict=True)
-    ]
-
-
-def most_confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, limit: int = MAX_MISTAKES) -> np.ndarray:
-    """Row indices of wrong predictions, most confident first: the errors a user would trust the most."""
-    predicted = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != labels)
-    confidence = probabilities[wrong, predicted[wrong]]
-    return wrong[np.argsort(-confidence, kind="stable")][:limit]
+    pairs = sorted((-int(counts[t, p]), t, p) for t, p in zip(*np.nonzero(counts), strict=True) if t != p)
+    return [{"true": class_names[t], "predicted": class_names[p], "count": -n} for n, t, p in pairs[:limit]]
 
 
 def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
@@ -146,14 +120,11 @@ def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], title:
     fractions = np.divide(counts, row_totals, out=np.zeros(counts.shape, dtype=float), where=row_totals > 0)
     image = axes.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
-
     labels = [_short(name, 24) for name in class_names]
     font_size = 10 if n <= 20 else max(5, int(200 / n))
     axes.set_xticks(np.arange(n), labels=labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=font_size)
     axes.set_yticks(np.arange(n), labels=labels, fontsize=font_size)
-    axes.set_xlabel("Predicted class")
-    axes.set_ylabel("True class")
-    axes.set_title(f"Confusion matrix: {title}")
+    axes.set(xlabel="Predicted class", ylabel="True class", title=f"Confusion matrix: {title}")
     if n <= MAX_ANNOTATED_CLASSES:
         # Zero cells stay blank: a sea of zeros hides the few cells that matter.
         for t, p in zip(*np.nonzero(counts), strict=True):
@@ -162,24 +133,13 @@ def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], title:
     return figure
 
 
-def plot_mistakes(
-    predictions: SplitPredictions,
-    image_column: str,
-    indices: np.ndarray,
-    probabilities: np.ndarray,
-    labels: np.ndarray,
-    class_names: Sequence[str],
-    title: str,
-) -> Figure:
-    """A grid of the given mistakes from the stored images; one tile saying so when there are none.
-
-    A placeholder instead of no file keeps report.md's link and any tool reading the folder working.
-    """
+def plot_mistakes(predictions, image_column: str, indices, probabilities, class_names, title: str) -> Figure:
+    """A grid of the given mistakes from the stored images; with none, one tile saying so (a placeholder, not
+    no file: report.md's link and any tool reading the folder keep working)."""
     if len(indices) == 0:
         figure = Figure(figsize=(5, 2), dpi=100, layout="constrained")
         figure.text(0.5, 0.5, f"No mistakes\n{title}", ha="center", va="center", fontsize=13)
         return figure
-
     rows_of_dataset = predictions.dataset.with_format(None)  # drops the transform: raw rows, undecoded image
     columns = min(4, len(indices))
     grid_rows = -(-len(indices) // columns)
@@ -188,14 +148,10 @@ def plot_mistakes(
     for tile, index in enumerate(indices):
         axes = figure.add_subplot(grid_rows, columns, tile + 1)
         axes.set_axis_off()
-        true, predicted = int(labels[index]), int(probabilities[index].argmax())
+        shown = {"true": int(predictions.labels[index]), "pred": int(probabilities[index].argmax())}
         # The true class's own probability tells a near miss from a confident blunder.
-        axes.set_title(
-            f"true: {_short(class_names[true], 22)} ({probabilities[index, true]:.0%})\n"
-            f"pred: {_short(class_names[predicted], 22)} ({probabilities[index, predicted]:.0%})",
-            fontsize=9,
-            color="firebrick",
-        )
+        lines = [f"{what}: {_short(class_names[c], 22)} ({probabilities[index, c]:.0%})" for what, c in shown.items()]
+        axes.set_title("\n".join(lines), fontsize=9, color="firebrick")
         try:
             image = load_rgb(rows_of_dataset[int(index)][image_column])
         except (OSError, ValueError) as error:  # a moved or broken file must not cost the whole report
@@ -206,11 +162,8 @@ def plot_mistakes(
 
 
 def plot_curves(log_history: list[dict], final_validation: dict | None = None) -> Figure | None:
-    """Training and validation loss, and validation accuracy, against the optimiser step.
-
-    A run that evaluated only at the end gets that evaluation (`final_validation`: its `accuracy` and
-    `loss`) as one point at the last step; with none either, the accuracy panel says so.
-    """
+    """Training and validation loss, and validation accuracy, by step. A run evaluated only at the end gets that
+    evaluation (`final_validation`) as one point at the last step; with none either, the accuracy panel says so."""
     series = {
         key: [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
         for key in ("loss", "eval_loss", "eval_accuracy")
@@ -238,16 +191,13 @@ def plot_curves(log_history: list[dict], final_validation: dict | None = None) -
     return figure
 
 
-_PAGES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent), trim_blocks=True, lstrip_blocks=True, autoescape=False
+_PAGE = jinja2.Template(
+    Path(__file__).with_name("report_template.md").read_text("utf-8"), trim_blocks=True, lstrip_blocks=True
 )
-_PAGES.filters["cell"] = lambda text: str(text).replace("|", "\\|")  # a class name inside a Markdown table
 
 
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _tail(text: str, limit: int) -> str:
-    # The end of a checkpoint path names the run; its start is usually a long, shared prefix.
-    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+def _short(text: str, limit: int, keep_end: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    # The end of a checkpoint path names the run (keep_end); its start is usually a long, shared prefix.
+    return "…" + text[-(limit - 1) :] if keep_end else text[: limit - 1] + "…"

@@ -14,7 +14,6 @@ from transformers.trainer_utils import sort_checkpoints
 
 from .adaptation import parameter_groups
 from .bad_images import IGNORE_INDEX, BadImageLog, bad_image_limit
-from .config import DataArguments
 from .data import class_names
 from .errors import RecipeError
 from .metrics import compute_metrics
@@ -24,11 +23,10 @@ logger = logging.getLogger(__name__)
 
 
 def effective_batch_size(args: TrainingArguments) -> int:
-    """Images per optimiser step across all processes."""
     return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
 
 
-def attach_transforms(splits: DatasetDict, prep, data_args: DataArguments, bad_images: BadImageLog) -> DatasetDict:
+def attach_transforms(splits: DatasetDict, prep, data_args, bad_images: BadImageLog) -> DatasetDict:
     """Lazy preprocessing: images are decoded and transformed only when a batch is drawn."""
     transformed = {}
     for name, dataset in splits.items():
@@ -38,16 +36,8 @@ def attach_transforms(splits: DatasetDict, prep, data_args: DataArguments, bad_i
 
 
 def with_preprocessing(dataset, split: str, train: bool, prep, data_args, bad_images) -> Dataset:
-    """`dataset` (one split) through the training or the evaluation transform, lazily."""
-    transform = prep.batch_transform(
-        train=train,
-        image_column=data_args.image_column_name,
-        label_column=data_args.label_column_name,
-        split=split,
-        bad_images=bad_images,
-        max_pixels=data_args.max_image_pixels,
-    )
-    return dataset.with_transform(transform)
+    columns = data_args.image_column_name, data_args.label_column_name
+    return dataset.with_transform(prep.batch_transform(train, *columns, split, bad_images, data_args.max_image_pixels))
 
 
 def load_weights(model, checkpoint_dir: str) -> None:
@@ -70,9 +60,7 @@ class RecipeTrainer(Trainer):
             kwargs["compute_loss_func"] = self._soft_target_loss
         super().__init__(*args, **kwargs)
         self.batch_mixing = batch_mixing
-        self._last_train_log = (time.perf_counter(), 0)  # (time, step) of the previous training log line
         self.start_step = None  # the step training began from: 0, or a resumed checkpoint's
-        self._nonfinite = None  # see training_step
         self.add_callback(_TrainerHooks(self))
 
     def log(self, logs: dict, start_time=None):
@@ -114,18 +102,14 @@ class RecipeTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         # Noted on the device, without waiting for it; read only where Trainer logs, evaluates or saves.
-        value = loss.detach().float()
-        if self._nonfinite is None:
-            self._nonfinite = torch.zeros(2, device=value.device)  # (step, loss) of the first non-finite loss
+        value = loss.detach().float().to(self._nonfinite.device)
         first = ~torch.isfinite(value) & (self._nonfinite[0] == 0)
         found = torch.stack([torch.full_like(value, self.state.global_step + 1), value])
-        self._nonfinite = torch.where(first, found, self._nonfinite)
+        self._nonfinite = torch.where(first, found, self._nonfinite)  # (step, loss) of the first non-finite loss
         return loss
 
     def stop_if_nonfinite(self) -> None:
         """Raise NonFiniteLossError, on every process together, if a loss so far was NaN or infinite."""
-        if self._nonfinite is None:
-            return
         steps = self.accelerator.gather(self._nonfinite[:1])
         if not steps.any():
             return
@@ -169,7 +153,7 @@ class _TrainerHooks(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer.start_step = state.global_step  # restored from the checkpoint by now, when resuming
         self.trainer._last_train_log = (time.perf_counter(), state.global_step)
-        self.trainer._nonfinite = None
+        self.trainer._nonfinite = torch.zeros(2, device=args.device)
 
     def on_step_end(self, args, state, control, **kwargs):
         # After Trainer's flow callback has decided; the same steps on every process, so the gather matches.

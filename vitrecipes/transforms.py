@@ -1,9 +1,5 @@
-"""Preprocessing with torchvision v2, applied lazily through `Dataset.with_transform`.
-
-Train: RandomResizedCrop + horizontal flip (+ TrivialAugment / RandAugment, random erasing). Eval: resize
-the shorter side, centre-crop. Size, mean and std come from the checkpoint's image processor; reading the
-files is `images.py`'s. Images stay (3, H, W) uint8 until `collate` converts and normalises the batch.
-"""
+"""Preprocessing with torchvision v2, sized by the checkpoint's image processor, applied lazily through
+`Dataset.with_transform`. Images stay (3, H, W) uint8 until `collate` converts and normalises the batch."""
 
 from __future__ import annotations
 
@@ -24,37 +20,30 @@ from .images import DECODE_ERRORS, describe, load_rgb
 
 
 def image_size_from_processor(processor) -> tuple[int, int]:
-    """(height, width) the model expects, read from an image processor's crop_size or size."""
-    for attr, enabled in (("crop_size", "do_center_crop"), ("size", None)):
-        size = getattr(processor, attr, None)
-        if size is None or (enabled and not getattr(processor, enabled, False)):
-            continue
+    """(height, width) the model expects: the processor's crop_size where it centre-crops, else its size."""
+    crop_size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    for size in (crop_size, getattr(processor, "size", None)):
         if isinstance(size, int):
-            size = {"height": size, "width": size}
-        elif not isinstance(size, dict):  # transformers' SizeDict
-            size = {k: getattr(size, k, None) for k in ("height", "width", "shortest_edge")}
-        if size.get("height") and size.get("width"):
+            return size, size
+        if size and size.get("height") and size.get("width"):  # a dict or transformers' SizeDict
             return int(size["height"]), int(size["width"])
-        if size.get("shortest_edge"):
+        if size and size.get("shortest_edge"):
             return int(size["shortest_edge"]), int(size["shortest_edge"])
     raise ValueError(f"Cannot tell the input size from image processor {type(processor).__name__}.")
 
 
 def train_augmentation(data_args: DataArguments, size: tuple[int, int], mean: list[float]):
-    """The training transform on (3, H, W) uint8, or None where training uses the eval transform.
-
-    Erased areas take the normalisation mean, so they become zeros at the model input.
-    """
+    """The training transform on (3, H, W) uint8, or None where training uses the eval transform."""
     if data_args.train_augmentation == "none":
         return None
     steps = [v2.RandomResizedCrop(list(size), scale=tuple(data_args.random_resized_crop_scale), antialias=True)]
     if data_args.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
-    if data_args.auto_augment == "trivial":
-        steps.append(v2.TrivialAugmentWide())
-    elif data_args.auto_augment == "rand":
-        steps.append(v2.RandAugment())
+    policy = {"trivial": v2.TrivialAugmentWide, "rand": v2.RandAugment}.get(data_args.auto_augment)
+    if policy is not None:
+        steps.append(policy())
     if data_args.random_erasing > 0:
+        # Erased areas take the normalisation mean, so they become zeros at the model input.
         steps.append(v2.RandomErasing(p=data_args.random_erasing, value=[round(255 * m) for m in mean]))
     return v2.Compose(steps)
 
@@ -85,11 +74,8 @@ class Preprocessing:
         )
 
     def eval_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Resize the shorter side to `resize_to`, then take the centre crop of the model's size.
-
-        The same torchvision operations, output-size rounding and crop offsets as the image processor
-        saved with the model (`serving_processor`), so `pipeline()` sees exactly these pixels.
-        """
+        """Resize the shorter side to `resize_to`, then centre-crop: the operations, rounding and crop offsets of
+        the image processor saved with the model (`serving_processor`), so `pipeline()` sees exactly these pixels."""
         resized = tvF.resize(pixels, self.resize_to, interpolation=tvF.InterpolationMode.BILINEAR, antialias=True)
         height, width = resized.shape[-2:]  # the shorter side is resize_to >= either side of the crop
         top, left = (height - self.size[0]) // 2, (width - self.size[1]) // 2
@@ -99,8 +85,7 @@ class Preprocessing:
         return self.eval_uint8(pixels) if self.train_transform is None else self.train_transform(pixels)
 
     def serving_processor(self):
-        """An image processor that gives `pipeline()` exactly the evaluation transform's pixels (with
-        BitImageProcessor's defaults: RGB, resize, centre crop, rescale by 1/255, normalise)."""
+        """The evaluation transform for `pipeline()`: BitImageProcessor (RGB, resize, crop, rescale, normalise)."""
         return BitImageProcessor(
             size={"shortest_edge": self.resize_to},
             resample=PILImageResampling.BILINEAR,
@@ -120,10 +105,8 @@ class Preprocessing:
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Stack a batch and normalise it once (uint8 inputs); float inputs pass through unchanged."""
         pixels = torch.stack([e["pixel_values"] for e in examples])
-        return {
-            "pixel_values": self.normalize(pixels) if pixels.dtype == torch.uint8 else pixels,
-            "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long),
-        }
+        labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        return {"pixel_values": self.normalize(pixels) if pixels.dtype == torch.uint8 else pixels, "labels": labels}
 
     def batch_transform(
         self,
@@ -134,33 +117,22 @@ class Preprocessing:
         bad_images: BadImageLog | None = None,
         max_pixels: int | None = None,
     ):
-        """A function for `Dataset.with_transform` that turns a batch of rows into uint8 model inputs.
+        """For `Dataset.with_transform`: rows -> uint8 model inputs. An unreadable image is logged and becomes a blank
+        one labelled IGNORE_INDEX, which loss and metrics skip, so batch shapes (and processes) stay in step."""
+        # A partial of a method, not a closure: DataLoader workers started by spawn or forkserver (Linux's default
+        # from Python 3.14) receive the transform pickled.
+        columns = (image_column, label_column)
+        return partial(self._rows, train, columns, split, bad_images or BadImageLog(None), max_pixels)
 
-        An unreadable image becomes a blank image with label IGNORE_INDEX: the loss and the metrics
-        skip it, batch shapes stay intact (so several processes stay in step), and it is logged.
-        Normalisation follows in `collate`.
-        """
-        # A partial of a module-level function, not a closure: DataLoader workers started by spawn or
-        # forkserver (Linux's default from Python 3.14) receive the transform pickled.
-        return partial(
-            _transform_rows,
-            resize=self.train_uint8 if train else self.eval_uint8,
-            placeholder=torch.zeros(3, *self.size, dtype=torch.uint8),
-            columns=(image_column, label_column),
-            split=split,
-            bad_images=bad_images or BadImageLog(None),
-            max_pixels=max_pixels,
-        )
-
-
-def _transform_rows(batch: dict[str, list], resize, placeholder, columns, split, bad_images, max_pixels) -> dict:
-    pixels, labels = [], []
-    for value, label in zip(batch[columns[0]], batch[columns[1]]):
-        try:
-            pixels.append(resize(tvF.pil_to_tensor(load_rgb(value, max_pixels))))
-            labels.append(label)
-        except DECODE_ERRORS as error:
-            bad_images.record(split, describe(value), error)
-            pixels.append(placeholder)
-            labels.append(IGNORE_INDEX)
-    return {"pixel_values": pixels, "labels": labels}
+    def _rows(self, train, columns, split, bad_images, max_pixels, batch: dict[str, list]) -> dict:
+        pixels, labels = [], []
+        for value, label in zip(batch[columns[0]], batch[columns[1]]):
+            try:
+                image = tvF.pil_to_tensor(load_rgb(value, max_pixels))
+                pixels.append(self.train_uint8(image) if train else self.eval_uint8(image))
+                labels.append(label)
+            except DECODE_ERRORS as error:
+                bad_images.record(split, describe(value), error)
+                pixels.append(torch.zeros(3, *self.size, dtype=torch.uint8))
+                labels.append(IGNORE_INDEX)
+        return {"pixel_values": pixels, "labels": labels}
