@@ -3,6 +3,7 @@
 
     python predict.py --model outputs/smoke img.png more/*.png some_folder/ https://example.com/x.jpg --top_k 3
     python predict.py --model outputs/smoke photos/ --json > predictions.jsonl
+    python predict.py --model outputs/smoke photos/ --backend onnx --quantized   # after python export.py
 
 Exit status: 0 when every image was classified, 1 when some could not be read (each gets an error
 line), 2 for a usage error such as a missing model folder.
@@ -24,7 +25,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="Print one JSON object per image instead of a table.")
     parser.add_argument("--batch_size", type=int, default=32, help="Images per forward pass (default 32).")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: the GPU if there is one).")
-    return parser.parse_args(argv)
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="onnx: the exported onnx/ files.")
+    parser.add_argument("--quantized", action="store_true", help="With --backend onnx: onnx/model_quantized.onnx.")
+    args = parser.parse_args(argv)
+    if args.quantized and args.backend != "onnx":
+        parser.error("--quantized needs --backend onnx")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     from vitrecipes.predict import run_cli
 
     try:
+        if args.backend == "onnx":
+            from vitrecipes.onnx_export import OnnxClassifier
+
+            return run_cli(args, OnnxClassifier(args.model, args.quantized))
         return run_cli(args)
     except RecipeError as error:
         print(f"\nError: {error}\n", file=sys.stderr)

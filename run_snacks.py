@@ -31,6 +31,7 @@ from vitrecipes.errors import PushError, RecipeError, user_message
 from vitrecipes.experiments import finished_run, run_seeds, run_sweep
 from vitrecipes.hardware import check_requirements
 from vitrecipes.modeling import build_image_processor, build_model
+from vitrecipes.onnx_export import export_folder, require_serving
 from vitrecipes.outputs import (
     REPORT_DIR,
     bad_images_path,
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args, recipe_path = parse_recipe(argv)
     if training_args.seeds:
         return run_seeds(main, argv, training_args)
+    if training_args.export_onnx:
+        require_serving("onnx", "onnxruntime")  # now, not after training
     _setup_logging(training_args)
     set_seed(training_args.seed)
     for note in training_args.gpu_settings_switched_off:
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
         bad = {split: len(files) for split, files in metrics["bad_images"].items() if files}
         if bad:
             print(f"Unreadable images left out: {bad} (listed in {metrics_path})", flush=True)
+        if training_args.do_train and training_args.export_onnx:  # reads the saved folder: after any change to it
+            export_folder(training_args.output_dir, log=logger.info)
         if training_args.do_train:  # last: a failed push raises, with everything else written and reported
             finish_for_hub(training_args.output_dir, hub, recipe_path, argv)
         print(f"Metrics: {metrics_path}; model, processor, card and recipe: {training_args.output_dir}", flush=True)

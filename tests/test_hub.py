@@ -340,3 +340,12 @@ def test_push_to_hub_script_rejects_a_folder_without_a_model(tmp_path, capsys, h
     (tmp_path / "README.md").write_text("# notes\n")  # a card is not a model: nothing is uploaded
     assert push_script.main([str(tmp_path), "--hub_model_id", "someone/x"]) == 2
     assert "holds no saved model (config.json)" in capsys.readouterr().err and hub_calls == []
+
+
+def test_push_uploads_the_onnx_export(run_dir, hub_calls):
+    (run_dir / "onnx").mkdir()
+    for name in ("model.onnx", "model_quantized.onnx", "parity.json", "model.partial"):  # .partial: unfinished
+        (run_dir / "onnx" / name).write_text("{}")
+    assert push_script.main([str(run_dir), "--hub_model_id", "someone/vit-digits", "--token", FAKE_TOKEN]) == 0
+    onnx = {"onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/parity.json"}
+    assert _uploaded_files(hub_calls[1][1]) == MODEL_FILES | onnx

@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .config import ARGUMENT_CLASSES
 from .hub import is_hub_id, push_output_dir, scrub
+from .onnx_export import read_parity
 from .outputs import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME, require_model_folder
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ def build_model_card(
         recipe_path=recipe_path,
         recipe_text=_recipe_text(recipe_path),
         resolved_recipe=RESOLVED_RECIPE_NAME,
+        onnx=read_parity(run.output_dir),
+        hub_ref=bool(repo_id),
         version=importlib.metadata.version,
     )
     text = scrub(str(card), token)

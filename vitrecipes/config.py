@@ -177,6 +177,7 @@ class RecipeTrainingArguments(TrainingArguments):
     calibrate_temperature: bool = _key(False, "Fold a temperature fitted on validation into the head (calibration).")
     seeds: list[int] | None = _key(None, "Run once per seed into output_dir/seed-<N>, then summarise mean ± std.")
     sweep: str | None = _key(None, "A search-space YAML file: an Optuna sweep, then the best recipe trained once.")
+    export_onnx: bool = _key(False, "At the end of training, export onnx/ (fp32 and int8) as export.py does.")
     remove_unused_columns: bool = _key(False, "Always false: the lazy transform consumes the image column.")
 
     def __post_init__(self):

@@ -38,7 +38,7 @@ EVAL_ONLY_BAD_IMAGES_FILE = "eval_only_bad_images.jsonl"
 # What a training run leaves besides the model files; removed by overwrite_output_dir, so that a new
 # run that crashes is not mistaken for the finished old one.
 _RUN_OUTPUTS = [METRICS_FILE, BAD_IMAGES_FILE, CARD_NAME, EVAL_ONLY_METRICS_FILE, EVAL_ONLY_BAD_IMAGES_FILE,
-                "eval_*", "checkpoint-*", "runs", SWEEP_STUDY_FILE, "run-*"]  # fmt: skip
+                "eval_*", "checkpoint-*", "runs", SWEEP_STUDY_FILE, "run-*", "onnx"]  # fmt: skip
 # Keys never written to the resolved recipe: secrets, and values set by the launcher per process.
 _UNSAVED_KEYS = {"hub_token", "local_rank"}
 # Keys that may differ between a crashed run and its resumption without changing what is trained. By hand:
@@ -48,7 +48,7 @@ _RESUMABLE_DIFFERENCES = {
     "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name", "push_to_hub", "hub_model_id",
     "hub_strategy", "hub_private_repo", "hub_always_push", "hub_revision", "dataloader_num_workers",
     "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
-    "per_device_eval_batch_size", "save_total_limit", "max_bad_images", "dataset_name_for_card",
+    "per_device_eval_batch_size", "save_total_limit", "max_bad_images", "dataset_name_for_card", "export_onnx",
 }  # fmt: skip
 
 

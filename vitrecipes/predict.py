@@ -99,7 +99,7 @@ def iter_predictions(
 ) -> Iterator[dict]:
     """`predict`'s results in input order, one batch at a time, so a large folder never sits in memory at once."""
     check_counts(top_k, batch_size)
-    classifier = model if isinstance(model, ImageClassificationPipeline) else load_classifier(model, device)
+    classifier = load_classifier(model, device) if isinstance(model, (str, os.PathLike)) else model
     items = expand_inputs([images] if isinstance(images, (str, os.PathLike, Image.Image)) else images)
     for start in range(0, len(items), batch_size):
         results, loaded = {}, {}
@@ -124,11 +124,12 @@ def predict(model: Model, images: Any, **options) -> list[dict]:
 # --- command line -------------------------------------------------------------------------------
 
 
-def run_cli(args) -> int:
-    """Print one line per image (a table, or JSON lines); return 1 if any image failed, else 0."""
+def run_cli(args, classifier=None) -> int:
+    """Print one line per image (a table, or JSON lines); return 1 if any image failed, else 0. `classifier`:
+    one to use instead of loading args.model's pipeline (predict.py --backend onnx gives its OnnxClassifier)."""
     disable_progress_bar()  # the weight-loading bar would interleave with the table on a terminal
     check_counts(args.top_k, args.batch_size)  # before the model loads
-    classifier = load_classifier(args.model, args.device)
+    classifier = classifier or load_classifier(args.model, args.device)
     id2label = classifier.model.config.id2label
     top_k = min(args.top_k, len(id2label))
     if args.top_k > len(id2label):  # the pipeline gives every class then; the header must say so
