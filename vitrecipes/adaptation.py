@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets.fingerprint import Hasher
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from .errors import RecipeError, cause
@@ -67,7 +70,6 @@ def block_depth(name: str, num_blocks: int) -> int:
 
 
 def freeze_first_blocks(model: nn.Module, count: int) -> None:
-    """Freeze the embeddings and the first `count` blocks."""
     blocks = encoder_blocks(model)
     if not 0 < count <= len(blocks):
         raise RecipeError(f"freeze_blocks: {count} is not between 1 and the model's {len(blocks)} blocks.")
@@ -103,9 +105,8 @@ def prepare_for_adaptation(model: nn.Module, model_args) -> nn.Module:
     elif mode == "freeze":
         freeze_first_blocks(model, model_args.freeze_blocks)
     elif mode == "lora":
-        model = add_lora(
-            model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
-        )
+        args = model_args
+        model = add_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
     return model
 
 
@@ -175,10 +176,6 @@ def head_features(model: nn.Module, loader, device=None) -> tuple[np.ndarray, np
 def fit_linear_head(model: nn.Module, train_loader, regularization: float, cache_file: Path | None = None, device=None):
     """Fit the head, in place, as scikit-learn's logistic regression on standardised frozen features (the
     standardisation folded into its weights). `cache_file` keeps the features for later runs."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     head = classifier_head(model)
     start = time.perf_counter()
     cached = cache_file is not None and cache_file.is_file()

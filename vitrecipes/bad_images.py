@@ -70,10 +70,6 @@ def readable(value, split: str, log: Path | None, max_pixels: int | None = None)
     return True
 
 
-def bad_image_limit(max_bad_images: float, split_size: int) -> int:
-    return int(max_bad_images) if max_bad_images >= 1 else int(max_bad_images * split_size)
-
-
 def shareable_names(found: dict[str, dict[str, str]], dataset_name: str) -> dict[str, list[str]]:
     """{split: sorted files} for the uploaded metrics.json, where no path of the training machine is published."""
     root = Path(dataset_name).expanduser().resolve()

@@ -1,6 +1,5 @@
-"""The model card, from the files a run leaves (so also long afterwards) through model_card_template.md, and
-the end of training: the card, then the push. A card never holds a token, nor a path on the training machine
-(local datasets and checkpoints are named by their folder's name)."""
+"""The model card (model_card_template.md) from the files a run leaves, and the end of training: card, then push.
+A card never holds a token, nor a path on the training machine (a local folder is named by its name)."""
 
 from __future__ import annotations
 
@@ -9,13 +8,13 @@ import json
 import logging
 import os
 import shlex
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .config import ARGUMENT_CLASSES
+from .config import DEFAULTS
 from .hub import is_hub_id, push_output_dir, scrub
 from .onnx_export import read_parity
 from .outputs import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME, require_model_folder
@@ -85,7 +84,12 @@ class RunFiles:
         return dict(sorted(names.items(), key=lambda item: -len(item[0])))
 
 
-def card_data(run: RunFiles, model_name: str, license: str | None = None) -> ModelCardData:
+def build_model_card(
+    output_dir, *, repo_id=None, command=None, recipe_path=None, license=None, token=None
+) -> ModelCard:
+    """The card of an output folder; `repo_id` names it in the usage snippet; tokens are scrubbed (`hub.scrub`)."""
+    run = RunFiles.read(output_dir)
+    model_name = (repo_id or "").split("/")[-1] or run.output_dir.resolve().name
     model_type = run.config.get("model_type")
     results = [
         EvalResult(
@@ -102,7 +106,7 @@ def card_data(run: RunFiles, model_name: str, license: str | None = None) -> Mod
         if (run.metrics.get(split) or {}).get("accuracy") is not None
     ]
     # ModelCardData checks the model-index as it is built: a malformed result fails here, not on the Hub.
-    return ModelCardData(
+    data = ModelCardData(
         model_name=model_name,
         base_model=run.base_model,
         datasets=[run.hub_dataset] if run.hub_dataset else None,
@@ -113,32 +117,14 @@ def card_data(run: RunFiles, model_name: str, license: str | None = None) -> Mod
         metrics=["accuracy"],
         eval_results=results or None,
     )
-
-
-def _recipe_text(recipe_path: str | Path | None) -> str | None:
-    if not recipe_path or not Path(recipe_path).is_file():
-        return None
-    lines = Path(recipe_path).read_text(encoding="utf-8").rstrip().splitlines()
-    # A recipe may carry a token by mistake; such a line never reaches a public card.
-    return "\n".join(line for line in lines if "token" not in line.split(":", 1)[0])
-
-
-def build_model_card(
-    output_dir: str | Path,
-    *,
-    repo_id: str | None = None,
-    command: str | None = None,
-    recipe_path: str | Path | None = None,
-    license: str | None = None,
-    token: str | None = None,
-) -> ModelCard:
-    """The card of an output folder; `repo_id` names it in the usage snippet; tokens are scrubbed (`hub.scrub`)."""
-    run = RunFiles.read(output_dir)
-    model_name = (repo_id or "").split("/")[-1] or run.output_dir.resolve().name
     checkpoint = run.recipe.get("model_name_or_path")
-    recipe_fields = [f for cls in ARGUMENT_CLASSES for f in fields(cls)]
+    recipe_text = None
+    if recipe_path and Path(recipe_path).is_file():
+        lines = Path(recipe_path).read_text(encoding="utf-8").rstrip().splitlines()
+        # A recipe may carry a token by mistake; such a line never reaches a public card.
+        recipe_text = "\n".join(line for line in lines if "token" not in line.split(":", 1)[0])
     card = ModelCard.from_template(
-        card_data(run, model_name, license),  # its fields (base_model, license...) reach the template too
+        data,  # its fields (base_model, license...) reach the template too
         template_path=str(TEMPLATE),
         run=run,
         model_name=model_name,  # not among them when there are results: it moves into the model-index
@@ -146,10 +132,10 @@ def build_model_card(
         results={split: run.metrics[split] for split in _SPLITS if run.metrics.get(split)},
         calibration=run.metrics.get("calibration"),
         model_ref=repo_id or str(run.output_dir),
-        defaults={f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in recipe_fields},
+        defaults=DEFAULTS,
         command=command,
         recipe_path=recipe_path,
-        recipe_text=_recipe_text(recipe_path),
+        recipe_text=recipe_text,
         resolved_recipe=RESOLVED_RECIPE_NAME,
         onnx=read_parity(run.output_dir),
         hub_ref=bool(repo_id),
@@ -185,9 +171,7 @@ def take_hub_settings(args) -> HubSettings:
     return settings
 
 
-def finish_for_hub(
-    output_dir: str | Path, hub: HubSettings, recipe_path: str | Path | None = None, argv: list[str] | None = None
-) -> str | None:
+def finish_for_hub(output_dir, hub: HubSettings, recipe_path=None, argv: list[str] | None = None) -> str | None:
     """Write the model card (after metrics.json); push when `hub.push_to_hub` and return the URL, or raise PushError."""
     # The card is scrubbed of the token, so a --hub_token value on the command line shows as ***.
     command = shlex.join(["python", "run_snacks.py", *argv]) if argv is not None else None

@@ -1,8 +1,5 @@
-"""Recipes: a flat YAML file mapped onto three argument dataclasses, with command-line overrides.
-
-The recipe's values, typed by each key's annotation, become the defaults of one `HfArgumentParser`, which then
-parses the command line, so the command line wins. docs/recipes.md describes every key.
-"""
+"""Recipes: a flat YAML file onto three argument dataclasses. Its values, typed by each key's annotation, become the
+defaults of one `HfArgumentParser`, which then parses the command line, so that wins. docs/recipes.md: every key."""
 
 from __future__ import annotations
 
@@ -186,6 +183,9 @@ class RecipeTrainingArguments(TrainingArguments):
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeTrainingArguments)
+# Every key's default (the model card lists the keys a recipe changed).
+_FIELDS = [f for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)]
+DEFAULTS = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory() for f in _FIELDS}
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -318,8 +318,6 @@ def _coerce(key: str, value, source: str):
 
 
 class RecipeParser(HfArgumentParser):
-    """An argparse parser whose mistakes are RecipeErrors."""
-
     def error(self, message: str):
         raise RecipeError(f"The command line: {message.rstrip('.')}. Overrides look like '--learning_rate 3.0e-4'.")
 
@@ -373,8 +371,7 @@ def parse_recipe(argv: list[str] | None = None):
         option, equals, value = argv[start].partition("=")
         given[option[2:].replace("-", "_")] = [option, *([value] if equals else []), *argv[start + 1 : end]]
     check_keys([key.split(".")[0] for key in given if key.removeprefix("no_") not in _OPTIONS], "the command line")
-    # The recipe's values and the command line's words are typed alike (by each key's annotation) and become
-    # the parser's defaults; argparse is left stray words and keys without their value.
+    # Recipe values and command-line words, typed alike, become the parser's defaults; argparse gets the strays.
     defaults = {key: _coerce(key, value, source) for key, value in recipe.items()}
     for key, (option, *words) in given.items():
         if key.startswith("no_") and bool in _OPTIONS.get(key[3:], ()) and not words:  # HfArgumentParser's --no_flag
@@ -404,8 +401,7 @@ def parse_recipe(argv: list[str] | None = None):
             raise RecipeError("No output_dir: give a recipe file or pass --output_dir PATH.")
         values["output_dir"] = str(Path("outputs") / recipe_path.stem)
     if not values["do_train"]:
-        # Evaluate the model this recipe trained, unless the command line names another; the recipe's
-        # from-scratch keys no longer apply: the checkpoint carries its own config.
+        # This recipe's model, unless the command line names another; its config replaces the from-scratch keys.
         if "model_name_or_path" not in given:
             what = "--do_train false evaluates the model saved in output_dir"
             advice = "Train it first, point --output_dir at a finished run, or name one with --model_name_or_path."
@@ -509,13 +505,12 @@ def refuse_keys_that_cannot_act(model_args, data_args, training_args) -> None:
     if model_args.model_name_or_path is None:
         reason = "it applies to a loaded checkpoint; a from-scratch model takes its sizes from config_overrides"
         unusable += [(key, reason) for key in CHECKPOINT_KEYS]
-    owner = {f.name: (args, f) for args in (model_args, data_args, training_args) for f in dataclasses.fields(args)}
+    values = {**vars(model_args), **vars(data_args), **vars(training_args)}
     for key, reason in unusable:
-        args, spec = owner[key]
-        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
-        if getattr(args, key) != default:
+        value, default = values[key], DEFAULTS[key]
+        if value != default:
             raise RecipeError(
-                f"{key}: {getattr(args, key)} cannot act in this run, because {reason}. Remove the key or set it back "
+                f"{key}: {value} cannot act in this run, because {reason}. Remove the key or set it back "
                 f"to its default ({'null' if default is None else default}), or choose the adaptation or model it "
                 "belongs to."
             )

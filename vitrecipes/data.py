@@ -8,7 +8,11 @@ import os
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from .bad_images import BadImageLog, readable
 from .config import DataArguments
@@ -30,11 +34,6 @@ def cache_root() -> Path:
 
 def builtin_digits(image_size: int = 32) -> DatasetDict:
     """scikit-learn's bundled 8x8 digits as grayscale PNGs, in fixed stratified splits (1197 / 300 / 300)."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     digits = load_digits()
     rest, test = train_test_split(np.arange(len(digits.target)), test_size=300, stratify=digits.target, random_state=0)
     train, validation = train_test_split(rest, test_size=300, stratify=digits.target[rest], random_state=0)
@@ -71,8 +70,6 @@ def load_raw_dataset(data_args: DataArguments) -> DatasetDict:
 
 
 def _load_imagefolder(path: Path) -> DatasetDict:
-    from PIL import Image
-
     extensions = Image.registered_extensions()
     class_folders = {file.parent for file in path.rglob("*") if file.suffix.lower() in extensions}
     # Checked first: the builder fails on a folder without images with an error that depends on what else is there.
@@ -147,19 +144,18 @@ def _encode_labels(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
 
 
 def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
-    raw = load_raw_dataset(data_args)
+    raw, name = load_raw_dataset(data_args), data_args.dataset_name
     if data_args.train_split not in raw:
         raise RecipeError(
-            f"train_split: {data_args.dataset_name} has no split '{data_args.train_split}'. "
+            f"train_split: {name} has no split '{data_args.train_split}'. "
             f"Its splits are: {', '.join(raw)}. Set train_split in the recipe."
         )
     for split_name, dataset in raw.items():
         for key in ("image_column_name", "label_column_name"):
             if getattr(data_args, key) not in dataset.column_names:
                 raise RecipeError(
-                    f"{key}: column '{getattr(data_args, key)}' is not in the '{split_name}' split of "
-                    f"{data_args.dataset_name}. Its columns are: {', '.join(dataset.column_names)}. "
-                    f"Set {key} in the recipe."
+                    f"{key}: column '{getattr(data_args, key)}' is not in the '{split_name}' split of {name}. "
+                    f"Its columns are: {', '.join(dataset.column_names)}. Set {key} in the recipe."
                 )
     # Images are decoded in the lazy transform, which logs an unreadable file instead of failing the batch.
     image = data_args.image_column_name
@@ -170,12 +166,9 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
     if data_args.validation_split in raw:
         splits["validation"] = raw[data_args.validation_split]
     else:
+        held_out = f"{data_args.validation_split_size:.0%} of train (stratified, seed {seed})"
         logger.warning(
-            "No '%s' split in %s: holding out %.0f%% of train (stratified, seed %d) for validation.",
-            data_args.validation_split,
-            data_args.dataset_name,
-            100 * data_args.validation_split_size,
-            seed,
+            "No '%s' split in %s: holding out %s for validation.", data_args.validation_split, name, held_out
         )
         parts = splits["train"].train_test_split(
             test_size=data_args.validation_split_size, stratify_by_column=data_args.label_column_name, seed=seed
@@ -184,13 +177,11 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
     if data_args.test_split in raw:
         splits["test"] = raw[data_args.test_split]
     else:
-        logger.warning(
-            "No test split ('%s') in %s: the test step will be skipped.", data_args.test_split, data_args.dataset_name
-        )
-    for name in list(splits):
-        limit = data_args.max_train_samples if name == "train" else data_args.max_eval_samples
-        if limit is not None and limit < len(splits[name]):
-            splits[name] = splits[name].shuffle(seed=seed).select(range(limit))
+        logger.warning("No test split ('%s') in %s: the test step will be skipped.", data_args.test_split, name)
+    for split in list(splits):
+        limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+        if limit is not None and limit < len(splits[split]):
+            splits[split] = splits[split].shuffle(seed=seed).select(range(limit))
     return splits
 
 

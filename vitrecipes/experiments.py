@@ -7,6 +7,7 @@ import json
 import logging
 import statistics
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -27,33 +28,23 @@ from .outputs import (
 
 logger = logging.getLogger(__name__)
 
-FIGURES = {
-    "validation_accuracy": "validation accuracy",
-    "test_accuracy": "test accuracy",
-    "validation_macro_f1": "validation macro-F1",
-    "test_macro_f1": "test macro-F1",
-    "wall_seconds": "wall time (s)",
-}
-
-
-def run_figures(output_dir: str | Path) -> dict:
-    """The figures a summary compares, read from a finished run's metrics.json and reports."""
-    folder = Path(output_dir)
-    if not (folder / METRICS_FILE).is_file():
-        raise RecipeError(f"{folder} holds no {METRICS_FILE}: give the output folder of a finished run.")
-    metrics = json.loads((folder / METRICS_FILE).read_text())
-    row = {"run": folder.name, "wall_seconds": metrics.get("wall_seconds")}
-    for split in ("validation", "test"):
-        if split in metrics:
-            row[f"{split}_accuracy"] = metrics[split]["accuracy"]
-            report = folder / REPORT_DIR.format(split=split) / METRICS_FILE
-            row[f"{split}_macro_f1"] = json.loads(report.read_text())["macro"]["f1"] if report.is_file() else None
-    return row
+FIGURES = {"validation_accuracy": "validation accuracy", "test_accuracy": "test accuracy",
+           "validation_macro_f1": "validation macro-F1", "test_macro_f1": "test macro-F1",
+           "wall_seconds": "wall time (s)"}  # fmt: skip
 
 
 def summarise_runs(folders: list[str | Path]) -> dict:
-    """Per-run figures, and their mean and sample standard deviation (n - 1) over the runs."""
-    runs = [run_figures(folder) for folder in folders]
+    """Per-run figures (from each run's metrics.json and reports), and their mean and sample std (n - 1)."""
+    runs = []
+    for folder in map(Path, folders):
+        if not (folder / METRICS_FILE).is_file():
+            raise RecipeError(f"{folder} holds no {METRICS_FILE}: give the output folder of a finished run.")
+        metrics = json.loads((folder / METRICS_FILE).read_text())
+        runs.append({"run": folder.name, "wall_seconds": metrics.get("wall_seconds")})
+        for split in (split for split in ("validation", "test") if split in metrics):
+            runs[-1][f"{split}_accuracy"] = metrics[split]["accuracy"]
+            report = folder / REPORT_DIR.format(split=split) / METRICS_FILE
+            runs[-1][f"{split}_macro_f1"] = json.loads(report.read_text())["macro"]["f1"] if report.is_file() else None
     summary = {}
     for key in FIGURES:
         values = [run[key] for run in runs if run.get(key) is not None]
@@ -71,22 +62,8 @@ def _table(rows: list[dict], columns: dict[str, str]) -> list[str]:
     return lines + ["| " + " | ".join(cell(row.get(key)) for key in columns) + " |" for row in rows]
 
 
-def write_summary(summary: dict, output_dir: str | Path, title: str) -> Path:
-    """summary.json and summary.md (a row per run, then mean ± std) in output_dir; returns the .md path."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{SUMMARY_NAME}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    columns = {"run": "run", **{k: v for k, v in FIGURES.items() if k in summary["summary"]}}
-    mean_row = {key: f"{stats['mean']:.4f} ± {stats['std']:.4f}" for key, stats in summary["summary"].items()}
-    mean_row["run"] = f"**mean ± std** (n={len(summary['runs'])})"
-    path = out / f"{SUMMARY_NAME}.md"
-    path.write_text("\n".join([f"# {title}", "", *_table([*summary["runs"], mean_row], columns), ""]), encoding="utf-8")
-    return path
-
-
 def finished_run(argv: list[str]) -> dict | None:
-    """The metrics of the finished run in the output_dir of `argv`, when it ran this same recipe; else None
-    (then `main(argv)` resumes it, starts it, or refuses a different recipe's folder)."""
+    """The metrics of the finished run of this same recipe in `argv`'s output_dir; else None (`main(argv)` decides)."""
     model_args, data_args, training_args, _ = parse_recipe(argv)
     folder = Path(training_args.output_dir)
     finished = (folder / RESOLVED_RECIPE_NAME).is_file() and (folder / METRICS_FILE).is_file()
@@ -110,27 +87,29 @@ def run_seeds(main: Callable, argv: list[str], training_args) -> dict:
             main(seed_argv)
         folders.append(folder)
     summary = summarise_runs(folders)
-    if training_args.process_index == 0:
-        seeds = ", ".join(map(str, training_args.seeds))
-        path = write_summary(summary, output_dir, f"{output_dir.name}: seeds {seeds}")
-        print(path.read_text(), flush=True)
+    if training_args.process_index == 0:  # summary.json and summary.md: a row per run, then mean ± std
+        (output_dir / f"{SUMMARY_NAME}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        columns = {"run": "run", **{k: v for k, v in FIGURES.items() if k in summary["summary"]}}
+        mean_row = {key: f"{stats['mean']:.4f} ± {stats['std']:.4f}" for key, stats in summary["summary"].items()}
+        mean_row["run"] = f"**mean ± std** (n={len(folders)})"
+        title = f"# {output_dir.name}: seeds {', '.join(map(str, training_args.seeds))}"
+        text = "\n".join([title, "", *_table([*summary["runs"], mean_row], columns), ""])
+        (output_dir / f"{SUMMARY_NAME}.md").write_text(text, encoding="utf-8")
+        print(text, flush=True)
     return summary
 
 
-def optuna_space(params: dict[str, dict]) -> Callable:
-    def space(trial) -> dict:
-        chosen = {}
-        for key, spec in params.items():
-            if "choices" in spec:
-                chosen[key] = trial.suggest_categorical(key, spec["choices"])
-            elif all(isinstance(spec[b], int) for b in ("low", "high")) and not spec.get("log"):
-                chosen[key] = trial.suggest_int(key, spec["low"], spec["high"])
-            else:
-                low, high = float(spec["low"]), float(spec["high"])
-                chosen[key] = trial.suggest_float(key, low, high, log=bool(spec.get("log")))
-        return chosen
-
-    return space
+def optuna_space(trial, params: dict[str, dict]) -> dict:
+    chosen = {}
+    for key, spec in params.items():
+        if "choices" in spec:
+            chosen[key] = trial.suggest_categorical(key, spec["choices"])
+        elif all(isinstance(spec[b], int) for b in ("low", "high")) and not spec.get("log"):
+            chosen[key] = trial.suggest_int(key, spec["low"], spec["high"])
+        else:
+            low, high = float(spec["low"]), float(spec["high"])
+            chosen[key] = trial.suggest_float(key, low, high, log=bool(spec.get("log")))
+    return chosen
 
 
 def run_sweep(trainer, model_args, data_args, training_args, hub, space_path: str | Path) -> Path:
@@ -160,14 +139,13 @@ def run_sweep(trainer, model_args, data_args, training_args, hub, space_path: st
     if done < n_trials:
         logger.info("Sweep %s: %d of %d trials done; running %d.", out, done, n_trials, n_trials - done)
         trainer.hyperparameter_search(
-            hp_space=optuna_space(params),
+            hp_space=partial(optuna_space, params=params),
             compute_objective=lambda metrics: metrics["eval_accuracy"],  # validation only; test is not touched
             n_trials=n_trials - done,
             direction="maximize",
             backend="optuna",
             load_if_exists=True,
-            # Seeded from the recipe; offset by the trials already in the study, so a continued sweep does not
-            # repeat the values of its first trials.
+            # Seeded from the recipe, offset by the trials done, so a continued sweep does not repeat its first values.
             sampler=optuna.samplers.TPESampler(seed=(training_args.seed + len(study.trials)) % 2**32),
             **study_args,
         )

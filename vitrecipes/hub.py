@@ -51,8 +51,7 @@ def scrub(text: str, *secrets: str | None) -> str:
 
 
 def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Upload an output folder's model files to `repo_id` (created if needed); return the repository URL. `token`:
-    else huggingface_hub's own (HF_TOKEN or the login). Raises PushError, whose message never holds the token."""
+    """Upload an output folder's model files to `repo_id` (created if needed); return its URL, or raise PushError."""
     api = HfApi()
     failure = None
     try:

@@ -34,7 +34,6 @@ def scores(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, dict[str
 def compute_metrics(eval_prediction) -> dict[str, float]:
     """`Trainer.compute_metrics`, leaving out the unreadable images."""
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
-    if isinstance(logits, tuple):
-        logits = logits[0]
+    logits = logits[0] if isinstance(logits, tuple) else logits
     keep = labels != IGNORE_INDEX
     return scores(logits[keep], labels[keep])[1]

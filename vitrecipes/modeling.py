@@ -133,9 +133,8 @@ INTERPOLATING = ("dinov2", "dinov2_with_registers")
 
 
 def materialize_new_weights(model) -> None:
-    """Zeros for weights left on the meta device: under FSDP's `fsdp_cpu_ram_efficient_loading` a new head is made on
-    each machine's first process only, for FSDP to fill. Before that the probe and `freeze_unused` run it, and
-    accelerate maps the optimiser's parameters by `data_ptr`, 0 for every meta tensor."""
+    """Zeros for weights left on the meta device (FSDP's `fsdp_cpu_ram_efficient_loading` makes a new head on each
+    machine's first process only); the probe and `freeze_unused` run it; accelerate maps by `data_ptr`, 0 on meta."""
     for module in model.modules():
         for name, parameter in module.named_parameters(recurse=False):
             if parameter.is_meta:

@@ -35,8 +35,7 @@ SWEEP_STUDY_FILE, BEST_RECIPE_NAME = "sweep.db", "best_recipe.yaml"
 EVAL_ONLY_METRICS_FILE = "eval_only_metrics.json"
 EVAL_ONLY_RECIPE_NAME = "eval_only_recipe.yaml"
 EVAL_ONLY_BAD_IMAGES_FILE = "eval_only_bad_images.jsonl"
-# What a training run leaves besides the model files; removed by overwrite_output_dir, so that a new
-# run that crashes is not mistaken for the finished old one.
+# A run's outputs besides the model; overwrite_output_dir removes them, so a crashed new run is not the old one.
 _RUN_OUTPUTS = [METRICS_FILE, BAD_IMAGES_FILE, CARD_NAME, EVAL_ONLY_METRICS_FILE, EVAL_ONLY_BAD_IMAGES_FILE,
                 "eval_*", "checkpoint-*", "runs", SWEEP_STUDY_FILE, "run-*", "onnx"]  # fmt: skip
 # Keys never written to the resolved recipe: secrets, and values set by the launcher per process.
@@ -86,28 +85,25 @@ def bad_images_path(output_dir: str | Path, trained: bool) -> Path:
     return Path(output_dir) / (BAD_IMAGES_FILE if trained else EVAL_ONLY_BAD_IMAGES_FILE)
 
 
-def _weights_complete(path: Path) -> bool:
-    """Every weights format Trainer writes: one safetensors file, shards with their index, LoRA adapters,
-    or FSDP's own (a full `pytorch_model_fsdp.bin`, or a sharded `pytorch_model_fsdp_0/` with its metadata)."""
-    files = [path / name for name in ("model.safetensors", "adapter_model.safetensors") if (path / name).exists()]
-    index = path / "model.safetensors.index.json"
-    if not files and index.exists():
-        files = [path / shard for shard in set(json.loads(index.read_text())["weight_map"].values())]
-    for file in files:
-        # safetensors refuses a file that does not cover every tensor its header lists (one cut short).
-        with safe_open(file, framework="numpy"):
-            pass
-    return bool(files) or any(path.glob("pytorch_model_fsdp*.bin")) or any(path.glob("pytorch_model_fsdp_*/.metadata"))
-
-
 def is_complete_checkpoint(path: Path) -> bool:
     """True when a resume can load everything: Trainer writes `trainer_state.json` last, after the weights and the
     optimiser; a process killed while saving leaves it missing, or the weights or the optimiser cut short."""
     try:
         state = json.loads((path / "trainer_state.json").read_text())
+        # Every weights format Trainer writes: one safetensors file, shards with their index, LoRA adapters, or
+        # FSDP's own (a full `pytorch_model_fsdp.bin`, or a sharded `pytorch_model_fsdp_0/` with its metadata).
+        files = [path / name for name in ("model.safetensors", "adapter_model.safetensors") if (path / name).exists()]
+        index = path / "model.safetensors.index.json"
+        if not files and index.exists():
+            files = [path / shard for shard in set(json.loads(index.read_text())["weight_map"].values())]
+        for file in files:
+            # safetensors refuses a file that does not cover every tensor its header lists (one cut short).
+            with safe_open(file, framework="numpy"):
+                pass
+        fsdp = any(path.glob("pytorch_model_fsdp*.bin")) or any(path.glob("pytorch_model_fsdp_*/.metadata"))
         # torch.save writes a zip; one cut short (a full disk) is not one
         optimizers = [p for p in (path / "optimizer.pt", path / "optimizer.bin") if p.exists()]
-        return "global_step" in state and _weights_complete(path) and all(map(zipfile.is_zipfile, optimizers))
+        return "global_step" in state and (bool(files) or fsdp) and all(map(zipfile.is_zipfile, optimizers))
     except (OSError, ValueError, KeyError, TypeError, SafetensorError):  # a missing shard is an OSError
         return False
 

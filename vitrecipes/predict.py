@@ -94,9 +94,7 @@ def check_counts(top_k: int, batch_size: int) -> None:
         raise RecipeError(f"top_k and batch_size must be at least 1, got top_k={top_k}, batch_size={batch_size}.")
 
 
-def iter_predictions(
-    model: Model, images: Iterable[Any], top_k: int = 1, batch_size: int = 32, device: str | None = None
-) -> Iterator[dict]:
+def iter_predictions(model: Model, images, top_k: int = 1, batch_size: int = 32, device=None) -> Iterator[dict]:
     """`predict`'s results in input order, one batch at a time, so a large folder never sits in memory at once."""
     check_counts(top_k, batch_size)
     classifier = load_classifier(model, device) if isinstance(model, (str, os.PathLike)) else model
@@ -119,9 +117,6 @@ def predict(model: Model, images: Any, **options) -> list[dict]:
     """One dict per image: {input, label, score, top_k: [{label, score}]} or {input, error}. `model`: an output
     folder, a Hub id, or a `load_classifier(...)` to reuse; options: top_k, batch_size, device."""
     return list(iter_predictions(model, images, **options))
-
-
-# --- command line -------------------------------------------------------------------------------
 
 
 def run_cli(args, classifier=None) -> int:

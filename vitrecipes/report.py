@@ -36,16 +36,16 @@ MAX_ANNOTATED_CLASSES = 40
 
 
 def write_report(
-    out_dir: str | Path,
-    predictions: SplitPredictions,
-    class_names: Sequence[str],
-    image_column: str,
-    checkpoint: str,
-    log_history: list[dict] | None = None,
-    final_validation: dict | None = None,
-    calibration: dict | None = None,
+    out_dir,
+    predictions,
+    class_names,
+    image_column,
+    checkpoint,
+    log_history=None,
+    final_validation=None,
+    calibration=None,
 ) -> Path:
-    """Write the report of one split as `evaluate_splits` returns it; return its report.md. `log_history`
+    """Write the report of one split's SplitPredictions (from `evaluate_splits`); return its report.md. `log_history`
     (Trainer's) gives the curves, `final_validation` their point when nothing was evaluated during training;
     `calibration`: the split's numbers before and after the temperature, whose logits `predictions` holds."""
     logits, labels = predictions.logits, predictions.labels
@@ -54,7 +54,10 @@ def write_report(
     counts = confusion_matrix(labels, predicted, labels=np.arange(len(class_names)))
     metrics = {"split": predictions.split, "checkpoint": checkpoint, **numbers}
     metrics["ece"], metrics["calibration"] = expected_calibration_error(probabilities, labels), calibration
-    metrics["most_confused"] = most_confused_pairs(counts, class_names)
+    # Off-diagonal cells, largest count first (ties: by class order).
+    pairs = sorted((-int(counts[t, p]), t, p) for t, p in zip(*np.nonzero(counts), strict=True) if t != p)
+    top = pairs[:MAX_CONFUSED_PAIRS]
+    metrics["most_confused"] = [{"true": class_names[t], "predicted": class_names[p], "count": -n} for n, t, p in top]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / outputs.METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -82,9 +85,7 @@ def write_report(
     return report
 
 
-def compute_report_metrics(
-    logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
-) -> tuple[np.ndarray, dict]:
+def compute_report_metrics(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> tuple:
     """The class probabilities, and the headline and per-class numbers. A class never predicted gets precision 0."""
     probabilities, headline = scores(logits, labels)
     classes = np.arange(len(class_names))
@@ -108,12 +109,6 @@ def compute_report_metrics(
 
 def _prf(row: dict[str, float]) -> dict[str, float]:
     return {"precision": row["precision"], "recall": row["recall"], "f1": row["f1-score"]}
-
-
-def most_confused_pairs(counts: np.ndarray, class_names: Sequence[str], limit: int = MAX_CONFUSED_PAIRS) -> list[dict]:
-    """Off-diagonal cells of the confusion matrix, largest count first (ties: by class order)."""
-    pairs = sorted((-int(counts[t, p]), t, p) for t, p in zip(*np.nonzero(counts), strict=True) if t != p)
-    return [{"true": class_names[t], "predicted": class_names[p], "count": -n} for n, t, p in pairs[:limit]]
 
 
 def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], title: str) -> Figure:

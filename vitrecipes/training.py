@@ -9,11 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
+from PIL import Image
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import sort_checkpoints
 
 from .adaptation import parameter_groups
-from .bad_images import IGNORE_INDEX, BadImageLog, bad_image_limit
+from .bad_images import IGNORE_INDEX, BadImageLog
 from .data import class_names
 from .errors import RecipeError
 from .metrics import compute_metrics
@@ -31,7 +35,8 @@ def attach_transforms(splits: DatasetDict, prep, data_args, bad_images: BadImage
     `eval_prep` (FixRes: a larger side than training) where given."""
     transformed = {}
     for name, dataset in splits.items():
-        bad_images.limits[name] = bad_image_limit(data_args.max_bad_images, len(dataset))
+        limit = data_args.max_bad_images  # a fraction below 1, else a count
+        bad_images.limits[name] = int(limit) if limit >= 1 else int(limit * len(dataset))
         split_prep = prep if name == "train" else eval_prep or prep
         transformed[name] = with_preprocessing(dataset, name, name == "train", split_prep, data_args, bad_images)
     return DatasetDict(transformed)
@@ -43,8 +48,7 @@ def with_preprocessing(dataset, split: str, train: bool, prep, data_args, bad_im
 
 
 def load_weights(model, checkpoint_dir: str) -> None:
-    """A checkpoint's weights into `model`, through `from_pretrained` (which renames legacy parameter names);
-    strict, so that any other mismatch is an error, not a quiet loss."""
+    """A checkpoint's weights into `model` via `from_pretrained` (it renames legacy names); strict: no quiet loss."""
     reference = type(model).from_pretrained(checkpoint_dir, config=model.config)
     model.load_state_dict(reference.state_dict(), strict=True)
 
@@ -54,8 +58,7 @@ class NonFiniteLossError(RecipeError):
 
 
 class RecipeTrainer(Trainer):
-    """Trainer that reloads checkpoints whole, stops on a NaN loss, gives the head and the blocks their own
-    learning rates and mixes batches (MixUp / CutMix) under a soft-target loss."""
+    """Reloads checkpoints whole, stops on a NaN loss, sets head and block learning rates, mixes batches."""
 
     def __init__(self, *args, batch_mixing=None, **kwargs):
         if batch_mixing is not None:  # through Trainer's own loss hook, which scales it for accumulation
@@ -167,9 +170,6 @@ class _TrainerHooks(TrainerCallback):
 
 def log_report_images(trainer: Trainer, reports: dict[str, Path]) -> None:
     """Each split's report pictures into the run's TensorBoard log folder and Trackio run, beside its scalars."""
-    from PIL import Image
-    from transformers.integrations import TensorBoardCallback
-
     pictures = {f"{split}/{png.stem}": png for split, report in reports.items()
                 for png in sorted(report.parent.glob("*.png"))}  # fmt: skip
     board = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
@@ -193,8 +193,6 @@ class BatchMixing:
     image's placeholder (IGNORE_INDEX) is left unmixed, its placeholder rows zero, so it still counts for nothing."""
 
     def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float):
-        from torchvision.transforms import v2
-
         choices = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
         choices += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else []
         self.num_classes = num_classes
@@ -217,8 +215,6 @@ class WeightAverage(TrainerCallback):
         self.average = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
         current = [p.detach() for p in model.parameters() if p.requires_grad]
         if self.average is None:
             self.average = [p.clone() for p in current]
@@ -267,6 +263,4 @@ def evaluate_splits(trainer: Trainer, splits: DatasetDict) -> tuple[dict[str, di
             results[name]["unreadable_images"] = int((~readable).sum())
             dataset = dataset.select(np.flatnonzero(readable))
         predictions[name] = SplitPredictions(name, np.asarray(logits)[readable], labels[readable], dataset)
-    if "test" not in splits:
-        logger.warning("No test split: skipping the test evaluation.")
     return results, predictions

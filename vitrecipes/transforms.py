@@ -59,19 +59,13 @@ class Preprocessing:
     train_transform: Any = None  # see `train_augmentation`; None: training uses the eval transform
 
     @classmethod
-    def build(
-        cls, processor, data_args: DataArguments, mean=None, std=None, image_size: int | None = None
-    ) -> Preprocessing:
+    def build(cls, processor, data_args: DataArguments, mean=None, std=None, image_size=None) -> Preprocessing:
         """`image_size`: the model input side, instead of the processor's."""
         size = (image_size, image_size) if image_size else image_size_from_processor(processor)
         mean = list(mean or getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5])
-        return cls(
-            size=size,
-            mean=mean,
-            std=list(std or getattr(processor, "image_std", None) or [0.5, 0.5, 0.5]),
-            resize_to=int(round(max(size) / data_args.eval_crop_pct)),
-            train_transform=train_augmentation(data_args, size, mean),
-        )
+        std = list(std or getattr(processor, "image_std", None) or [0.5, 0.5, 0.5])
+        resize_to = int(round(max(size) / data_args.eval_crop_pct))
+        return cls(size, mean, std, resize_to, train_augmentation(data_args, size, mean))
 
     def at_eval_size(self, side: int | None, crop_pct: float) -> Preprocessing:
         """The same evaluation view at another input side; training keeps its own."""
@@ -114,15 +108,7 @@ class Preprocessing:
         labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
         return {"pixel_values": self.normalize(pixels) if pixels.dtype == torch.uint8 else pixels, "labels": labels}
 
-    def batch_transform(
-        self,
-        train: bool,
-        image_column: str,
-        label_column: str,
-        split: str = "train",
-        bad_images: BadImageLog | None = None,
-        max_pixels: int | None = None,
-    ):
+    def batch_transform(self, train: bool, image_column, label_column, split="train", bad_images=None, max_pixels=None):
         """For `Dataset.with_transform`: rows -> uint8 model inputs. An unreadable image is logged and becomes a blank
         one labelled IGNORE_INDEX, which loss and metrics skip, so batch shapes (and processes) stay in step."""
         # A partial of a method, not a closure: DataLoader workers started by spawn or forkserver (Linux's default
