@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,3 +384,22 @@ def test_saved_model_is_the_moving_average_of_the_weights(tmp_path, tiny_dinov2,
     for name, value in average.items():
         torch.testing.assert_close(saved[name].double(), value, atol=1e-6, rtol=1e-5)
     assert any(not torch.allclose(saved[name].double(), last[name]) for name in last)
+
+
+def test_feature_cache_key_follows_the_training_rows_and_the_eval_side():
+    # The key reads datasets' private Dataset._fingerprint (checked with datasets 5.2.0): this fails if it goes
+    # away or stops following the rows.
+    from datasets import Dataset
+
+    from vitrecipes.adaptation import feature_cache_file
+    from vitrecipes.config import DataArguments, ModelArguments
+    from vitrecipes.transforms import Preprocessing
+
+    model_args = ModelArguments(model_name_or_path="org/some-model")
+    prep = Preprocessing.build(None, DataArguments(), image_size=32)
+    rows = Dataset.from_dict({"label": [0, 1, 2]})
+    key = feature_cache_file(Path("cache"), model_args, prep, rows)
+    assert key == feature_cache_file(Path("cache"), model_args, prep, Dataset.from_dict({"label": [0, 1, 2]}))
+    assert key != feature_cache_file(Path("cache"), model_args, prep, rows.select([0, 1]))
+    # FixRes: the evaluation side does not change the training features the probe is fitted on.
+    assert prep.at_eval_size(48, 1.0).size == (48, 48) and prep.size == (32, 32)

@@ -35,7 +35,8 @@ def feature_cache_file(root: Path, model_args, prep, train_dataset) -> Path:
         "revision": model_args.model_revision,
         "weights": [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
         "transform": [list(prep.size), prep.resize_to, list(prep.mean), list(prep.std)],
-        "images": train_dataset._fingerprint,  # private, but datasets' own cache key of these rows (no public one)
+        # Private: datasets' own key of these rows, with no public one (datasets 5.2.0; test_feature_cache_key_*).
+        "images": train_dataset._fingerprint,
     }
     return root / "probe-features" / f"{Hasher.hash(identity)}.npz"
 
