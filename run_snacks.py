@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
                 collate_fn=prep.collate,
                 num_workers=training_args.dataloader_num_workers,
             )
-            cache = feature_cache_file(cache_root(), model_args, prep, untransformed_train)
+            cache = feature_cache_file(cache_root(), model_args, prep, untransformed_train, training_args.bf16)
             with training_args.main_process_first(desc="linear probe"):
                 metrics["probe"] = fit_linear_head(
                     model,
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                     model_args.probe_regularization,
                     cache if model_args.probe_feature_cache else None,
                     device=training_args.device,
+                    bf16=training_args.bf16,
                 )
         return model
 

@@ -13,7 +13,9 @@ read from the run's metrics.json. The pipelines share the model, the data and th
                 (full fine-tuning, RandomResizedCrop(0.08-1) + flip, Trainer defaults: lr 5e-5, linear
                 decay, no warm-up, no weight decay or label smoothing), 1 epoch, batch 16: the baseline;
 - recipe:       the CPU recipe as it is;
-- linear_probe, full, freeze, lora: the recipe with another `adaptation` mode.
+- linear_probe, full, freeze, lora: the recipe with another `adaptation` mode;
+- fast:         the fast variant, config_probe.yaml, with nothing cached (a user's first run);
+- fast_warm:    the same command a second time, its features cached by an untimed first run.
 
 Every run pays for its own probe features, as a user's first run does, unless --reuse_features: then
 the first run of each pipeline computes them into <out>/feature-cache and later seeds read them (the
@@ -35,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "dinov2-small" / "snacks" / "config_cpu.yaml"
+FAST_RECIPE = RECIPE.with_name("config_probe.yaml")
 
 EXAMPLE = {
     "adaptation": "full",
@@ -62,10 +65,12 @@ PIPELINES = {
     "full": {"adaptation": "full", "head_learning_rate_multiplier": 10, **NO_PROBE},
     "freeze": {"adaptation": "freeze", "freeze_blocks": 6, "head_learning_rate_multiplier": 10, **NO_PROBE},
     "lora": {"adaptation": "lora", "learning_rate": 5.0e-4, **NO_PROBE},
+    "fast": {},
+    "fast_warm": {},
 }
 
 
-def run_once(name: str, seed: int, out: Path, recipe: Path, extra: list[str], reuse_features: bool) -> dict:
+def run_once(name, seed, out: Path, recipe: Path, fast_recipe: Path, extra: list[str], reuse_features: bool) -> dict:
     folder = out / f"{name}-seed{seed}"
     record = folder / "benchmark_run.json"
     if record.is_file():
@@ -73,17 +78,24 @@ def run_once(name: str, seed: int, out: Path, recipe: Path, extra: list[str], re
     overrides = [
         arg for k, v in PIPELINES[name].items() for arg in [f"--{k}", *map(str, v if isinstance(v, list) else [v])]
     ]
-    command = [
-        sys.executable, str(ROOT / "run_snacks.py"), str(recipe), *overrides, f"--seed={seed}",
-        f"--output_dir={folder}", "--overwrite_output_dir", f"--probe_feature_cache={reuse_features}", *extra,
-    ]  # fmt: skip
+    if name.startswith("fast"):  # its own recipe; cold never reads a cache, warm always does
+        recipe, reuse_features = fast_recipe, name == "fast_warm"
+
+    def command(target: Path) -> list[str]:
+        return [
+            sys.executable, str(ROOT / "run_snacks.py"), str(recipe), *overrides, f"--seed={seed}",
+            f"--output_dir={target}", "--overwrite_output_dir", f"--probe_feature_cache={reuse_features}", *extra,
+        ]  # fmt: skip
+
     env = dict(os.environ, VITRECIPES_CACHE=str(out / "feature-cache"))
+    if name == "fast_warm":  # an untimed first run fills the cache
+        subprocess.run(command(out / f"{name}-seed{seed}-first"), cwd=ROOT, capture_output=True, env=env, check=True)
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    result = subprocess.run(command(folder), cwd=ROOT, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{name} seed {seed} failed:\n{result.stderr[-3000:]}")
-    timing = {"pipeline": name, "seed": seed, "wall_s": round(wall, 1), "command": " ".join(command[1:])}
+    timing = {"pipeline": name, "seed": seed, "wall_s": round(wall, 1), "command": " ".join(command(folder)[1:])}
     record.write_text(json.dumps(timing, indent=2) + "\n")
     entry = _entry(timing, folder)
     print(f"{name:>13} seed {seed}: test {entry['test_accuracy']:.4f}  wall {wall:7.1f} s", flush=True)
@@ -176,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--recipe", type=Path, default=RECIPE)
+    parser.add_argument("--fast_recipe", type=Path, default=FAST_RECIPE, help="the fast pipelines' recipe")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_time_to_accuracy")
     parser.add_argument("--reuse_features", action="store_true", help="later seeds read the probe features")
     args, extra = parser.parse_known_args(argv)  # anything else is passed on as recipe overrides
-    if not args.recipe.is_file():
-        parser.error(f"--recipe {args.recipe} does not exist.")
+    for flag, path in (("--recipe", args.recipe), ("--fast_recipe", args.fast_recipe)):
+        if not path.is_file():
+            parser.error(f"{flag} {path} does not exist.")
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     plan = []
@@ -189,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         if name not in PIPELINES:
             parser.error(f"--pipelines: {name!r} is not one of {', '.join(PIPELINES)}.")
         plan += [(name, seed) for seed in ([int(s) for s in seeds.split(",")] if seeds else args.seeds)]
-    entries = [run_once(name, seed, args.out, args.recipe, extra, args.reuse_features) for name, seed in plan]
+    entries = [
+        run_once(name, seed, args.out, args.recipe, args.fast_recipe, extra, args.reuse_features) for name, seed in plan
+    ]
     rows = summarise(entries)
     table = markdown(rows, entries)
     (args.out / "time_to_accuracy.md").write_text(table)

@@ -172,26 +172,30 @@ def test_time_to_accuracy_benchmark_summarises_seeds_and_resumes(tmp_path, tiny_
         "per_device_train_batch_size: 8\neval_strategy: 'no'\nsave_strategy: 'no'\n"
         "load_best_model_at_end: false\nuse_cpu: true\n"
     )
+    fast = tmp_path / "fast.yaml"
+    fast.write_text(f"model_name_or_path: {tiny_dinov2}\ndataset_name: {jpeg_folder}\nadaptation: linear_probe\n")
     out = tmp_path / "bench"
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_time_to_accuracy.py"), "--recipe", str(recipe),
-               "--out", str(out), "--pipelines", "recipe", "linear_probe", "--seeds", "1", "2", "--reuse_features",
-               "--max_steps", "3"]  # fmt: skip
+               "--fast_recipe", str(fast), "--out", str(out), "--pipelines", "recipe", "linear_probe", "fast_warm:1",
+               "--seeds", "1", "2", "--reuse_features", "--max_steps", "3"]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((out / "time_to_accuracy.json").read_text())
     assert [(r["pipeline"], r["seed"]) for r in report["runs"]] == [
-        ("recipe", 1), ("recipe", 2), ("linear_probe", 1), ("linear_probe", 2)
+        ("recipe", 1), ("recipe", 2), ("linear_probe", 1), ("linear_probe", 2), ("fast_warm", 1)
     ]  # fmt: skip
-    assert [r["features_cached"] for r in report["runs"]] == [False, True, True, True]
+    # The fast variant's warm run reads what its own untimed first run computed.
+    assert [r["features_cached"] for r in report["runs"]] == [False, True, True, True, True]
+    assert "fast_warm-seed1 " in report["runs"][-1]["command"] and (out / "fast_warm-seed1-first").is_dir()
     for row in report["summary"]:
         runs = [r for r in report["runs"] if r["pipeline"] == row["pipeline"]]
         metrics = [json.loads((out / f"{row['pipeline']}-seed{r['seed']}" / "metrics.json").read_text()) for r in runs]
         tests = [m["test"]["accuracy"] for m in metrics]
         assert row["test_accuracy_mean"] == pytest.approx(statistics.mean(tests))
-        assert row["test_accuracy_std"] == pytest.approx(statistics.stdev(tests))
+        assert row["test_accuracy_std"] == pytest.approx(statistics.stdev(tests) if len(tests) > 1 else 0.0)
         assert row["wall_s_mean"] == pytest.approx(statistics.mean(r["wall_s"] for r in runs))
     table = (out / "time_to_accuracy.md").read_text()
-    assert table.count("\n") == 4 + 3 + 4 and "| linear_probe | 2 |" in table and "| recipe | 2 | " in table
+    assert table.count("\n") == 5 + 3 + 5 and "| linear_probe | 2 |" in table and "| recipe | 2 | " in table
     assert (out / "time_to_accuracy.png").stat().st_size > 10_000
     # Finished runs are read back, not rerun.
     before = (out / "recipe-seed1" / "benchmark_run.json").read_text()

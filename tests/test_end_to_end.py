@@ -77,8 +77,12 @@ def test_evaluation_only_reproduces_the_metrics_without_touching_the_run(smoke_r
     assert ((out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()) == before
 
 
-def test_fine_tunes_a_checkpoint_with_a_new_head_and_no_test_split(tmp_path, tiny_checkpoint, caplog):
+def test_fine_tunes_a_checkpoint_with_a_new_head_and_no_test_split(tmp_path, tiny_checkpoint, caplog, monkeypatch):
     from conftest import write_imagefolder
+
+    from vitrecipes import hardware
+
+    monkeypatch.setattr(hardware, "native_cpu_bf16", lambda: False)  # a CPU without AMX / AVX512-BF16
 
     data = write_imagefolder(tmp_path / "data", {"train": 12, "validation": 4})
     out = tmp_path / "out"
@@ -178,3 +182,50 @@ def test_class_order_of_the_dataset_is_the_models(tmp_path):
     classifier = pipeline("image-classification", model=str(out))
     for name, colour in colours.items():  # a new image of each class is named as that class
         assert classifier(class_image(colour, 999), top_k=1)[0]["label"] == name
+
+
+@pytest.mark.parametrize("adaptation", ["lp_ft", "linear_probe"])
+def test_bf16_on_a_cpu_trains_and_extracts_probe_features_in_bf16_and_evaluates_in_fp32(
+    tmp_path, tiny_checkpoint, caplog, monkeypatch, adaptation
+):
+    import torch
+    from conftest import write_imagefolder
+
+    from vitrecipes import hardware
+
+    monkeypatch.setattr(hardware, "native_cpu_bf16", lambda: True)  # autocast runs on any CPU, only slower
+    data = write_imagefolder(tmp_path / "data", {"train": 12, "validation": 4, "test": 4})
+    out = tmp_path / "out"
+    seen = []  # (training?, dtype) of every classifier output, in order
+
+    def record(module, _inputs, output):
+        if isinstance(module, torch.nn.Linear) and module.out_features == 3:
+            seen.append((module.training, output.dtype))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        metrics = run_snacks.main(
+            ["--model_name_or_path", str(tiny_checkpoint), "--dataset_name", str(data), "--output_dir", str(out),
+             "--adaptation", adaptation, "--max_steps", "3", "--per_device_train_batch_size", "4", "--use_cpu",
+             "--bf16", "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    assert "bf16: kept, this CPU computes bf16 natively" in caplog.text
+    phases = [step for i, step in enumerate(seen) if i == 0 or step != seen[i - 1]]  # runs of one (mode, dtype)
+    expected = [
+        (False, torch.float32),  # one blank image through the model (adaptation.freeze_unused)
+        (False, torch.bfloat16),  # the probe's features
+        *([(True, torch.bfloat16)] if adaptation == "lp_ft" else []),  # the training steps
+        (False, torch.float32),  # validation and test
+    ]
+    assert phases == expected
+    if adaptation == "linear_probe":
+        return
+    # The reported figures are those of the saved fp32 weights: an evaluation-only run (fp32) repeats them.
+    result = evaluate_only(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((out / "eval_only_metrics.json").read_text())
+    for split in ("validation", "test"):
+        assert evaluated[split]["accuracy"] == pytest.approx(metrics[split]["accuracy"])
+        assert evaluated[split]["cross_entropy"] == pytest.approx(metrics[split]["cross_entropy"], abs=1e-6)

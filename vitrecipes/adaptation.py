@@ -26,7 +26,7 @@ ADAPTATIONS = ("full", "linear_probe", "lp_ft", "freeze", "lora")
 _BLOCK_INDEX = re.compile(r"\.(?:layer|layers|blocks)\.(\d+)\.")
 
 
-def feature_cache_file(root: Path, model_args, prep, train_dataset) -> Path:
+def feature_cache_file(root: Path, model_args, prep, train_dataset, bf16: bool = False) -> Path:
     """Where the probe features of this backbone, transform and training split are kept."""
     source = model_args.model_name_or_path
     weights = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
@@ -38,6 +38,8 @@ def feature_cache_file(root: Path, model_args, prep, train_dataset) -> Path:
         # Private: datasets' own key of these rows, with no public one (datasets 5.2.0; test_feature_cache_key_*).
         "images": train_dataset._fingerprint,
     }
+    if bf16:  # features computed under bf16 autocast differ a little from fp32 ones
+        identity["bf16"] = True
     return root / "probe-features" / f"{Hasher.hash(identity)}.npz"
 
 
@@ -152,9 +154,9 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 @torch.inference_mode()
-def head_features(model: nn.Module, loader, device=None) -> tuple[np.ndarray, np.ndarray]:
+def head_features(model: nn.Module, loader, device=None, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """What the classifier head sees for every batch of `loader`, with the labels (unreadable ones dropped),
-    computed on `device` (the accelerator, when the model is still on the CPU)."""
+    computed on `device` (the accelerator, when the model is still on the CPU), under bf16 autocast if asked."""
     head = classifier_head(model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0].float().cpu()))
@@ -164,7 +166,8 @@ def head_features(model: nn.Module, loader, device=None) -> tuple[np.ndarray, np
     model.eval().to(device)
     try:
         for batch in loader:
-            model(pixel_values=batch["pixel_values"].to(device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                model(pixel_values=batch["pixel_values"].to(device))
             labels.append(batch["labels"])
     finally:
         hook.remove()
@@ -174,7 +177,9 @@ def head_features(model: nn.Module, loader, device=None) -> tuple[np.ndarray, np
     return features[keep], labels[keep]
 
 
-def fit_linear_head(model: nn.Module, train_loader, regularization: float, cache_file: Path | None = None, device=None):
+def fit_linear_head(
+    model: nn.Module, train_loader, regularization: float, cache_file: Path | None = None, device=None, bf16=False
+):
     """Fit the head, in place, as scikit-learn's logistic regression on standardised frozen features (the
     standardisation folded into its weights). `cache_file` keeps the features for later runs."""
     head = classifier_head(model)
@@ -190,7 +195,7 @@ def fit_linear_head(model: nn.Module, train_loader, regularization: float, cache
             cache_file.unlink(missing_ok=True)
             cached = False
     if not cached:
-        features, labels = head_features(model, train_loader, device=device)
+        features, labels = head_features(model, train_loader, device=device, bf16=bf16)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             partial = cache_file.with_suffix(f".{os.getpid()}.npz")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import extract_model_from_parallel
 from datasets import Dataset, DatasetDict
 from PIL import Image
 from torch.optim.swa_utils import get_ema_multi_avg_fn
@@ -249,6 +250,13 @@ def build_trainer(model, processor, args, splits: DatasetDict, prep, data_args=N
 
 def evaluate_splits(trainer: Trainer, splits: DatasetDict) -> tuple[dict[str, dict], dict[str, SplitPredictions]]:
     """Validation and test metrics keyed by split (prefixes removed), and the raw predictions."""
+    if trainer.args.bf16 and trainer.args.device.type == "cpu":
+        # bf16 on a CPU (hardware.native_cpu_bf16) speeds training; the figures are the saved fp32 weights', as
+        # pipeline() runs them. A model trained here loses accelerate's autocast wrapper (public API); one not yet
+        # prepared (a linear probe) gets none: `native_amp` is what prepare_model reads (accelerate 1.15.0,
+        # test_bf16_on_a_cpu_*).
+        extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False)
+        trainer.accelerator.native_amp = False
     results, predictions = {}, {}
     for name, dataset in splits.items():
         if name == "train":
