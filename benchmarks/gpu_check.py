@@ -66,7 +66,9 @@ def hardware(cpu: bool) -> dict:
     import torch
 
     found = {
-        "mode": "cpu rehearsal (tiny sizes; bf16, tf32 and torch_compile switched off)" if cpu else "gpu",
+        "mode": "cpu rehearsal (tiny sizes; tf32, torch_compile and bf16 without native bf16 switched off)"
+        if cpu
+        else "gpu",
         "gpu": None if cpu else torch.cuda.get_device_name(0),
         "gpu_memory_gib": None if cpu else round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
         "gpu_count": torch.cuda.device_count(),

@@ -202,3 +202,21 @@ def test_time_to_accuracy_benchmark_summarises_seeds_and_resumes(tmp_path, tiny_
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert again.returncode == 0 and "seed 1: test" not in again.stdout
     assert (out / "recipe-seed1" / "benchmark_run.json").read_text() == before
+
+
+def test_cpu_bf16_benchmark_times_both_precisions_and_writes_json(tmp_path, tiny_dinov2, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_cpu_bf16 import main
+
+    out = tmp_path / "bf16.json"
+    assert main(["--model", str(tiny_dinov2), "--size", "32", "--steps", "1", "--repeats", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for mode in ("train", "inference"):
+        figures = report[mode]
+        assert figures["fp32_images_per_s"] > 0 and figures["bf16_images_per_s"] > 0
+        assert figures["bf16_over_fp32"] == pytest.approx(
+            figures["bf16_images_per_s"] / figures["fp32_images_per_s"], abs=0.01
+        )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tiny_dinov2), "--repeats", "0"])
+    assert exit_info.value.code == 2
