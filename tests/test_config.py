@@ -370,6 +370,12 @@ def test_bf16_is_kept_on_a_cpu_with_native_bf16_but_not_for_evaluation_only(tmp_
     (tmp_path / "model" / "config.json").write_text("{}")
     training = parse_recipe([recipe, "--do_train", "false", "--model_name_or_path", str(tmp_path / "model")])[2]
     assert training.bf16 is False
+    assert training.gpu_settings_switched_off == [
+        "bf16: switched off, no CUDA GPU here (an evaluation-only run evaluates in fp32)."
+    ]
+    # A GPU recipe (no use_cpu) on this CPU: off, as TrainingArguments wants, with the key that keeps it.
+    training = parse_recipe([recipe, "--use_cpu", "false", "--output_dir", str(tmp_path / "out")])[2]
+    assert training.bf16 is False and "use_cpu: true would keep it" in training.gpu_settings_switched_off[0]
 
 
 def test_native_cpu_bf16_reads_the_flags_torch_sees():

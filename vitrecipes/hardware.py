@@ -32,15 +32,20 @@ def switch_off_gpu_only_settings(values: dict[str, Any]) -> list[str]:
         values["torch_compile"] = True  # either implies it, as in TrainingArguments
     notes = []
     for key, why in GPU_ONLY_SETTINGS.items():
-        if key == "bf16" and values.get(key) and values.get("do_train", True) and native_cpu_bf16():
-            notes.append(f"bf16: kept, this CPU computes bf16 natively ({CPU_BF16}); training runs in bf16, the final "
-                         "evaluation in fp32.")  # fmt: skip
+        if not values.get(key):
             continue
-        if values.get(key):
-            values[key] = None if key == "tf32" else False
-            if key == "torch_compile":
-                values["torch_compile_backend"] = values["torch_compile_mode"] = None
-            notes.append(f"{key}: switched off, no CUDA GPU here ({why}).")
+        if key == "bf16" and native_cpu_bf16():
+            if values.get("use_cpu") and values.get("do_train", True):
+                notes.append(f"bf16: kept, this CPU computes bf16 natively ({CPU_BF16}); training runs in bf16, "
+                             "the final evaluation in fp32.")  # fmt: skip
+                continue
+            # TrainingArguments refuses bf16 without a GPU unless use_cpu is set; evaluation alone stays fp32.
+            why = "an evaluation-only run evaluates in fp32" if values.get("use_cpu") else (
+                "use_cpu: true would keep it on this CPU, which computes bf16 natively")  # fmt: skip
+        values[key] = None if key == "tf32" else False
+        if key == "torch_compile":
+            values["torch_compile_backend"] = values["torch_compile_mode"] = None
+        notes.append(f"{key}: switched off, no CUDA GPU here ({why}).")
     return notes
 
 
