@@ -11,7 +11,8 @@ read from the run's metrics.json. The pipelines share the model, the data and th
 
 - example:      the transformers image-classification example's set-up run through run_snacks.py
                 (full fine-tuning, RandomResizedCrop(0.08-1) + flip, Trainer defaults: lr 5e-5, linear
-                decay, no warm-up, no weight decay or label smoothing), 1 epoch, batch 16: the baseline;
+                decay, no warm-up, no weight decay or label smoothing, fp32), 1 epoch, batch 16, 112 px: the
+                baseline;
 - recipe:       the CPU recipe as it is;
 - linear_probe, full, freeze, lora: the recipe with another `adaptation` mode;
 - fast:         the fast variant, config_probe.yaml, with nothing cached (a user's first run);
@@ -55,6 +56,8 @@ EXAMPLE = {
     "eval_strategy": "epoch",
     "save_strategy": "epoch",
     "load_best_model_at_end": True,
+    "eval_image_size": "null",  # evaluated at its training side, 112 px
+    "bf16": False,  # Trainer's default
 }
 NO_PROBE = {"probe_regularization": 0.1}  # the recipe's probe key back at its default: it cannot act without a probe
 PIPELINES = {
