@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported: no telemetry, no update check
     try:
-        from vitrecipes.outputs import require_model_folder
+        from vitrecipes.artifacts import require_model_folder
 
         advice = "Give the output folder of a training run, e.g. outputs/smoke (from recipes/smoke.yaml)."
         folder = require_model_folder(args.output_dir, "OUTPUT_DIR", advice)

@@ -33,9 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    from vitrecipes.artifacts import CARD_NAME
     from vitrecipes.card import RunFiles, write_model_card
     from vitrecipes.hub import push_output_dir
-    from vitrecipes.outputs import CARD_NAME
 
     try:
         RunFiles.read(args.output_dir)  # refuse a folder without a model before touching the network

@@ -56,9 +56,13 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed  # 
 
 from vitrecipes.bad_images import BadImageLog  # noqa: E402
 from vitrecipes.config import parse_recipe  # noqa: E402
-from vitrecipes.data import class_names, load_splits  # noqa: E402
+from vitrecipes.data import (  # noqa: E402
+    attach_transforms,  # noqa: E402
+    class_names,
+    load_splits,
+)
 from vitrecipes.modeling import build_image_processor, build_model  # noqa: E402
-from vitrecipes.training import RecipeTrainer, attach_transforms  # noqa: E402
+from vitrecipes.training import RecipeTrainer  # noqa: E402
 from vitrecipes.transforms import Preprocessing  # noqa: E402
 
 DEFAULT_RECIPE = "recipes/vit-tiny-scratch/snacks/config_cpu.yaml"

@@ -25,8 +25,8 @@ from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vitrecipes.artifacts import PREDICTIONS_FILE, REPORT_DIR  # noqa: E402
 from vitrecipes.calibration import calibration_numbers, fit_temperature, fold_temperature  # noqa: E402
-from vitrecipes.outputs import PREDICTIONS_FILE, REPORT_DIR  # noqa: E402
 
 MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 

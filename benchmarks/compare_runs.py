@@ -23,9 +23,9 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vitrecipes.artifacts import SUMMARY_NAME  # noqa: E402
 from vitrecipes.errors import RecipeError  # noqa: E402
 from vitrecipes.experiments import FIGURES, summarise_runs  # noqa: E402
-from vitrecipes.outputs import SUMMARY_NAME  # noqa: E402
 
 HIGHER_IS_BETTER = {key: key != "wall_seconds" for key in FIGURES}
 

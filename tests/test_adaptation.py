@@ -129,7 +129,7 @@ def test_lora_output_is_a_plain_merged_checkpoint(tmp_path, tiny_dinov2, jpeg_fo
 
 
 def test_lora_merge_gives_the_adapted_model_outputs(tiny_dinov2):
-    from vitrecipes.adaptation import add_lora, merge_lora
+    from vitrecipes.adaptation import MODES, add_lora
 
     torch.manual_seed(0)
     model = add_lora(
@@ -142,7 +142,7 @@ def test_lora_merge_gives_the_adapted_model_outputs(tiny_dinov2):
     model.eval()
     with torch.no_grad():
         adapted = model(pixel_values=x).logits
-        merged = merge_lora(model)
+        merged = MODES["lora"].finish(model)
         assert not hasattr(merged, "peft_config")
         np.testing.assert_allclose(merged(pixel_values=x).logits.numpy(), adapted.numpy(), atol=1e-5)
 
@@ -393,13 +393,14 @@ def test_feature_cache_key_follows_the_training_rows_and_the_eval_side():
 
     from vitrecipes.adaptation import feature_cache_file
     from vitrecipes.config import DataArguments, ModelArguments
+    from vitrecipes.data import rows_key
     from vitrecipes.transforms import Preprocessing
 
     model_args = ModelArguments(model_name_or_path="org/some-model")
     prep = Preprocessing.build(None, DataArguments(), image_size=32)
     rows = Dataset.from_dict({"label": [0, 1, 2]})
-    key = feature_cache_file(Path("cache"), model_args, prep, rows)
-    assert key == feature_cache_file(Path("cache"), model_args, prep, Dataset.from_dict({"label": [0, 1, 2]}))
-    assert key != feature_cache_file(Path("cache"), model_args, prep, rows.select([0, 1]))
+    key = feature_cache_file(Path("cache"), model_args, prep, rows_key(rows))
+    assert key == feature_cache_file(Path("cache"), model_args, prep, rows_key(Dataset.from_dict({"label": [0, 1, 2]})))
+    assert key != feature_cache_file(Path("cache"), model_args, prep, rows_key(rows.select([0, 1])))
     # FixRes: the evaluation side does not change the training features the probe is fitted on.
     assert prep.at_eval_size(48, 1.0).size == (48, 48) and prep.size == (32, 32)

@@ -6,9 +6,10 @@ import torch
 import yaml
 from conftest import ROOT, run_cli
 
+from vitrecipes.artifacts import RESOLVED_RECIPE_NAME
 from vitrecipes.config import parse_recipe
 from vitrecipes.errors import RecipeError
-from vitrecipes.outputs import RESOLVED_RECIPE_NAME, resolved_recipe, save_resolved_recipe
+from vitrecipes.outputs import resolved_recipe, save_resolved_recipe
 
 SHIPPED = sorted(
     p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts and "sweep" not in p.name
@@ -271,11 +272,11 @@ def test_too_old_libraries_stop_the_run_at_start_up(monkeypatch):
     ("args", "message"),
     [
         (["--adaptation", "linear_probe", "--mixup_alpha", "0.2"], r"mixup_alpha: .*adaptation linear_probe"),
-        (["--adaptation", "linear_probe", "--ema_decay", "0.9", "--load_best_model_at_end", "false"], "ema_decay: "),
+        (["--adaptation", "linear_probe", "--ema_decay", "0.9"], "ema_decay: "),
         (["--adaptation", "linear_probe", "--layer_decay", "0.8"], "layer_decay: .*no Trainer loop"),
         (["--adaptation", "linear_probe", "--drop_path_rate", "0.1"], "drop_path_rate: .*no Trainer loop"),
-        (["--adaptation", "linear_probe", "--sweep", "recipes/dinov2-small/snacks/sweep_lr.yaml"],
-         "sweep: .*no Trainer loop"),
+        (["--adaptation", "linear_probe", "--learning_rate", "0.1"], "learning_rate: .*no Trainer loop"),
+        (["--adaptation", "linear_probe", "--num_train_epochs", "0"], "num_train_epochs: 0.0 cannot act"),
         (["--num_train_epochs", "0"], r"num_train_epochs: 0 .*trains 0 steps"),
         (["--adaptation", "lp_ft", "--num_train_epochs", "0", "--max_steps", "0"], "num_train_epochs: 0"),
         (["--freeze_blocks", "2"], r"freeze_blocks: .*only with adaptation freeze \(this run: full\)"),
@@ -285,7 +286,7 @@ def test_too_old_libraries_stop_the_run_at_start_up(monkeypatch):
         (["--adaptation", "freeze", "--freeze_blocks", "1", "--probe_regularization", "0.01"],
          "probe_regularization: .*only with adaptation linear_probe or lp_ft"),
         (["--adaptation", "freeze", "--freeze_blocks", "-1"],
-         r"freeze_blocks: -1 .*1 or more, up to the model's number of encoder blocks"),
+         r"freeze_blocks must be 1 or more, up to the model's number of encoder blocks .*got -1"),
         (["--adaptation", "lora", "--lora_rank", "0"], "lora_rank must be 1 or more, got 0"),
         (["--adaptation", "lora", "--lora_alpha", "0"], "lora_alpha must be positive"),
         (["--adaptation", "lora", "--lora_dropout", "1"], r"lora_dropout must lie in \[0, 1\)"),
@@ -302,10 +303,32 @@ def test_keys_that_cannot_act_are_refused_at_parse_time(tmp_path, args, message)
 def test_keys_that_act_and_unset_ones_are_accepted(tmp_path):
     recipe = write(tmp_path, "seed: 1\n")
     # Default values of another adaptation's keys are not "set"; a probe needs no Trainer steps.
-    parse_recipe([recipe, "--adaptation", "linear_probe", "--num_train_epochs", "0", "--probe_regularization", "1"])
+    parse_recipe([recipe, "--adaptation", "linear_probe", "--probe_regularization", "1"])
     parse_recipe([recipe, "--adaptation", "lora", "--lora_rank", "4", "--lora_dropout", "0.1", "--max_steps", "5",
                   "--num_train_epochs", "0"])  # fmt: skip
     parse_recipe([recipe, "--adaptation", "lp_ft", "--mixup_alpha", "0.2", "--probe_feature_cache", "false"])
+
+
+def test_switching_the_mode_on_the_command_line_leaves_the_recipes_other_keys_out(tmp_path, caplog):
+    recipe = str(ROOT / "recipes/dinov2-small/snacks/config_cpu.yaml")  # lp_ft, with a probe key and loop keys
+    model_args, data_args, training_args, _ = parse_recipe([recipe, "--adaptation", "freeze", "--freeze_blocks", "8"])
+    assert model_args.probe_regularization == 0.1  # the recipe's 0.01 left out, back at its default
+    (note,) = [n for n in training_args.gpu_settings_switched_off if "left out" in n]
+    assert note.startswith("probe_regularization: the recipe's values are left out")
+    groups = resolved_recipe(model_args, data_args, training_args)
+    assert "probe_regularization" not in groups["model"] and groups["model"]["freeze_blocks"] == 8
+    assert "lora_rank" not in groups["model"] and groups["training"]["max_steps"] == 190  # what acted stays
+    # A probe runs no Trainer loop: the recipe's loop keys are left out of what it records, and named once.
+    args = parse_recipe([recipe, "--adaptation", "linear_probe"])
+    (note,) = [n for n in args[2].gpu_settings_switched_off if "left out" in n]
+    for key in ("learning_rate", "max_steps", "layer_decay", "warmup_steps", "per_device_train_batch_size"):
+        assert key in note and key not in resolved_recipe(*args[:3])["training"]
+    assert args[0].probe_regularization == 0.01  # a probe key acts in a probe
+    # The same key given on the command line with that mode is an error, as a key of the recipe file's own mode is.
+    with pytest.raises(RecipeError, match=r"probe_regularization: 0.01 cannot act .*this run: freeze"):
+        parse_recipe([recipe, "--adaptation", "freeze", "--freeze_blocks", "8", "--probe_regularization", "0.01"])
+    with pytest.raises(RecipeError, match=r"freeze_blocks: 3 cannot act"):
+        parse_recipe([write(tmp_path, "adaptation: lp_ft\nfreeze_blocks: 3\n"), "--seed", "2"])
 
 
 def test_lora_under_fsdp_is_refused_before_loading(tmp_path, monkeypatch):
@@ -344,7 +367,7 @@ def test_duplicate_keys_name_the_key_the_file_and_both_lines(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("n_trials: 2\nparams:\n  learning_rate: {low: 1.0e-5, high: 1.0e-3}\n  learning_rate: {low: 1}\n")
     with pytest.raises(RecipeError, match=rf"{space} sets 'learning_rate' twice \(lines 3 and 4\)"):
-        load_search_space(space, parse_recipe([write(tmp_path, "seed: 1\n")])[2])
+        load_search_space(space)
 
 
 def test_an_empty_output_dir_is_refused(tmp_path):

@@ -16,10 +16,10 @@ from transformers import TrainingArguments, ViTImageProcessor
 
 from vitrecipes.bad_images import BadImageLog
 from vitrecipes.config import DataArguments, ModelArguments
-from vitrecipes.data import load_splits
+from vitrecipes.data import attach_transforms, load_splits
 from vitrecipes.modeling import build_model
 from vitrecipes.report import SplitPredictions, compute_report_metrics, write_report
-from vitrecipes.training import attach_transforms, build_trainer, evaluate_splits
+from vitrecipes.training import build_trainer, evaluate_splits
 from vitrecipes.transforms import Preprocessing
 
 SNACK_NAMES = [

@@ -1,5 +1,6 @@
 """How a pretrained backbone is adapted (recipe key `adaptation`, docs/models.md): which weights train, at which
-learning rate, from which head."""
+learning rate, from which head. Every mode is one entry of MODES, with its keys in AdaptationArguments: the rest of the
+code asks the registry and never names a mode."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import os
 import re
 import time
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,12 +26,112 @@ from .errors import RecipeError, cause
 
 logger = logging.getLogger(__name__)
 
-ADAPTATIONS = ("full", "linear_probe", "lp_ft", "freeze", "lora")
 _BLOCK_INDEX = re.compile(r"\.(?:layer|layers|blocks)\.(\d+)\.")
 
 
-def feature_cache_file(root: Path, model_args, prep, train_dataset, bf16: bool = False) -> Path:
-    """Where the probe features of this backbone, transform and training split are kept."""
+@dataclass(frozen=True)
+class Mode:
+    """An adaptation mode: the keys that act only in it, with their limits (a test and its words); whether a linear
+    probe fits the head first and whether the Trainer loop runs; how the model is prepared and, after training,
+    finished; and why it cannot run under FSDP, if it cannot."""
+
+    keys: dict = field(default_factory=dict)
+    probe: bool = False
+    trainer_loop: bool = True
+    needs_checkpoint: bool = True
+    prepare: Callable = lambda model, args: model
+    finish: Callable = lambda model: model
+    no_fsdp: str | None = None
+
+    def check(self, args) -> None:
+        for key, (ok, words) in self.keys.items():
+            value = getattr(args, key)
+            if not all(ok(item) for item in (value if isinstance(value, list) else [value])):
+                raise RecipeError(f"{key} must {words}, got {value}.")
+
+
+def _train_head_only(model: nn.Module, args) -> nn.Module:
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_("classifier" in name.split("."))
+    return model
+
+
+_PROBE_KEYS = {"probe_regularization": (lambda v: v > 0, "be positive (the inverse L2 strength C)"),
+               "probe_feature_cache": (lambda v: True, "")}  # fmt: skip
+MODES = {
+    "full": Mode(needs_checkpoint=False),
+    "linear_probe": Mode(_PROBE_KEYS, probe=True, trainer_loop=False, prepare=_train_head_only),
+    "lp_ft": Mode(_PROBE_KEYS, probe=True),
+    "freeze": Mode(
+        {
+            "freeze_blocks": (
+                lambda v: v >= 1,
+                "be 1 or more, up to the model's number of encoder blocks (checked when the model loads)",
+            )
+        },
+        prepare=lambda model, args: freeze_first_blocks(model, args.freeze_blocks),
+    ),  # fmt: skip
+    "lora": Mode(
+        {
+            "lora_rank": (lambda v: v >= 1, "be 1 or more"),
+            "lora_alpha": (lambda v: v > 0, "be positive (the adapters' scale is alpha / rank)"),
+            "lora_dropout": (lambda v: 0 <= v < 1, "lie in [0, 1) (a probability)"),
+            "lora_target_modules": (lambda v: bool(v), "name at least one layer"),
+        },
+        prepare=lambda model, args: add_lora(
+            model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_target_modules
+        ),
+        finish=lambda model: model.merge_and_unload(),
+        no_fsdp="folding the adapters into sharded weights (merge_and_unload) leaves a model that FSDP can no longer "
+        "run for the final evaluation. LoRA trains a small fraction of the weights, so plain data parallel fits the "
+        "models FSDP would: launch with recipes/accelerate_configs/ddp.yaml, or use adaptation: full under FSDP",
+    ),  # fmt: skip
+}
+ADAPTATIONS = tuple(MODES)
+
+
+def recipe_key(default, help: str):
+    """A recipe key with one line of help (docs/recipes.md says more); a list default is copied per instance."""
+    default = {"default_factory": default.copy} if isinstance(default, list) else {"default": default}
+    return field(**default, metadata={"help": help})
+
+
+@dataclass
+class AdaptationArguments:
+    """The recipe keys of the adaptation modes (part of ModelArguments); each acts only in the modes of MODES that
+    list it."""
+
+    adaptation: Literal[ADAPTATIONS] = recipe_key(
+        "full", "Which weights train: full, linear_probe, lp_ft, freeze or lora."
+    )
+    freeze_blocks: int = recipe_key(0, "adaptation freeze: the embeddings and this many encoder blocks stay frozen.")
+    probe_regularization: float = recipe_key(0.1, "linear_probe / lp_ft: inverse L2 strength C of the probe's fit.")
+    probe_feature_cache: bool = recipe_key(True, "linear_probe / lp_ft: keep the training features on disk for reuse.")
+    lora_rank: int = recipe_key(16, "adaptation lora: rank of the adapters.")
+    lora_alpha: float = recipe_key(16.0, "adaptation lora: scale of the adapters (alpha / rank).")
+    lora_dropout: float = recipe_key(0.0, "adaptation lora: dropout on the adapter input.")
+    lora_target_modules: list[str] = recipe_key(["q_proj", "v_proj"], "adaptation lora: layers that get adapters.")
+
+    def __post_init__(self):
+        MODES[self.adaptation].check(self)
+
+
+def mode_keys() -> dict[str, tuple[str, ...]]:
+    """{key: the modes it acts in} for every mode key."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name, mode in MODES.items():
+        for key in mode.keys:
+            found[key] = (*found.get(key, ()), name)
+    return found
+
+
+def cache_root() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vitrecipes"
+    return Path(os.environ.get("VITRECIPES_CACHE") or default)
+
+
+def feature_cache_file(root: Path, model_args, prep, images_key: str, bf16: bool = False) -> Path:
+    """Where the probe features of this backbone, transform and training images (`images_key`, data.py's) are kept."""
     source = model_args.model_name_or_path
     weights = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
     identity = {
@@ -35,8 +139,7 @@ def feature_cache_file(root: Path, model_args, prep, train_dataset, bf16: bool =
         "revision": model_args.model_revision,
         "weights": [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
         "transform": [list(prep.size), prep.resize_to, list(prep.mean), list(prep.std)],
-        # Private: datasets' own key of these rows, with no public one (datasets 5.2.0; test_feature_cache_key_*).
-        "images": train_dataset._fingerprint,
+        "images": images_key,
     }
     if bf16:  # features computed under bf16 autocast differ a little from fp32 ones
         identity["bf16"] = True
@@ -72,7 +175,7 @@ def block_depth(name: str, num_blocks: int) -> int:
     return int(found.group(1)) + 1 if found else num_blocks + 1
 
 
-def freeze_first_blocks(model: nn.Module, count: int) -> None:
+def freeze_first_blocks(model: nn.Module, count: int) -> nn.Module:
     blocks = encoder_blocks(model)
     if not 0 < count <= len(blocks):
         raise RecipeError(f"freeze_blocks: {count} is not between 1 and the model's {len(blocks)} blocks.")
@@ -81,6 +184,7 @@ def freeze_first_blocks(model: nn.Module, count: int) -> None:
             parameter.requires_grad_(False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("Frozen: embeddings and %d blocks; %d parameters train.", count, trainable)
+    return model
 
 
 def parameter_groups(model: nn.Module, decay_names: set, learning_rate, weight_decay, head_multiplier, layer_decay):
@@ -97,20 +201,6 @@ def parameter_groups(model: nn.Module, decay_names: set, learning_rate, weight_d
         key = (learning_rate * scale, weight_decay if name in decay_names else 0.0)
         groups.setdefault(key, []).append(parameter)
     return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
-
-
-def prepare_for_adaptation(model: nn.Module, model_args) -> nn.Module:
-    """Freeze or wrap `model` as its `adaptation` mode asks; `full` and `lp_ft` train everything."""
-    mode = model_args.adaptation
-    if mode == "linear_probe":
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_("classifier" in name.split("."))
-    elif mode == "freeze":
-        freeze_first_blocks(model, model_args.freeze_blocks)
-    elif mode == "lora":
-        args = model_args
-        model = add_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
-    return model
 
 
 def freeze_unused(model: nn.Module, size: tuple[int, int]) -> list[str]:
@@ -147,10 +237,6 @@ def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_m
     trainable, total = wrapped.get_nb_trainable_parameters()
     logger.info("LoRA rank %d on %s: %d of %d parameters train.", rank, target_modules, trainable, total)
     return wrapped
-
-
-def merge_lora(model: nn.Module) -> nn.Module:
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 @torch.inference_mode()
@@ -223,3 +309,27 @@ def fit_linear_head(
     }
     logger.info("Linear probe on %d features: %s", features.shape[1], summary)
     return summary
+
+
+def adapt(model: nn.Module, args, training_args, prep, data, resume_from=None) -> tuple[nn.Module, dict | None]:
+    """`model` made ready to train as its mode says; with a probe, and no checkpoint to resume, its head fitted first on
+    `data.probe` (the training images through the evaluation transform). Returns the model and the probe's figures."""
+    mode = MODES[args.adaptation]
+    model = mode.prepare(model, args)
+    freeze_unused(model, prep.size)  # so that DDP keeps its fast path (no find_unused_parameters)
+    if not mode.probe or resume_from is not None:
+        return model, None
+    # Every process fits the same head on all the images (not on its shard), so replicas agree; with the cache on,
+    # the main process computes the features and the others read them. On the accelerator: the model is still on the
+    # CPU here, where accelerate launch allows one thread.
+    images = torch.utils.data.DataLoader(
+        data.probe,
+        batch_size=training_args.per_device_eval_batch_size,
+        collate_fn=prep.collate,
+        num_workers=training_args.dataloader_num_workers,
+    )
+    bf16 = training_args.bf16
+    cache = feature_cache_file(cache_root(), args, prep, data.probe_key, bf16) if args.probe_feature_cache else None
+    with training_args.main_process_first(desc="linear probe"):
+        figures = fit_linear_head(model, images, args.probe_regularization, cache, training_args.device, bf16)
+    return model, figures

@@ -14,10 +14,10 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .artifacts import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME, require_model_folder
 from .config import DEFAULTS
 from .hub import is_hub_id, push_output_dir, scrub
 from .onnx_export import read_parity
-from .outputs import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME, require_model_folder
 
 logger = logging.getLogger(__name__)
 

@@ -21,24 +21,15 @@ import yaml
 from transformers import HfArgumentParser, PreTrainedConfig, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
-from .adaptation import ADAPTATIONS
+from .adaptation import MODES, AdaptationArguments, mode_keys
+from .adaptation import recipe_key as _key
+from .artifacts import require_model_folder
 from .errors import RecipeError, cause
 from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_only_settings
-from .outputs import require_model_folder
-
-
-def _key(default, help: str):
-    """A recipe key with one line of help (docs/recipes.md says more); a list default is copied per instance."""
-    default = {"default_factory": default.copy} if isinstance(default, list) else {"default": default}
-    return field(**default, metadata={"help": help})
-
 
 _NUMPY_SEED = (lambda v: 0 <= v < 2**32, "be a whole number from 0 to 2**32 - 1 (numpy's range)")
 # The values a number key takes, as a test and in words; null passes (where a key may be null), a list item by item.
 _LIMITS = {
-    "lora_rank": (lambda v: v >= 1, "be 1 or more"),
-    "lora_alpha": (lambda v: v > 0, "be positive (the adapters' scale is alpha / rank)"),
-    "lora_dropout": (lambda v: 0 <= v < 1, "lie in [0, 1) (a probability)"),
     "drop_path_rate": (lambda v: 0 <= v < 1, "lie in [0, 1) (the chance that a block is skipped)"),
     **dict.fromkeys(("image_size", "eval_image_size"), (lambda v: v >= 8, "be a side in pixels (8 or more)")),
     **dict.fromkeys(("mixup_alpha", "cutmix_alpha"), (lambda v: v >= 0, "be 0 (off) or positive")),
@@ -61,7 +52,7 @@ def _check_limits(args) -> None:
 
 
 @dataclass
-class ModelArguments:
+class _ModelKeys:
     model_name_or_path: str | None = _key(
         "google/vit-base-patch16-224-in21k", "Hub id or save_pretrained folder; null (with model_type): from scratch."
     )
@@ -78,25 +69,15 @@ class ModelArguments:
     image_size: int | None = _key(None, "Model input side in pixels (e.g. 112 on CPUs); null: the processor's.")
     eval_image_size: int | None = _key(None, "Evaluate and serve at this side (FixRes); null: the training side.")
     drop_path_rate: float | None = _key(None, "Stochastic depth, for configs that have drop_path_rate.")
-    adaptation: Literal[ADAPTATIONS] = _key("full", "Which weights train: full, linear_probe, lp_ft, freeze or lora.")
-    freeze_blocks: int = _key(0, "adaptation freeze: the embeddings and this many encoder blocks stay frozen.")
-    probe_regularization: float = _key(0.1, "linear_probe / lp_ft: inverse L2 strength C of the logistic regression.")
-    probe_feature_cache: bool = _key(True, "linear_probe / lp_ft: keep the training features on disk for reuse.")
-    lora_rank: int = _key(16, "adaptation lora: rank of the adapters.")
-    lora_alpha: float = _key(16.0, "adaptation lora: scale of the adapters (alpha / rank).")
-    lora_dropout: float = _key(0.0, "adaptation lora: dropout on the adapter input.")
-    lora_target_modules: list[str] = _key(["q_proj", "v_proj"], "adaptation lora: layers that get adapters.")
 
+
+@dataclass
+class ModelArguments(AdaptationArguments, _ModelKeys):  # the model's keys, then the adaptation modes' (adaptation.py)
     def __post_init__(self):
         _check_limits(self)
         if self.attn_implementation is not None:
             check_attention_kernel(self.attn_implementation)
-        if self.adaptation == "freeze" and self.freeze_blocks < 1:
-            raise RecipeError(
-                f"freeze_blocks: {self.freeze_blocks} blocks cannot be frozen; adaptation 'freeze' needs freeze_blocks "
-                "set to 1 or more, up to the model's number of encoder blocks (checked when the model loads)."
-            )
-        if self.adaptation != "full" and self.model_name_or_path is None:
+        if MODES[self.adaptation].needs_checkpoint and self.model_name_or_path is None:
             raise RecipeError(f"adaptation '{self.adaptation}' adapts a checkpoint; from scratch, use 'full'.")
         folder = self.model_name_or_path
         if not self.trust_remote_code and folder and Path(folder).is_dir():
@@ -111,6 +92,7 @@ class ModelArguments:
                     "in its config.json names), which is not run unless you allow it. Read that code; if you trust "
                     "it, set trust_remote_code: true."
                 )
+        super().__post_init__()  # the mode's own keys
 
 
 @dataclass
@@ -407,14 +389,17 @@ def parse_recipe(argv: list[str] | None = None):
             advice = "Train it first, point --output_dir at a finished run, or name one with --model_name_or_path."
             values["model_name_or_path"] = str(require_model_folder(values["output_dir"], what, advice))
         values["model_type"] = values["config_overrides"] = None
-    switched_off = switch_off_gpu_only_settings(values)
+    notes = switch_off_gpu_only_settings(values)
+    inactive = inactive_keys(values)
+    if values["do_train"]:
+        notes += drop_keys_that_cannot_act(values, inactive, from_recipe=set(recipe) - set(given), switched=given)
     try:
         model_args, data_args, training_args = parser.parse_dict(values)
     except (ValueError, TypeError) as error:
         raise RecipeError(f"Invalid value in {source}: {error}") from None
-    training_args.gpu_settings_switched_off = switched_off  # the run logs them, the resolved recipe records them
+    training_args.gpu_settings_switched_off = notes  # the run logs them, the resolved recipe records them
+    training_args.inactive_keys = sorted(inactive)  # left out of the resolved recipe and the card
     check_consistency(model_args, training_args)
-    refuse_keys_that_cannot_act(model_args, data_args, training_args)
     if training_args.remove_unused_columns:
         logging.getLogger(__name__).warning(
             "remove_unused_columns: forced to false; the lazy transform needs the image and label columns."
@@ -438,19 +423,15 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
         )
     # accelerate launch sets ACCELERATE_USE_FSDP for an FSDP config; TrainingArguments.fsdp is the other way in.
     fsdp = training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if model_args.adaptation == "lora" and training_args.do_train and fsdp:
-        raise RecipeError(
-            "adaptation: lora does not run under FSDP: folding the adapters into sharded weights (merge_and_unload) "
-            "leaves a model that FSDP can no longer run for the final evaluation. LoRA trains a small fraction of "
-            "the weights, so plain data parallel fits the models FSDP would: launch with "
-            "recipes/accelerate_configs/ddp.yaml, or use adaptation: full under FSDP."
-        )
+    mode = MODES[model_args.adaptation]
+    if mode.no_fsdp and training_args.do_train and fsdp:
+        raise RecipeError(f"adaptation: {model_args.adaptation} does not run under FSDP: {mode.no_fsdp}.")
     if training_args.seeds and training_args.sweep:
         raise RecipeError("seeds and sweep cannot be combined: run the sweep, then --seeds on its best_recipe.yaml.")
     if training_args.sweep:
         if not Path(training_args.sweep).is_file():
             raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
-        load_search_space(training_args.sweep, training_args)  # its mistakes, before any data is loaded
+        load_search_space(training_args.sweep)  # its mistakes, before any data is loaded
     seeds = training_args.seeds or []
     twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if twice:
@@ -473,60 +454,74 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
         )
 
 
-# Keys that only the Trainer loop reads (its batches, loss, optimiser and train mode); linear_probe has none.
-TRAINER_LOOP_KEYS = ("mixup_alpha", "cutmix_alpha", "ema_decay", "layer_decay", "head_learning_rate_multiplier",
-                     "label_smoothing_factor", "drop_path_rate", "train_augmentation", "random_resized_crop_scale",
-                     "horizontal_flip", "auto_augment", "random_erasing", "sweep")  # fmt: skip
-# Keys that act only with these adaptations. probe_feature_cache is not one: it only says where features come from.
-ADAPTATION_KEYS = {
-    ("freeze",): ("freeze_blocks",),
-    ("lora",): ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules"),
-    ("linear_probe", "lp_ft"): ("probe_regularization",),
-}
+# Keys that only the Trainer loop reads (its steps, batches, optimiser, schedule, checkpoints and augmentation).
+TRAINER_LOOP_KEYS = (
+    "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "optim_args",
+    "num_train_epochs", "max_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "label_smoothing_factor",
+    "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end",
+    "metric_for_best_model", "greater_is_better", "logging_strategy", "logging_steps", "logging_first_step",
+    "mixup_alpha", "cutmix_alpha", "ema_decay", "layer_decay", "head_learning_rate_multiplier", "drop_path_rate",
+    "train_augmentation", "random_resized_crop_scale", "horizontal_flip", "auto_augment", "random_erasing",
+)  # fmt: skip
 # Keys that act only when loading a checkpoint; a from-scratch model takes its sizes from config_overrides.
 CHECKPOINT_KEYS = ("image_processor_name", "model_revision", "image_size", "ignore_mismatched_sizes")
 
 
-def refuse_keys_that_cannot_act(model_args, data_args, training_args) -> None:
-    """A key set away from its default that this training run cannot use is an error, so that the model card
-    and the resolved recipe never record a setting that did not apply."""
-    if not training_args.do_train:
-        return  # an evaluation reads the trained recipe's keys as the record of that training
-    mode = model_args.adaptation
-    unusable = [
-        (key, f"it acts only with adaptation {' or '.join(modes)} (this run: {mode})")
-        for modes, keys in ADAPTATION_KEYS.items()
-        if mode not in modes
-        for key in keys
-    ]
-    if mode == "linear_probe":
-        reason = "adaptation linear_probe fits the head by logistic regression on un-augmented images: no Trainer loop"
-        unusable += [(key, reason) for key in TRAINER_LOOP_KEYS]
-    if model_args.model_name_or_path is None:
-        reason = "it applies to a loaded checkpoint; a from-scratch model takes its sizes from config_overrides"
-        unusable += [(key, reason) for key in CHECKPOINT_KEYS]
-    values = {**vars(model_args), **vars(data_args), **vars(training_args)}
-    for key, reason in unusable:
-        value, default = values[key], DEFAULTS[key]
-        if value != default:
-            raise RecipeError(
-                f"{key}: {value} cannot act in this run, because {reason}. Remove the key or set it back "
-                f"to its default ({'null' if default is None else default}), or choose the adaptation or model it "
-                "belongs to."
-            )
-    if mode != "linear_probe" and training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+def inactive_keys(values: dict) -> dict[str, str]:
+    """{key: why it cannot act} for the keys this run's adaptation mode and model leave unused."""
+    mode = values["adaptation"]
+    found = {key: f"it acts only with adaptation {' or '.join(modes)} (this run: {mode})"
+             for key, modes in mode_keys().items() if mode not in modes}  # fmt: skip
+    if not MODES[mode].trainer_loop:
+        why = f"adaptation {mode} fits the head by logistic regression on un-augmented images: no Trainer loop"
+        found.update(dict.fromkeys(TRAINER_LOOP_KEYS, why))
+    if values["model_name_or_path"] is None:
+        found.update(dict.fromkeys(CHECKPOINT_KEYS, "it applies to a loaded checkpoint; a from-scratch model takes "
+                                                    "its sizes from config_overrides"))  # fmt: skip
+    return found
+
+
+def drop_keys_that_cannot_act(values: dict, inactive: dict, from_recipe: set, switched: dict) -> list[str]:
+    """A key set away from its default that this training run cannot use is an error, so that the resolved recipe and
+    the card never record a setting that did not apply; unless the recipe file set it and the command line switched
+    the adaptation or the model: then it is reset to its default, with one note naming it."""
+    dropped = []
+    for key, reason in inactive.items():
+        if values[key] == DEFAULTS[key]:
+            continue
+        if key in from_recipe and {"adaptation", "model_name_or_path", "model_type"} & set(switched):
+            values[key] = DEFAULTS[key]
+            dropped.append(key)
+            continue
+        default = DEFAULTS[key]
         raise RecipeError(
-            f"num_train_epochs: {training_args.num_train_epochs:g} (with max_steps {training_args.max_steps}) trains "
-            f"0 steps, so adaptation {mode} would save an untrained model. Set num_train_epochs or max_steps above 0."
+            f"{key}: {values[key]} cannot act in this run, because {reason}. Remove the key or set it back to its "
+            f"default ({'null' if default is None else default}), or choose the adaptation or model it belongs to."
         )
+    if MODES[values["adaptation"]].trainer_loop and values["max_steps"] <= 0 and values["num_train_epochs"] <= 0:
+        raise RecipeError(
+            f"num_train_epochs: {values['num_train_epochs']:g} (with max_steps {values['max_steps']}) trains 0 steps, "
+            f"so adaptation {values['adaptation']} would save an untrained model. Set num_train_epochs or max_steps "
+            "above 0."
+        )
+    model = "a from-scratch model" if values["model_name_or_path"] is None else "a checkpoint"
+    return (
+        [
+            f"{', '.join(dropped)}: the recipe's values are left out, as they cannot act with adaptation "
+            f"{values['adaptation']} and {model}, chosen on the command line."
+        ]
+        if dropped
+        else []
+    )
 
 
 # Trackers whose Python package (and `pip install` name) is the report_to name.
 _TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "neptune", "clearml", "dvclive", "swanlab")
 
 
-def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, dict]]:
-    """(n_trials, {key: spec}) from a search-space file, checked against the training keys."""
+def load_search_space(path: str | Path) -> tuple[int, dict[str, dict]]:
+    """(n_trials, {key: spec}) from a search-space file, checked against the recipe keys."""
     space = read_yaml(path)
     unknown = sorted(set(space) - {"n_trials", "params"})
     params = space.get("params") or {}
@@ -541,10 +536,11 @@ def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, d
         raise RecipeError(f"Search space {path}: 'n_trials' must be a whole number, 1 or more; got {n_trials!r}.")
     for key, spec in params.items():
         where = f"Search space {path}: '{key}'"
-        if not hasattr(training_args, key):
+        if key not in _OPTIONS or key in ("output_dir", "seeds", "sweep", "do_train", "test_split"):
             raise RecipeError(
-                f"{where} is not a training key. Trainer.hyperparameter_search sets TrainingArguments keys "
-                "(learning_rate, weight_decay, num_train_epochs, warmup_steps, ...) only."
+                f"{where} is not a recipe key that a trial can set. Each trial is a run of the recipe with the trial's "
+                "values, so any key that `python run_snacks.py --help` lists works, except output_dir, seeds, sweep, "
+                "do_train and test_split."
             )
         if not isinstance(spec, dict) or not ({"choices"} <= set(spec) or {"low", "high"} <= set(spec)):
             raise RecipeError(f"{where} needs either `choices: [...]` or `low` and `high`.")
@@ -552,7 +548,7 @@ def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, d
             if not isinstance(spec["choices"], list) or not spec["choices"]:
                 raise RecipeError(f"{where} needs a non-empty list of `choices`.")
             continue
-        try:  # float(), as optuna_space reads them: PyYAML reads `1e-4` as text
+        try:  # float(), as the sweep reads them: PyYAML reads `1e-4` as text
             ordered = float(spec["low"]) <= float(spec["high"])
         except (TypeError, ValueError):
             ordered = False

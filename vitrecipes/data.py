@@ -1,10 +1,14 @@
-"""The splits from Hub ids, local imagefolders, save_to_disk folders or the built-in digits: a DatasetDict with a
-`ClassLabel` label column and an undecoded image column (decoded lazily, in `transforms.py`)."""
+"""The data of a run: each source kind (the built-in digits, a save_to_disk folder, an imagefolder, a Hub id) is one
+function that returns its splits, a DatasetDict with a `ClassLabel` label column and an undecoded image column; the
+rest of the pipeline takes them through `load_data`, which checks the splits, carves what is missing and attaches the
+lazy preprocessing (`transforms.py`). Every split is map-style (a length and random access): the stratified carving of
+validation, `max_*_samples`, `verify_images` and the report's mistakes grid (by index) rely on that."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -27,11 +31,6 @@ DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 PARQUET_REVISION = "refs/convert/parquet"
 
 
-def cache_root() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vitrecipes"
-    return Path(os.environ.get("VITRECIPES_CACHE") or default)
-
-
 def builtin_digits(image_size: int = 32) -> DatasetDict:
     """scikit-learn's bundled 8x8 digits as grayscale PNGs, in fixed stratified splits (1197 / 300 / 300)."""
     digits = load_digits()
@@ -51,15 +50,14 @@ def builtin_digits(image_size: int = 32) -> DatasetDict:
 
 
 def load_raw_dataset(data_args: DataArguments) -> DatasetDict:
+    """The splits of `dataset_name` from the source kind it names."""
     name = data_args.dataset_name
     if name == BUILTIN_DIGITS:
         return builtin_digits()
     path = Path(name).expanduser()
     if path.is_dir():
-        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            loaded = datasets.load_from_disk(str(path))
-            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-        return _load_imagefolder(path)
+        saved = (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+        return _load_saved(path) if saved else _load_imagefolder(path)
     if path.exists() or name.startswith("~") or ("/" in name and not is_hub_id(name)):
         problem = f"{path} is a file" if path.exists() else f"the folder {name} does not exist"
         raise RecipeError(
@@ -67,6 +65,11 @@ def load_raw_dataset(data_args: DataArguments) -> DatasetDict:
             "written by Dataset.save_to_disk) or a Hub id such as 'Matthijs/snacks'."
         )
     return _load_from_hub(data_args)
+
+
+def _load_saved(path: Path) -> DatasetDict:
+    loaded = datasets.load_from_disk(str(path))
+    return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
 
 
 def _load_imagefolder(path: Path) -> DatasetDict:
@@ -209,3 +212,52 @@ def drop_unreadable(splits: DatasetDict, data_args: DataArguments, bad_images: B
         else:
             logger.info("verify_images: all %d images of %s decode.", len(dataset), name)
     return DatasetDict(kept)
+
+
+@dataclass
+class Data:
+    splits: DatasetDict  # every split with its lazy preprocessing attached
+    names: list[str]  # the class names, in label order
+    probe: Dataset  # the training images through the evaluation transform, in order: the linear probe's input
+    probe_key: str  # names exactly those images, for the probe's feature cache
+
+
+def load_data(data_args: DataArguments, training_args, prep, eval_prep, bad_images: BadImageLog) -> Data:
+    """The run's splits, checked, with `prep` attached to train and `eval_prep` (FixRes: a larger side) to the others.
+    The main process loads (and, with verify_images, decodes) first; the others reuse its work. With verify_images,
+    the main process of all machines (local=False): each machine's own would read the bad-image log before machine 0
+    had written it, and machines would train on different images."""
+    with training_args.main_process_first(local=not data_args.verify_images, desc="loading and checking the data"):
+        splits = load_splits(data_args, seed=training_args.seed)
+        if data_args.verify_images:
+            splits = drop_unreadable(splits, data_args, bad_images, fresh=training_args.process_index == 0)
+    names = class_names(splits, data_args)
+    sizes = ", ".join(f"{name} {len(ds)}" for name, ds in splits.items())
+    logger.info("Data: %s, %d classes; %s", data_args.dataset_name, len(names), sizes)
+    transformed = attach_transforms(splits, prep, data_args, bad_images, eval_prep)
+    probe = with_preprocessing(splits["train"], "train", False, prep, data_args, bad_images)
+    return Data(transformed, names, probe, rows_key(splits["train"]))
+
+
+def rows_key(dataset: Dataset) -> str:
+    """A key that changes with the rows of `dataset` (which files, which labels, in which order)."""
+    # Private: datasets' own key of these rows, with no public one (datasets 5.2.0; test_feature_cache_key_*).
+    return dataset._fingerprint
+
+
+def attach_transforms(splits: DatasetDict, prep, data_args, bad_images: BadImageLog, eval_prep=None) -> DatasetDict:
+    """Every split with its lazy preprocessing: `prep` for train, `eval_prep` (or `prep`) for the others; and each
+    split's limit of unreadable images."""
+    transformed = {}
+    for name, dataset in splits.items():
+        limit = data_args.max_bad_images  # a fraction below 1, else a count
+        bad_images.limits[name] = int(limit) if limit >= 1 else int(limit * len(dataset))
+        split_prep = prep if name == "train" else eval_prep or prep
+        transformed[name] = with_preprocessing(dataset, name, name == "train", split_prep, data_args, bad_images)
+    return DatasetDict(transformed)
+
+
+def with_preprocessing(dataset, split: str, train: bool, prep, data_args, bad_images) -> Dataset:
+    """Lazy preprocessing: images are decoded and transformed only when a batch is drawn."""
+    columns = data_args.image_column_name, data_args.label_column_name
+    return dataset.with_transform(prep.batch_transform(train, *columns, split, bad_images, data_args.max_image_pixels))

@@ -13,10 +13,10 @@ from pathlib import Path
 import gradio as gr
 import yaml
 
+from .artifacts import RESOLVED_RECIPE_NAME
 from .config import DataArguments
 from .data import load_raw_dataset
 from .images import load_rgb
-from .outputs import RESOLVED_RECIPE_NAME
 from .predict import load_classifier, predict
 
 logger = logging.getLogger(__name__)

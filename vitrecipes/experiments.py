@@ -1,5 +1,5 @@
-"""Several runs of one recipe (docs/experiments.md): `--seeds` with a mean ± std summary, and `--sweep`
-(Trainer.hyperparameter_search with Optuna, on validation accuracy only; the best recipe then runs test once)."""
+"""Several runs of one recipe (docs/experiments.md), each one call of run_snacks.main: `--seeds` with a mean ± std
+summary, and `--sweep` (Optuna, one run per trial on validation accuracy only; the best recipe then runs test once)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ import json
 import logging
 import statistics
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import yaml
 
-from .config import load_search_space, parse_recipe
-from .errors import RecipeError
-from .outputs import (
+from .artifacts import (
     BEST_RECIPE_NAME,
     METRICS_FILE,
     REPORT_DIR,
@@ -22,9 +19,10 @@ from .outputs import (
     SUMMARY_NAME,
     SWEEP_STUDY_FILE,
     SWEEP_TRIALS_NAME,
-    recipe_differences,
-    resolved_recipe,
 )
+from .config import load_search_space, parse_recipe
+from .errors import RecipeError
+from .outputs import recipe_differences, resolved_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -99,32 +97,36 @@ def run_seeds(main: Callable, argv: list[str], training_args) -> dict:
     return summary
 
 
-def optuna_space(trial, params: dict[str, dict]) -> dict:
-    chosen = {}
-    for key, spec in params.items():
-        if "choices" in spec:
-            chosen[key] = trial.suggest_categorical(key, spec["choices"])
-        elif all(isinstance(spec[b], int) for b in ("low", "high")) and not spec.get("log"):
-            chosen[key] = trial.suggest_int(key, spec["low"], spec["high"])
-        else:
-            low, high = float(spec["low"]), float(spec["high"])
-            chosen[key] = trial.suggest_float(key, low, high, log=bool(spec.get("log")))
-    return chosen
+def run_recipe(main: Callable, argv: list[str]) -> dict:
+    """What `python run_snacks.py RECIPE` does: `main` once, once per seed (--seeds), or once per sweep trial and then
+    once more for the best trial's recipe, which also evaluates test (--sweep)."""
+    training_args = parse_recipe(argv)[2]
+    if training_args.seeds:
+        return run_seeds(main, argv, training_args)
+    if training_args.sweep:
+        best = str(run_sweep(main, argv, training_args))
+        if (kept := finished_run([best])) is not None:
+            return kept
+        logger.info("Sweep done; training its best recipe, %s, which also evaluates test once.", best)
+        return main([best])
+    return main(argv)
 
 
-def run_sweep(trainer, model_args, data_args, training_args, hub, space_path: str | Path) -> Path:
-    """Search with `trainer` (built with `model_init`); write the trials table and the best trial's recipe, and
-    return its path (`run_snacks.py` runs it as an ordinary recipe)."""
+def run_sweep(main: Callable, argv: list[str], training_args) -> Path:
+    """Run the trials of the search space that are not done yet, each `main` on argv plus the trial's values, into
+    output_dir/trial-N, without test; write the trials table and the best trial's recipe, and return its path."""
     import optuna
     from optuna.trial import TrialState
 
-    n_trials, params = load_search_space(space_path, training_args)
+    space_path = training_args.sweep
+    n_trials, params = load_search_space(space_path)
     out = Path(training_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # The study stays in its storage, so a rerun continues it (overwrite_output_dir removes it).
-    study_args = {"study_name": "sweep", "storage": f"sqlite:///{out.resolve() / SWEEP_STUDY_FILE}"}
+    # The study stays in its storage, so a rerun continues it (overwrite_output_dir removes it). Its sampler is
+    # seeded from the recipe, offset by the trials done, so a continued sweep does not repeat its first values.
+    storage = f"sqlite:///{out.resolve() / SWEEP_STUDY_FILE}"
     with training_args.main_process_first(desc="opening the sweep's study"):
-        study = optuna.create_study(**study_args, direction="maximize", load_if_exists=True)
+        study = optuna.create_study(study_name="sweep", storage=storage, direction="maximize", load_if_exists=True)
         if study.user_attrs.get("params", params) != params:
             raise RecipeError(
                 f"output_dir {out} holds a sweep of another search space than {space_path}. Choose another "
@@ -135,21 +137,23 @@ def run_sweep(trainer, model_args, data_args, training_args, hub, space_path: st
             # Only one command runs a study, so a trial still RUNNING at its start was cut off by a crash.
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 study.tell(trial.number, state=TrialState.FAIL)
+    study.sampler = optuna.samplers.TPESampler(seed=(training_args.seed + len(study.trials)) % 2**32)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if done < n_trials:
         logger.info("Sweep %s: %d of %d trials done; running %d.", out, done, n_trials, n_trials - done)
-        trainer.hyperparameter_search(
-            hp_space=partial(optuna_space, params=params),
-            compute_objective=lambda metrics: metrics["eval_accuracy"],  # validation only; test is not touched
-            n_trials=n_trials - done,
-            direction="maximize",
-            backend="optuna",
-            load_if_exists=True,
-            # Seeded from the recipe, offset by the trials done, so a continued sweep does not repeat its first values.
-            sampler=optuna.samplers.TPESampler(seed=(training_args.seed + len(study.trials)) % 2**32),
-            **study_args,
-        )
-    study = optuna.load_study(**study_args)
+    shared = [*argv, "--sweep", "null", "--test_split", "null"]  # validation only: test is not touched
+    for _ in range(n_trials - done):
+        chosen = out / "next_trial.json"
+        with training_args.main_process_first(desc="choosing a sweep trial"):  # every process takes process 0's
+            if training_args.process_index == 0:
+                trial = study.ask(_distributions(params))
+                chosen.write_text(json.dumps({"number": trial.number, "params": trial.params}))
+            trial_number, values = json.loads(chosen.read_text()).values()
+        overrides = [word for key, value in values.items() for word in [f"--{key}", *map(str, _as_list(value))]]
+        metrics = main([*shared, *overrides, "--output_dir", str(out / f"trial-{trial_number}")])
+        if training_args.process_index == 0:
+            study.tell(trial_number, metrics["validation"]["accuracy"])
+    study = optuna.load_study(study_name="sweep", storage=storage)
     best = study.best_trial
     path = out / BEST_RECIPE_NAME
     if done >= n_trials and path.is_file():
@@ -157,10 +161,9 @@ def run_sweep(trainer, model_args, data_args, training_args, hub, space_path: st
         return path
     rows = [{"trial": t.number, **t.params, "validation_accuracy": t.value, "best": t.number == best.number}
             for t in study.get_trials(states=(TrialState.COMPLETE,))]  # fmt: skip
-    groups = resolved_recipe(model_args, data_args, training_args, hub)
-    recipe = {k: v for group in groups.values() for k, v in group.items()}
-    # The best trial's values; its validation accuracy is the one after the last epoch, so no best-epoch reload.
-    recipe.update(best.params, sweep=None, output_dir=str(out / "best"), load_best_model_at_end=False)
+    # The best trial's recipe, which reproduces its validation accuracy, with test back and its own folder.
+    recipe = yaml.safe_load((out / f"trial-{best.number}" / RESOLVED_RECIPE_NAME).read_text(encoding="utf-8"))
+    recipe.update(test_split=parse_recipe(argv)[1].test_split, output_dir=str(out / "best"))
     if training_args.process_index == 0:
         (out / f"{SWEEP_TRIALS_NAME}.json").write_text(json.dumps(rows, indent=2) + "\n")
         columns = {"trial": "trial", **{k: k for k in params}, "validation_accuracy": "validation accuracy"}
@@ -169,3 +172,22 @@ def run_sweep(trainer, model_args, data_args, training_args, hub, space_path: st
         header = f"# The best trial ({best.number}, validation accuracy {best.value:.4f}) of {space_path}.\n"
         path.write_text(header + yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     return path
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else ["null" if value is None else value]
+
+
+def _distributions(params: dict[str, dict]) -> dict:
+    """Optuna's distribution for each key of a search space."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    found = {}
+    for key, spec in params.items():
+        if "choices" in spec:
+            found[key] = CategoricalDistribution(spec["choices"])
+        elif all(isinstance(spec[b], int) for b in ("low", "high")) and not spec.get("log"):
+            found[key] = IntDistribution(spec["low"], spec["high"])
+        else:
+            found[key] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+    return found

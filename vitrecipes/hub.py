@@ -13,16 +13,14 @@ from typing import Any
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .artifacts import UPLOADED
 from .errors import PushError, cause, hub_unreachable
-from .outputs import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME
 
 logger = logging.getLogger(__name__)
 
-# Only what someone using the model needs. An allow-list, so that stray files (notes, logs, an
-# eval-only run's metrics) never leave the machine by accident.
-UPLOAD_PATTERNS = [CARD_NAME, "config.json", "preprocessor_config.json", METRICS_FILE, RESOLVED_RECIPE_NAME,
-                   "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
-                   "onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/parity.json"]  # fmt: skip
+# Only what someone using the model needs (artifacts.ARTIFACTS marks it). An allow-list, so that stray files (notes,
+# logs, an eval-only run's metrics) never leave the machine by accident.
+UPLOAD_PATTERNS = UPLOADED
 # Belt and braces behind the allow-list: training state that is large, pickled, or may hold secrets.
 NEVER_UPLOAD = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*"]
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")

@@ -14,10 +14,10 @@ from transformers import (
     ViTImageProcessor,
 )
 
+from .artifacts import require_model_folder
 from .config import ModelArguments
 from .errors import RecipeError, cause, hub_unreachable
 from .hub import is_hub_id
-from .outputs import require_model_folder
 
 logger = logging.getLogger(__name__)
 

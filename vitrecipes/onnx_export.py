@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import RESOLVED_RECIPE_NAME, require_model_folder
 from .errors import RecipeError, cause
-from .outputs import RESOLVED_RECIPE_NAME, require_model_folder
 
 ONNX_DIR, FP32_FILE, INT8_FILE, PARITY_FILE = "onnx", "model.onnx", "model_quantized.onnx", "parity.json"
 MAX_LOGIT_DIFF = 1e-3

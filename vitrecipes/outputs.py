@@ -1,5 +1,6 @@
-"""The output folder: the name of every file a run writes there, and what to do with one that holds something:
-resume a crashed run from its last complete checkpoint, refuse a finished or different run, or start afresh."""
+"""The output folder of a run: at the start, what to do with one that holds something (resume a crashed run from its
+last complete checkpoint, refuse a finished or different run, or start afresh) and the resolved recipe; at the end,
+everything process 0 writes there: reports, metrics.json, the exports, the card and the push (names: artifacts.py)."""
 
 from __future__ import annotations
 
@@ -11,33 +12,33 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+from PIL import Image
 from safetensors import SafetensorError, safe_open
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import sort_checkpoints
 
+from .artifacts import (
+    BAD_IMAGES_FILE,
+    EVAL_ONLY_BAD_IMAGES_FILE,
+    EVAL_ONLY_METRICS_FILE,
+    EVAL_ONLY_RECIPE_NAME,
+    METRICS_FILE,
+    REPORT_DIR,
+    RESOLVED_RECIPE_NAME,
+    RESULTS,
+    SWEEP_STUDY_FILE,
+)
+from .bad_images import BadImageLog
+from .card import finish_for_hub
+from .config import DEFAULTS
 from .errors import RecipeError
+from .onnx_export import export_folder
+from .report import write_report
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-RESOLVED_RECIPE_NAME = "resolved_recipe.yaml"
-BAD_IMAGES_FILE = "bad_images.jsonl"
-CARD_NAME = "README.md"
-REPORT_DIR = "eval_{split}"
-# Inside each report folder (see report.py); its metrics file is METRICS_FILE too.
-CONFUSION_JSON, CONFUSION_PNG = "confusion_matrix.json", "confusion_matrix.png"
-MISTAKES_PNG, CURVES_PNG, RELIABILITY_PNG = "mistakes.png", "curves.png", "reliability_diagram.png"
-PREDICTIONS_FILE, REPORT_FILE = "predictions.npz", "report.md"
-# Several runs of one recipe (see experiments.py): .json and .md of each name.
-SUMMARY_NAME, SWEEP_TRIALS_NAME = "summary", "sweep_trials"
-SWEEP_STUDY_FILE, BEST_RECIPE_NAME = "sweep.db", "best_recipe.yaml"
-# An evaluation-only run writes these instead, so it never replaces what the training run wrote.
-EVAL_ONLY_METRICS_FILE = "eval_only_metrics.json"
-EVAL_ONLY_RECIPE_NAME = "eval_only_recipe.yaml"
-EVAL_ONLY_BAD_IMAGES_FILE = "eval_only_bad_images.jsonl"
-# A run's outputs besides the model; overwrite_output_dir removes them, so a crashed new run is not the old one.
-_RUN_OUTPUTS = [METRICS_FILE, BAD_IMAGES_FILE, CARD_NAME, EVAL_ONLY_METRICS_FILE, EVAL_ONLY_BAD_IMAGES_FILE,
-                "eval_*", "checkpoint-*", "runs", SWEEP_STUDY_FILE, "run-*", "onnx"]  # fmt: skip
 # Keys never written to the resolved recipe: secrets, and values set by the launcher per process.
 _UNSAVED_KEYS = {"hub_token", "local_rank"}
 # Keys that may differ between a crashed run and its resumption without changing what is trained. By hand:
@@ -52,12 +53,14 @@ _RESUMABLE_DIFFERENCES = {
 
 
 def resolved_recipe(model_args, data_args, training_args, hub=None) -> dict[str, dict[str, Any]]:
-    """Every key, grouped by dataclass, without secrets; `hub`: the Hub settings taken out of training_args."""
+    """Every key that acts in this run, grouped by dataclass, without secrets; `hub`: the Hub settings taken out of
+    training_args. Keys its adaptation mode or model cannot use (config.inactive_keys) are left out."""
     training = training_args.to_dict()
     if hub is not None:
         training.update(push_to_hub=hub.push_to_hub, hub_model_id=hub.hub_model_id)
     groups = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": training}
-    return {name: {k: v for k, v in group.items() if k not in _UNSAVED_KEYS} for name, group in groups.items()}
+    left_out = _UNSAVED_KEYS | set(getattr(training_args, "inactive_keys", ()))
+    return {name: {k: v for k, v in group.items() if k not in left_out} for name, group in groups.items()}
 
 
 def save_resolved_recipe(output_dir: str | Path, model_args, data_args, training_args, hub=None) -> Path:
@@ -124,7 +127,25 @@ def recipe_differences(output_dir: Path, current: dict[str, dict[str, Any]]) -> 
     saved = yaml.safe_load(saved_path.read_text()) or {}
     now = {k: v for group in current.values() for k, v in group.items()}
     keys = (set(saved) | set(now)) - _RESUMABLE_DIFFERENCES
-    return sorted(k for k in keys if saved.get(k) != now.get(k))
+    # A key left out (it cannot act in that run) holds its default.
+    return sorted(k for k in keys if saved.get(k, DEFAULTS.get(k)) != now.get(k, DEFAULTS.get(k)))
+
+
+def prepare_output_dir(model_args, data_args, training_args) -> tuple[str | None, BadImageLog]:
+    """Check the output folder (main process first, so the others see it checked) and write the resolved recipe;
+    returns the checkpoint to resume from, or None, and the run's log of unreadable images."""
+    resume_from = None
+    with training_args.main_process_first(desc="checking the output folder"):
+        if training_args.do_train:
+            resume_from = plan_output_dir(training_args, resolved_recipe(model_args, data_args, training_args))
+        bad_images = BadImageLog(bad_images_path(training_args.output_dir, training_args.do_train))
+        if training_args.process_index == 0:
+            if not training_args.do_train:
+                bad_images.path.unlink(missing_ok=True)  # an evaluation-only run lists its own, from empty
+            # Before the Hub settings are taken out of training_args, so that it records them.
+            path = save_resolved_recipe(training_args.output_dir, model_args, data_args, training_args)
+            logger.info("Wrote %s", path)
+    return resume_from, bad_images
 
 
 def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) -> str | None:
@@ -145,7 +166,7 @@ def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) ->
         return None
     if training_args.overwrite_output_dir:
         if training_args.process_index == 0:
-            for pattern in _RUN_OUTPUTS:
+            for pattern in RESULTS:
                 for path in output_dir.glob(pattern):
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
             logger.warning("overwrite_output_dir: starting afresh in %s (the old run's outputs removed).", output_dir)
@@ -181,17 +202,54 @@ def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) ->
     return str(checkpoint)
 
 
-def require_model_folder(folder: str | Path, what: str, advice: str, weights: bool = True) -> Path:
-    """`folder` if save_pretrained wrote a model there (config.json, and safetensors weights when `weights`)."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise RecipeError(f"{what}: the folder {folder} does not exist. {advice}")
-    if not (folder / "config.json").is_file():
-        raise RecipeError(f"{what}: {folder} holds no saved model (config.json). {advice}")
-    if weights and not any(folder.glob("*.safetensors")):
-        raise RecipeError(
-            f"{what}: {folder} holds no model.safetensors. Only safetensors weights are loaded, because pickled "
-            "weights (pytorch_model.bin) can run code when loaded. Convert it once, in a trusted environment: load "
-            "it with from_pretrained and call save_pretrained (which writes safetensors)."
-        )
-    return folder
+def finish_run(trainer, metrics: dict, predictions: dict, names, model_args, data_args, hub, recipe_path, argv) -> Path:
+    """Process 0's end of a run: each split's report, metrics.json, the tracker pictures, the exports (they read the
+    saved folder: after any change to it), then the card and the push (last: a failed push raises, with everything
+    else written). Returns the metrics file."""
+    args = trainer.args
+    output_dir, trained = Path(args.output_dir), args.do_train
+    checkpoint = str(output_dir if trained else model_args.model_name_or_path)
+    reports = {}
+    for name, split in predictions.items():
+        reports[name] = write_report(
+            output_dir / REPORT_DIR.format(split=name), split, names, data_args.image_column_name, checkpoint,
+            log_history=trainer.state.log_history if trained else None, final_validation=metrics.get("validation"),
+            calibration=metrics.get("calibration", {}).get(name),
+        )  # fmt: skip
+        metrics[name]["report"] = str(reports[name].relative_to(output_dir))
+    if trained:
+        log_report_images(trainer, reports)
+    metrics_path = write_metrics(output_dir, metrics, trained=trained)
+    logger.info("Wrote %s", metrics_path)
+    for split in ("train", "validation", "test"):
+        if split in metrics:
+            trainer.log_metrics(split, metrics[split])
+    bad = {split: len(files) for split, files in metrics["bad_images"].items() if files}
+    if bad:
+        print(f"Unreadable images left out: {bad} (listed in {metrics_path})", flush=True)
+    if trained and args.export_onnx:
+        export_folder(output_dir, log=logger.info)
+    if trained:
+        finish_for_hub(output_dir, hub, recipe_path, argv)
+    print(f"Metrics: {metrics_path}; model, processor, card and recipe: {output_dir}", flush=True)
+    return metrics_path
+
+
+def log_report_images(trainer, reports: dict[str, Path]) -> None:
+    """Each split's report pictures into the run's TensorBoard log folder and Trackio run, beside its scalars."""
+    pictures = {f"{split}/{png.stem}": png for split, report in reports.items()
+                for png in sorted(report.parent.glob("*.png"))}  # fmt: skip
+    board = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
+    if board is not None and board.logging_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(log_dir=board.logging_dir) as writer:
+            for tag, png in pictures.items():
+                pixels = np.asarray(Image.open(png).convert("RGB"))
+                writer.add_image(tag, pixels, trainer.state.global_step, dataformats="HWC")
+    if "trackio" in (trainer.args.report_to or []):
+        import trackio
+
+        trackio.init(project=trainer.args.project, name=trainer.args.run_name, resume="allow")
+        trackio.log({tag: trackio.Image(str(png)) for tag, png in pictures.items()})
+        trackio.finish()

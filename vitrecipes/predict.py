@@ -17,10 +17,10 @@ from PIL import Image
 from transformers import ImageClassificationPipeline, pipeline
 from transformers.utils.logging import disable_progress_bar
 
+from .artifacts import require_model_folder
 from .errors import RecipeError, cause
 from .hub import is_hub_id
 from .images import load_rgb
-from .outputs import require_model_folder
 
 IMAGE_EXTENSIONS = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 URL_TIMEOUT_S = 30

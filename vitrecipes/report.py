@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure  # a bare Figure, no pyplot: no global backend switch, no figures left open
 from sklearn.metrics import classification_report, confusion_matrix, top_k_accuracy_score
 
-from . import outputs
+from . import artifacts as outputs
 from .calibration import expected_calibration_error, plot_reliability
 from .images import load_rgb
 from .metrics import scores

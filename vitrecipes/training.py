@@ -1,24 +1,22 @@
-"""Trainer set-up, final evaluation of every split, and the files and summary a run leaves."""
+"""Trainer set-up (NaN guard, safe checkpoint reloads, parameter groups, batch mixing, weight EMA), training as the
+adaptation mode says, and the final evaluation of every split."""
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
-from datasets import Dataset, DatasetDict
-from PIL import Image
+from datasets import DatasetDict
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import sort_checkpoints
 
 from .adaptation import parameter_groups
-from .bad_images import IGNORE_INDEX, BadImageLog
+from .bad_images import IGNORE_INDEX
 from .data import class_names
 from .errors import RecipeError
 from .metrics import compute_metrics
@@ -29,23 +27,6 @@ logger = logging.getLogger(__name__)
 
 def effective_batch_size(args: TrainingArguments) -> int:
     return args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
-
-
-def attach_transforms(splits: DatasetDict, prep, data_args, bad_images: BadImageLog, eval_prep=None) -> DatasetDict:
-    """Lazy preprocessing: images are decoded and transformed only when a batch is drawn. Evaluation splits use
-    `eval_prep` (FixRes: a larger side than training) where given."""
-    transformed = {}
-    for name, dataset in splits.items():
-        limit = data_args.max_bad_images  # a fraction below 1, else a count
-        bad_images.limits[name] = int(limit) if limit >= 1 else int(limit * len(dataset))
-        split_prep = prep if name == "train" else eval_prep or prep
-        transformed[name] = with_preprocessing(dataset, name, name == "train", split_prep, data_args, bad_images)
-    return DatasetDict(transformed)
-
-
-def with_preprocessing(dataset, split: str, train: bool, prep, data_args, bad_images) -> Dataset:
-    columns = data_args.image_column_name, data_args.label_column_name
-    return dataset.with_transform(prep.batch_transform(train, *columns, split, bad_images, data_args.max_image_pixels))
 
 
 def load_weights(model, checkpoint_dir: str) -> None:
@@ -169,26 +150,6 @@ class _TrainerHooks(TrainerCallback):
     on_epoch_end = on_step_end
 
 
-def log_report_images(trainer: Trainer, reports: dict[str, Path]) -> None:
-    """Each split's report pictures into the run's TensorBoard log folder and Trackio run, beside its scalars."""
-    pictures = {f"{split}/{png.stem}": png for split, report in reports.items()
-                for png in sorted(report.parent.glob("*.png"))}  # fmt: skip
-    board = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
-    if board is not None and board.logging_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        with SummaryWriter(log_dir=board.logging_dir) as writer:
-            for tag, png in pictures.items():
-                pixels = np.asarray(Image.open(png).convert("RGB"))
-                writer.add_image(tag, pixels, trainer.state.global_step, dataformats="HWC")
-    if "trackio" in (trainer.args.report_to or []):
-        import trackio
-
-        trackio.init(project=trainer.args.project, name=trainer.args.run_name, resume="allow")
-        trackio.log({tag: trackio.Image(str(png)) for tag, png in pictures.items()})
-        trackio.finish()
-
-
 class BatchMixing:
     """MixUp and/or CutMix (torchvision v2) on a batch; labels become soft targets. A batch holding an unreadable
     image's placeholder (IGNORE_INDEX) is left unmixed, its placeholder rows zero, so it still counts for nothing."""
@@ -230,13 +191,12 @@ class WeightAverage(TrainerCallback):
             logger.info("The final model holds the moving average of the weights (ema_decay %g).", self.decay)
 
 
-def build_trainer(model, processor, args, splits: DatasetDict, prep, data_args=None, model_init=None) -> RecipeTrainer:
+def build_trainer(model, processor, args, splits: DatasetDict, prep, data_args=None) -> RecipeTrainer:
     mixing = None
     if data_args is not None and (data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0):
         mixing = BatchMixing(len(class_names(splits, data_args)), data_args.mixup_alpha, data_args.cutmix_alpha)
     return RecipeTrainer(
         model=model,
-        model_init=model_init,
         args=args,
         train_dataset=splits["train"] if args.do_train else None,
         eval_dataset=splits["validation"],
@@ -246,6 +206,19 @@ def build_trainer(model, processor, args, splits: DatasetDict, prep, data_args=N
         callbacks=[WeightAverage(args.ema_decay)] if getattr(args, "ema_decay", 0.0) else None,
         batch_mixing=mixing,
     )
+
+
+def train(trainer: RecipeTrainer, mode, resume_from: str | None, probe: dict | None) -> dict:
+    """Train as the adaptation `mode` says (the Trainer loop, or nothing past the probe), finish the model (e.g. merge
+    LoRA adapters) and save it; returns the training figures."""
+    if mode.trainer_loop:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        figures = dict(result.metrics, global_step=result.global_step, start_step=trainer.start_step)
+    else:
+        figures = {"train_runtime": probe["probe_feature_seconds"] + probe["probe_fit_seconds"]}
+    trainer.model = trainer.model_wrapped = mode.finish(trainer.model)
+    trainer.save_model()
+    return {**figures, "samples": len(trainer.train_dataset)}
 
 
 def evaluate_splits(trainer: Trainer, splits: DatasetDict) -> tuple[dict[str, dict], dict[str, SplitPredictions]]:

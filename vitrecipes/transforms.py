@@ -17,6 +17,7 @@ from transformers.image_utils import PILImageResampling
 from .bad_images import IGNORE_INDEX, BadImageLog
 from .config import DataArguments
 from .images import DECODE_ERRORS, describe, load_rgb
+from .modeling import build_image_processor
 
 
 def image_size_from_processor(processor) -> tuple[int, int]:
@@ -46,6 +47,14 @@ def train_augmentation(data_args: DataArguments, size: tuple[int, int], mean: li
         # Erased areas take the normalisation mean, so they become zeros at the model input.
         steps.append(v2.RandomErasing(p=data_args.random_erasing, value=[round(255 * m) for m in mean]))
     return v2.Compose(steps)
+
+
+def build_preprocessing(model_args, data_args: DataArguments) -> tuple[Preprocessing, Preprocessing]:
+    """A run's training and evaluation preprocessing, sized by the model's image processor or `image_size`;
+    evaluation at `eval_image_size` where it is set (FixRes). The probe's features keep the training side."""
+    processor, mean, std = build_image_processor(model_args), model_args.image_mean, model_args.image_std
+    prep = Preprocessing.build(processor, data_args, mean=mean, std=std, image_size=model_args.image_size)
+    return prep, prep.at_eval_size(model_args.eval_image_size, data_args.eval_crop_pct)
 
 
 @dataclass
