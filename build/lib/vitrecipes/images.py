@@ -1,0 +1,45 @@
+"""Reading images: whatever an image column holds, opened and converted to 8-bit RGB."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# What Pillow raises for a file that is not a readable image: not an image, cut short, corrupt, or too big.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def load_rgb(value: Any, max_pixels: int | None = None, draft: bool = False) -> Image.Image:
+    """What a datasets Image column holds ({'bytes', 'path'}, a path, raw bytes or a PIL image) as 8-bit RGB, oriented
+    by EXIF, transparent areas white. An image above `max_pixels` is refused from its header, before decoding."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value["path"]
+    if isinstance(value, (bytes, bytearray)):
+        value = io.BytesIO(value)
+    image = value if isinstance(value, Image.Image) else Image.open(value)
+    if max_pixels and image.width * image.height > max_pixels:
+        raise Image.DecompressionBombError(
+            f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
+        )
+    if draft and image.format == "JPEG":
+        image.draft("RGB", (64, 64))  # a check only: decodes at 1/8 scale but still reads the whole stream
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # high bit depth: scaled to 8 bits, not clipped
+        pixels = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("P", "LA", "PA", "RGBA", "La", "RGBa"):
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def describe(value: Any) -> str:
+    """A name for an image-column value in messages: its path, or its size in bytes."""
+    if isinstance(value, dict):
+        return value.get("path") or f"<{len(value.get('bytes') or b'')} bytes in the dataset>"
+    return str(value) if isinstance(value, (str, os.PathLike)) else f"<{type(value).__name__}>"
