@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
-import transformers
 from transformers import set_seed
 
+from vitrecipes import console
 from vitrecipes.adaptation import MODES, adapt
+from vitrecipes.artifacts import LOG_FILE
 from vitrecipes.bad_images import shareable_names
 from vitrecipes.calibration import calibrate
 from vitrecipes.card import take_hub_settings
@@ -45,17 +47,20 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args, recipe_path = parse_recipe(argv)
     if training_args.export_onnx:
         require_serving("onnx", "onnxruntime")  # now, not after training
-    _setup_logging(training_args)
+    main_process = training_args.process_index == 0
+    console.setup(training_args.log_level if main_process else training_args.log_level_replica, main_process)
     set_seed(training_args.seed)
     for note in training_args.gpu_settings_switched_off:
-        logger.warning(note)
-    logger.info("Recipe %s -> %s", recipe_path or "(command line)", training_args.output_dir)
+        logger.info(note) if note.startswith(("bf16", "fp16")) else logger.warning(note)  # the header shows bf16
     resume_from, bad_images = prepare_output_dir(model_args, data_args, training_args)
+    if main_process:
+        console.log_to(Path(training_args.output_dir) / LOG_FILE)
     hub = take_hub_settings(training_args)  # we push once at the end; Trainer must not push or pickle the token
 
     prep, eval_prep = build_preprocessing(model_args, data_args)
     data = load_data(data_args, training_args, prep, eval_prep, bad_images)
 
+    console.show(*console.header(recipe_path, model_args, data_args, training_args, data, prep, eval_prep))
     model, mode, metrics = build_model(model_args, data.names), MODES[model_args.adaptation], {}
     if training_args.do_train:
         model, metrics["probe"] = adapt(model, model_args, training_args, prep, data, resume_from)
@@ -63,11 +68,6 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = build_trainer(model, eval_prep.serving_processor(), training_args, data.splits, prep, data_args)
     if mode.trainer_loop:
         metrics["effective_batch_size"] = effective_batch_size(training_args)
-        logger.info(
-            "Effective batch size %d = %d per device x %d processes x %d accumulation steps",
-            metrics["effective_batch_size"], training_args.per_device_train_batch_size, training_args.world_size,
-            training_args.gradient_accumulation_steps,
-        )  # fmt: skip
     if training_args.do_train:
         metrics["train"] = train(trainer, mode, resume_from, metrics["probe"])
 
@@ -86,13 +86,6 @@ def main(argv: list[str] | None = None) -> dict:
 def run(argv: list[str] | None = None) -> dict:
     """The command: main() once, or once per seed (--seeds) or per sweep trial (--sweep)."""
     return run_recipe(main, list(sys.argv[1:] if argv is None else argv))
-
-
-def _setup_logging(training_args) -> None:
-    level = training_args.get_process_log_level()
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
-    logging.getLogger("vitrecipes").setLevel(level)
-    transformers.utils.logging.set_verbosity(level)
 
 
 if __name__ == "__main__":

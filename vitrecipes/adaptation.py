@@ -22,6 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from .console import progress, show
 from .errors import RecipeError, cause
 
 logger = logging.getLogger(__name__)
@@ -240,9 +241,10 @@ def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_m
 
 
 @torch.inference_mode()
-def head_features(model: nn.Module, loader, device=None, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def head_features(model: nn.Module, loader, device=None, bf16=False, shown=False) -> tuple[np.ndarray, np.ndarray]:
     """What the classifier head sees for every batch of `loader`, with the labels (unreadable ones dropped),
-    computed on `device` (the accelerator, when the model is still on the CPU), under bf16 autocast if asked."""
+    computed on `device` (the accelerator, when the model is still on the CPU), under bf16 autocast if asked;
+    `shown`: with a progress bar."""
     head = classifier_head(model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0].float().cpu()))
@@ -251,7 +253,7 @@ def head_features(model: nn.Module, loader, device=None, bf16: bool = False) -> 
     labels = []
     model.eval().to(device)
     try:
-        for batch in loader:
+        for batch in progress(loader, "probe features", enabled=shown):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 model(pixel_values=batch["pixel_values"].to(device))
             labels.append(batch["labels"])
@@ -264,8 +266,9 @@ def head_features(model: nn.Module, loader, device=None, bf16: bool = False) -> 
 
 
 def fit_linear_head(
-    model: nn.Module, train_loader, regularization: float, cache_file: Path | None = None, device=None, bf16=False
-):
+    model: nn.Module, train_loader, regularization: float, cache_file: Path | None = None, device=None, bf16=False,
+    shown=False,
+):  # fmt: skip
     """Fit the head, in place, as scikit-learn's logistic regression on standardised frozen features (the
     standardisation folded into its weights). `cache_file` keeps the features for later runs."""
     head = classifier_head(model)
@@ -275,13 +278,13 @@ def fit_linear_head(
         try:
             with np.load(cache_file) as stored:
                 features, labels = stored["features"], stored["labels"]
-            logger.info("Linear probe: features read from %s.", cache_file)
+            (show if shown else logger.info)(f"probe features: read from the cache, {cache_file}")
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # truncated, emptied, flipped
             logger.warning("Feature cache %s is unreadable (%s): removed, recomputing it.", cache_file, cause(error))
             cache_file.unlink(missing_ok=True)
             cached = False
     if not cached:
-        features, labels = head_features(model, train_loader, device=device, bf16=bf16)
+        features, labels = head_features(model, train_loader, device=device, bf16=bf16, shown=shown)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             partial = cache_file.with_suffix(f".{os.getpid()}.npz")
@@ -331,5 +334,6 @@ def adapt(model: nn.Module, args, training_args, prep, data, resume_from=None) -
     bf16 = training_args.bf16
     cache = feature_cache_file(cache_root(), args, prep, data.probe_key, bf16) if args.probe_feature_cache else None
     with training_args.main_process_first(desc="linear probe"):
-        figures = fit_linear_head(model, images, args.probe_regularization, cache, training_args.device, bf16)
+        shown = training_args.process_index == 0 and not training_args.disable_tqdm
+        figures = fit_linear_head(model, images, args.probe_regularization, cache, training_args.device, bf16, shown)
     return model, figures

@@ -12,6 +12,7 @@ METRICS_FILE = "metrics.json"
 RESOLVED_RECIPE_NAME = "resolved_recipe.yaml"
 BAD_IMAGES_FILE = "bad_images.jsonl"
 CARD_NAME = "README.md"
+LOG_FILE = "run.log"
 REPORT_DIR = "eval_{split}"
 # Inside each report folder (see report.py); its metrics file is METRICS_FILE too.
 CONFUSION_JSON, CONFUSION_PNG = "confusion_matrix.json", "confusion_matrix.png"
@@ -38,8 +39,8 @@ ARTIFACTS = [
       "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", RESOLVED_RECIPE_NAME)),
     Artifact(METRICS_FILE, upload=True),
     Artifact(CARD_NAME, upload=True),
-    *map(Artifact, (BAD_IMAGES_FILE, EVAL_ONLY_METRICS_FILE, EVAL_ONLY_BAD_IMAGES_FILE, REPORT_DIR.format(split="*"),
-                    "checkpoint-*", "runs", SWEEP_STUDY_FILE, "trial-*")),
+    *map(Artifact, (BAD_IMAGES_FILE, LOG_FILE, EVAL_ONLY_METRICS_FILE, EVAL_ONLY_BAD_IMAGES_FILE,
+                    REPORT_DIR.format(split="*"), "checkpoint-*", "runs", SWEEP_STUDY_FILE, "trial-*")),
     # An export format: its files here, and one module (see export.py).
     *(Artifact(f"onnx/{name}", upload=True) for name in ("model.onnx", "model_quantized.onnx", "parity.json")),
 ]  # fmt: skip

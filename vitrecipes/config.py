@@ -145,8 +145,8 @@ class RecipeTrainingArguments(TrainingArguments):
     load_best_model_at_end: bool = _recipe_default("load_best_model_at_end", True)
     metric_for_best_model: str | None = _recipe_default("metric_for_best_model", "accuracy")
     logging_steps: float = _recipe_default("logging_steps", 10)
-    log_level: str = _recipe_default("log_level", "info")
-    log_level_replica: str = _recipe_default("log_level_replica", "error")  # N processes must not log N times
+    log_level: str = _recipe_default("log_level", "warning")  # the console; info: the libraries' messages too
+    log_level_replica: str = _recipe_default("log_level_replica", "warning")  # other processes: warnings only
     # DDP's fast path (no graph walk per step): unused weights are frozen instead (adaptation.freeze_unused).
     ddp_find_unused_parameters: bool | None = _recipe_default("ddp_find_unused_parameters", False)
     hub_license: str = _key("apache-2.0", "License written into the model card's metadata.")

@@ -21,6 +21,7 @@ from .artifacts import (
     SWEEP_TRIALS_NAME,
 )
 from .config import load_search_space, parse_recipe
+from .console import show
 from .errors import RecipeError
 from .outputs import recipe_differences, resolved_recipe
 
@@ -93,7 +94,7 @@ def run_seeds(main: Callable, argv: list[str], training_args) -> dict:
         title = f"# {output_dir.name}: seeds {', '.join(map(str, training_args.seeds))}"
         text = "\n".join([title, "", *_table([*summary["runs"], mean_row], columns), ""])
         (output_dir / f"{SUMMARY_NAME}.md").write_text(text, encoding="utf-8")
-        print(text, flush=True)
+        show(text)
     return summary
 
 
@@ -169,6 +170,7 @@ def run_sweep(main: Callable, argv: list[str], training_args) -> Path:
         columns = {"trial": "trial", **{k: k for k in params}, "validation_accuracy": "validation accuracy"}
         table = _table([{**r, "trial": f"**{r['trial']}** (best)" if r["best"] else r["trial"]} for r in rows], columns)
         (out / f"{SWEEP_TRIALS_NAME}.md").write_text(f"# Sweep of {space_path}\n\n" + "\n".join(table) + "\n")
+        show(f"Sweep of {space_path}: {len(rows)} trials, the best {best.number}", *table)
         header = f"# The best trial ({best.number}, validation accuracy {best.value:.4f}) of {space_path}.\n"
         path.write_text(header + yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     return path

@@ -16,6 +16,7 @@ from transformers import (
 
 from .artifacts import require_model_folder
 from .config import ModelArguments
+from .console import show
 from .errors import RecipeError, cause, hub_unreachable
 from .hub import is_hub_id
 
@@ -98,13 +99,15 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
             )
         if name is None:
             return AutoModelForImageClassification.from_config(config)
-        model = AutoModelForImageClassification.from_pretrained(
+        model, loading = AutoModelForImageClassification.from_pretrained(
             name,
             config=config,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
             use_safetensors=True,  # never unpickle weights
+            output_loading_info=True,  # its report goes to the log file; report_new_weights says it in one line
             **_hub_kwargs(model_args),
         )
+        report_new_weights(model, loading)
     except OSError as error:
         raise _missing_checkpoint_error(name, error) from None
     except ValueError as error:
@@ -126,6 +129,20 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         )
     materialize_new_weights(model)
     return model
+
+
+def report_new_weights(model, loading: dict) -> None:
+    """One line for the new classification head a fine-tuning run expects; a warning for any other weight that
+    the checkpoint lacks, holds at another size, or holds unused."""
+    head = {f"classifier.{part}" for part in ("weight", "bias")}
+    new = set(loading["missing_keys"]) | {key for key, *_ in loading["mismatched_keys"]}
+    if new & head:
+        show(f"A new {model.config.num_labels}-class head (expected for fine-tuning).")
+    for what, keys in (("are not in the checkpoint, so they start untrained", new - head),
+                       ("of the checkpoint are not used by this model", set(loading["unexpected_keys"]))):  # fmt: skip
+        if keys:
+            listed = ", ".join(sorted(keys)[:8]) + (", ..." if len(keys) > 8 else "")
+            logger.warning("%d weights %s: %s", len(keys), what, listed)
 
 
 # Architectures whose forward resizes the position embeddings to any input: they evaluate at a new size unasked.

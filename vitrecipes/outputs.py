@@ -24,6 +24,7 @@ from .artifacts import (
     EVAL_ONLY_BAD_IMAGES_FILE,
     EVAL_ONLY_METRICS_FILE,
     EVAL_ONLY_RECIPE_NAME,
+    LOG_FILE,
     METRICS_FILE,
     REPORT_DIR,
     RESOLVED_RECIPE_NAME,
@@ -33,6 +34,7 @@ from .artifacts import (
 from .bad_images import BadImageLog
 from .card import finish_for_hub
 from .config import DEFAULTS
+from .console import show, table
 from .errors import RecipeError
 from .onnx_export import export_folder
 from .report import write_report
@@ -220,19 +222,31 @@ def finish_run(trainer, metrics: dict, predictions: dict, names, model_args, dat
     if trained:
         log_report_images(trainer, reports)
     metrics_path = write_metrics(output_dir, metrics, trained=trained)
-    logger.info("Wrote %s", metrics_path)
-    for split in ("train", "validation", "test"):
-        if split in metrics:
-            trainer.log_metrics(split, metrics[split])
-    bad = {split: len(files) for split, files in metrics["bad_images"].items() if files}
-    if bad:
-        print(f"Unreadable images left out: {bad} (listed in {metrics_path})", flush=True)
+    logger.info("Wrote %s: %s", metrics_path, metrics)
+    show(*closing_table(output_dir, metrics, reports, metrics_path))
     if trained and args.export_onnx:
-        export_folder(output_dir, log=logger.info)
-    if trained:
-        finish_for_hub(output_dir, hub, recipe_path, argv)
-    print(f"Metrics: {metrics_path}; model, processor, card and recipe: {output_dir}", flush=True)
+        export_folder(output_dir, log=show)
+    if trained and (url := finish_for_hub(output_dir, hub, recipe_path, argv)):
+        show(f"Pushed to {url}")
     return metrics_path
+
+
+def closing_table(output_dir: Path, metrics: dict, reports: dict[str, Path], metrics_path: Path) -> list[str]:
+    """Each split's accuracy, top-5, ECE and images; the wall time, the unreadable images left out, and where the
+    model, reports, metrics and log are."""
+    rows = []
+    for split, report in reports.items():
+        numbers = json.loads((report.parent / METRICS_FILE).read_text(encoding="utf-8"))
+        rows.append([split, numbers["accuracy"], numbers["top_k_accuracy"], numbers["ece"], numbers["samples"]])
+    top_k = json.loads((next(iter(reports.values())).parent / METRICS_FILE).read_text())["top_k"] if reports else 5
+    bad = {split: len(files) for split, files in metrics["bad_images"].items() if files}
+    left_out = ", ".join(f"{n} in {split}" for split, n in bad.items()) + f" (see {metrics_path})" if bad else "none"
+    return [
+        *table(rows, ["", "accuracy", f"top-{top_k}", "ECE", "images"]),
+        f"Wall time {metrics['wall_seconds']:.0f} s; unreadable images left out: {left_out}",
+        f"Model, image processor and card: {output_dir}; metrics: {metrics_path}",
+        f"Reports: {', '.join(str(report) for report in reports.values())}; log: {output_dir / LOG_FILE}",
+    ]
 
 
 def log_report_images(trainer, reports: dict[str, Path]) -> None:

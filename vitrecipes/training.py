@@ -17,6 +17,7 @@ from transformers.trainer_utils import sort_checkpoints
 
 from .adaptation import parameter_groups
 from .bad_images import IGNORE_INDEX
+from .console import CompactProgress, compact_progress, keep_library_messages
 from .data import class_names
 from .errors import RecipeError
 from .metrics import compute_metrics
@@ -58,6 +59,13 @@ class RecipeTrainer(Trainer):
                 speed = (step - last_step) * effective_batch_size(self.args) / (now - last_time)
                 logs["images_per_second"] = round(speed, 2)
             self._last_train_log = (now, step)
+            if "learning_rate" in logs and self.lr_scheduler is not None and self.lr_scheduler.base_lrs[0] > 0:
+                # Trainer logs its first parameter group's rate: under layer decay, the embeddings'. The recipe's
+                # learning_rate where the schedule stands (the top of the network's rate), and the head's.
+                schedule = self.lr_scheduler.get_last_lr()[0] / self.lr_scheduler.base_lrs[0]
+                logs["learning_rate"] = self.args.learning_rate * schedule
+                if (head := getattr(self.args, "head_learning_rate_multiplier", 1.0)) != 1.0:
+                    logs["head_learning_rate"] = logs["learning_rate"] * head
         super().log(logs, start_time)
 
     def create_optimizer(self, model=None):
@@ -195,7 +203,7 @@ def build_trainer(model, processor, args, splits: DatasetDict, prep, data_args=N
     mixing = None
     if data_args is not None and (data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0):
         mixing = BatchMixing(len(class_names(splits, data_args)), data_args.mixup_alpha, data_args.cutmix_alpha)
-    return RecipeTrainer(
+    trainer = RecipeTrainer(
         model=model,
         args=args,
         train_dataset=splits["train"] if args.do_train else None,
@@ -206,6 +214,9 @@ def build_trainer(model, processor, args, splits: DatasetDict, prep, data_args=N
         callbacks=[WeightAverage(args.ema_decay)] if getattr(args, "ema_decay", 0.0) else None,
         batch_mixing=mixing,
     )
+    compact_progress(trainer)
+    keep_library_messages()  # Trainer set the libraries' level from log_level; the log file wants their INFO
+    return trainer
 
 
 def train(trainer: RecipeTrainer, mode, resume_from: str | None, probe: dict | None) -> dict:
@@ -234,6 +245,9 @@ def evaluate_splits(trainer: Trainer, splits: DatasetDict) -> tuple[dict[str, di
     for name, dataset in splits.items():
         if name == "train":
             continue
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, CompactProgress):
+                callback.split = name  # its progress bar's name
         output = trainer.predict(dataset, metric_key_prefix=name)
         results[name] = {k.removeprefix(f"{name}_"): v for k, v in output.metrics.items()}
         logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
