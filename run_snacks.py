@@ -23,10 +23,10 @@ from transformers import set_seed
 
 from vitrecipes.adaptation import feature_cache_file, fit_linear_head, freeze_unused, merge_lora, prepare_for_adaptation
 from vitrecipes.bad_images import BadImageLog, shareable_names
-from vitrecipes.calibration import calibrate
+from vitrecipes.calibration import calibrate, folded_calibration
 from vitrecipes.card import finish_for_hub, take_hub_settings
 from vitrecipes.config import parse_recipe
-from vitrecipes.data import cache_root, class_names, drop_unreadable, load_splits
+from vitrecipes.data import cache_root, class_names, data_record, drop_unreadable, load_splits
 from vitrecipes.errors import PushError, RecipeError, user_message
 from vitrecipes.experiments import finished_run, run_seeds, run_sweep
 from vitrecipes.hardware import check_requirements
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_prep = prep.at_eval_size(model_args.eval_image_size, data_args.eval_crop_pct)  # probe features: training side
     splits = attach_transforms(splits, prep, data_args, bad_images, eval_prep)
     metrics: dict = {"effective_batch_size": effective_batch_size(training_args)}
+    metrics["data"] = data_record(splits, data_args)  # what it trained and evaluated on: compare_runs checks it
 
     def make_model(trial=None):
         """The classifier, adapted as the recipe says (for a sweep: again for every trial)."""
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
         # Here: after merge_lora and the weight average (on_train_end), so the head folded is the one saved.
         metrics["calibration"] = calibrate(trainer.model, predictions, split_metrics)
         trainer.save_model()
+    elif not training_args.do_train and (folded := folded_calibration(model_args.model_name_or_path, predictions)):
+        metrics["calibration"] = folded  # the T training folded in: the reports keep saying so
     metrics.update(split_metrics)
     metrics["bad_images"] = shareable_names(bad_images.read(), data_args.dataset_name)
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
