@@ -1,4 +1,5 @@
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -384,3 +385,106 @@ def test_native_cpu_bf16_reads_the_flags_torch_sees():
     # Private torch probes (torch 2.14.1), used here only to check the public /proc/cpuinfo reading against.
     expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert native_cpu_bf16() is bool(expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--learning_rate", "-0.001"], r"learning_rate must be positive, got -0\.001"),
+        (["--learning_rate", "nan"], r"learning_rate must be a finite number \(not nan or inf\), got nan"),
+        (["--weight_decay", "-inf"], r"weight_decay must be a finite number"),
+        (["--num_train_epochs", "1e308"], r"num_train_epochs must lie from 0 to 10\*\*6, got 1e\+308"),
+        (["--per_device_train_batch_size", "1e20"], r"per_device_train_batch_size must be a whole number from 1 to "
+                                                    r"65536, got 100000000000000000000"),
+        (["--per_device_eval_batch_size", "0"], "per_device_eval_batch_size must be a whole number from 1"),
+        (["--per_device_train_batch_size", "1e400"], r"per_device_train_batch_size: expected a whole number"),
+        (["--weight_decay", "-5"], r"weight_decay must be 0 \(off\) or more, got -5\.0"),
+        (["--max_steps", "-2"], r"max_steps must be -1 \(num_train_epochs counts\)"),
+        (["--max_steps", "1e12"], "max_steps must be -1"),
+        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps must be a whole number from 1"),
+        (["--warmup_steps", "-1"], "warmup_steps must lie from 0"),
+        (["--label_smoothing_factor", "1"], r"label_smoothing_factor must lie in \[0, 1\)"),
+        (["--max_grad_norm", "-1"], "max_grad_norm must be 0"),
+        (["--adam_beta1", "1.5"], "adam_beta1 must lie in"),
+        (["--adam_beta2", "-0.1"], "adam_beta2 must lie in"),
+        (["--adam_epsilon", "0"], "adam_epsilon must be positive"),
+        (["--logging_steps", "0"], "logging_steps must be positive"),
+        (["--save_steps", "-5"], "save_steps must be positive"),
+        (["--eval_steps", "1e10"], "eval_steps must be positive: a number of steps up to 10"),
+        (["--save_total_limit", "0"], "save_total_limit must be a whole number from 1"),
+        (["--dataloader_num_workers", "-1"], "dataloader_num_workers must be a whole number from 0"),
+        (["--max_eval_samples", "0"], "max_eval_samples must be a whole number from 1"),
+        (["--image_std", "0.5", "0", "0.5"], "image_std must be positive"),
+        (["--image_mean", "0.5", "nan", "0.5"], "image_mean must be a finite number"),
+        (["--random_resized_crop_scale", "0", "1"], r"random_resized_crop_scale must lie in \(0, 1\]"),
+        (["--ddp_timeout", "1e20"], "ddp_timeout must be a whole number from 1"),
+        (["--local_rank", "1e20"], "local_rank must fit in 64 bits"),  # a key without its own range
+    ],
+)  # fmt: skip
+def test_numbers_out_of_range_are_refused_at_parse_time_naming_the_key(tmp_path, args, message):
+    with pytest.raises(RecipeError, match=message) as raised:
+        parse_recipe([write(tmp_path, "seed: 1\n"), *args])
+    assert "\n" not in str(raised.value)
+
+
+def test_every_number_key_is_checked_for_nan_inf_and_huge_values(tmp_path):
+    """Whatever a number key is given, the answer is the key's value or a RecipeError naming it, never a raw error;
+    nan and inf are never accepted (a float key would otherwise take them)."""
+    from vitrecipes.config import _OPTIONS
+
+    recipe = write(tmp_path, "seed: 1\n")
+    numbers = [k for k, o in _OPTIONS.items() if {int, float} & {typing.get_args(x)[0] if typing.get_args(x) else x
+                                                                  for x in o}]  # fmt: skip
+    assert len(numbers) > 40 and "learning_rate" in numbers and "seeds" in numbers
+    for key in numbers:
+        for value in ("nan", "inf", "-inf", "1e20", "-1e20", "1" + "0" * 400):
+            try:
+                parse_recipe([recipe, f"--{key}", value])
+            except RecipeError as error:
+                assert str(error).startswith(key), (key, value, error)
+            else:
+                assert value in ("1e20", "1" + "0" * 400), (key, value)  # a huge value only where a key allows it
+    # Written in the recipe, as YAML types them: the same answers.
+    for text in ("learning_rate: .nan\n", "learning_rate: .inf\n", f"learning_rate: 1{'0' * 400}\n"):
+        with pytest.raises(RecipeError, match="^learning_rate"):
+            parse_recipe([write(tmp_path, text)])
+
+
+def test_eval_image_size_of_a_model_that_runs_at_one_size_is_refused_before_any_data_loads(tmp_path, tiny_checkpoint):
+    from vitrecipes.config import ModelArguments
+    from vitrecipes.modeling import build_model
+
+    # recipes/smoke.yaml: a ViT from scratch at 32 px (config_overrides); it once trained an epoch, then failed.
+    with pytest.raises(RecipeError, match=r"eval_image_size: a from-scratch vit model runs at one input size \(32 px"):
+        parse_recipe(["recipes/smoke.yaml", "--eval_image_size", "48", "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(RecipeError, match=r"eval_image_size: ViTForImageClassification runs at one input size \(32"):
+        parse_recipe(["recipes/smoke.yaml", "--model_name_or_path", str(tiny_checkpoint), "--model_type", "null",
+                      "--config_overrides", "null", "--eval_image_size", "48"])  # fmt: skip
+    assert parse_recipe(["recipes/smoke.yaml", "--eval_image_size", "32"])[0].eval_image_size == 32
+    # An evaluation-only run reads the trained model's config.json.
+    with pytest.raises(RecipeError, match=r"eval_image_size: ViTForImageClassification runs at one input size"):
+        parse_recipe(["recipes/smoke.yaml", "--do_train", "false", "--output_dir", str(tiny_checkpoint),
+                      "--eval_image_size", "64"])  # fmt: skip
+    # build_model checks a model from scratch too (a Hub checkpoint is only checked there).
+    overrides = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
+                 "num_attention_heads": 2, "intermediate_size": 16}  # fmt: skip
+    model = ModelArguments(model_name_or_path=None, model_type="vit", config_overrides=overrides, eval_image_size=48)
+    with pytest.raises(RecipeError, match=r"eval_image_size: ViTForImageClassification runs at one input size"):
+        build_model(model, ["a", "b"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_that_is_a_file_or_inside_the_dataset_is_refused_at_parse_time(tmp_path, imagefolder):
+    (tmp_path / "notes.txt").write_text("keep me")
+    for output_dir in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):
+        with pytest.raises(RecipeError, match=rf"output_dir: {tmp_path / 'notes.txt'} is a file, so {output_dir} "):
+            parse_recipe(["recipes/smoke.yaml", "--output_dir", str(output_dir)])
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    # Inside the imagefolder trained on, its reports would become classes of the next run on that folder.
+    for output_dir in (imagefolder / "out", imagefolder, imagefolder / "train" / ".." / "run"):
+        with pytest.raises(RecipeError, match=rf"output_dir {output_dir} is inside the dataset folder {imagefolder}"):
+            parse_recipe(["recipes/smoke.yaml", "--dataset_name", str(imagefolder), "--output_dir", str(output_dir)])
+    assert sorted(p.name for p in imagefolder.iterdir()) == ["test", "train", "validation"]
+    parse_recipe(["recipes/smoke.yaml", "--dataset_name", str(imagefolder), "--output_dir", str(tmp_path / "out")])
+    result = run_cli("recipes/smoke.yaml", "--output_dir", tmp_path / "notes.txt")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "is a file" in result.stderr
