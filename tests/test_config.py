@@ -92,7 +92,7 @@ def test_command_line_words_are_typed_like_recipe_values_and_the_last_wins(tmp_p
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     path = write(tmp_path, "seed: 1\nlearning_rate: [1, 2\nbf16: true\n")
-    with pytest.raises(RecipeError, match=r"recipe\.yaml is not valid YAML at line \d+"):
+    with pytest.raises(RecipeError, match=r"recipe\.yaml is not valid YAML at line 3, column 5"):  # 1-based
         parse_recipe([path])
 
 
@@ -234,6 +234,7 @@ def test_help_lists_every_key_with_its_help():
     for key in ("dataset_name", "model_name_or_path", "learning_rate", "train_augmentation", "config_overrides"):
         assert f"--{key}" in result.stdout
     assert "Matthijs/snacks" in result.stdout
+    assert "Use at most this many train images." in " ".join(result.stdout.split())  # a key's own help line
 
 
 def test_cli_error_is_one_paragraph_without_traceback(tmp_path):
@@ -241,6 +242,7 @@ def test_cli_error_is_one_paragraph_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "Unknown key 'learnig_rate'" in result.stderr and "learning_rate" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one paragraph
 
 
 def test_the_readme_main_command_names_the_repository_accelerate_config():
@@ -425,6 +427,18 @@ def test_numbers_out_of_range_are_refused_at_parse_time_naming_the_key(tmp_path,
     with pytest.raises(RecipeError, match=message) as raised:
         parse_recipe([write(tmp_path, "seed: 1\n"), *args])
     assert "\n" not in str(raised.value)
+
+
+def test_numbers_at_the_edges_of_their_ranges_are_accepted(tmp_path):
+    edges = {"learning_rate": 1e-12, "weight_decay": 0, "num_train_epochs": 10**6, "max_steps": -1,
+             "per_device_train_batch_size": 65536, "per_device_eval_batch_size": 1, "gradient_accumulation_steps": 1,
+             "warmup_steps": 0, "label_smoothing_factor": 0, "adam_beta1": 0, "adam_beta2": 0.999999,
+             "max_grad_norm": 0, "logging_steps": 1e-3, "save_steps": 10**9, "save_total_limit": 1,
+             "dataloader_num_workers": 0, "eval_delay": 0, "max_eval_samples": 1, "eval_crop_pct": 1,
+             "random_resized_crop_scale": [1e-3, 1], "seed": 0, "data_seed": 2**32 - 1}  # fmt: skip
+    _, data, training, _ = parse_recipe([write(tmp_path, yaml.safe_dump(edges))])
+    assert {k: getattr(training, k, None) if hasattr(training, k) else getattr(data, k) for k in edges} == edges
+    assert parse_recipe([write(tmp_path, "max_steps: 1\nnum_train_epochs: 0\n")])[2].max_steps == 1
 
 
 def test_every_number_key_is_checked_for_nan_inf_and_huge_values(tmp_path):

@@ -83,6 +83,7 @@ def test_pipeline_reloads_the_output_folder_and_names_the_classes(smoke_run, dig
 def test_evaluation_only_reproduces_the_metrics_without_touching_the_run(smoke_run):
     out, _ = smoke_run
     before = (out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()
+    weights = (out / "model.safetensors").read_bytes()
     result = evaluate_only(out)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((out / "eval_only_metrics.json").read_text())
@@ -91,6 +92,7 @@ def test_evaluation_only_reproduces_the_metrics_without_touching_the_run(smoke_r
         assert evaluated[split]["accuracy"] == pytest.approx(trained[split]["accuracy"])
     assert evaluated["data"] == trained["data"] and "calibration" not in evaluated  # trained without a temperature
     assert ((out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()) == before
+    assert (out / "model.safetensors").read_bytes() == weights
 
 
 def test_fine_tunes_a_checkpoint_with_a_new_head_and_no_test_split(tmp_path, tiny_checkpoint, caplog, monkeypatch):

@@ -104,6 +104,7 @@ def test_a_seed_given_twice_is_refused_before_anything_runs(tmp_path):
 def test_a_seed_outside_numpys_range_is_a_recipe_error(args):
     with pytest.raises(RecipeError, match=r"seeds? must .* 0 to 2\*\*32 - 1"):
         parse_recipe(["recipes/smoke.yaml", *args])
+    assert parse_recipe(["recipes/smoke.yaml", "--seeds", "0", str(2**32 - 1)])[2].seeds == [0, 2**32 - 1]  # the edges
 
 
 @pytest.mark.parametrize(
