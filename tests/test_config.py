@@ -401,7 +401,7 @@ def test_native_cpu_bf16_reads_the_flags_torch_sees():
         (["--per_device_eval_batch_size", "0"], "per_device_eval_batch_size must be a whole number from 1"),
         (["--per_device_train_batch_size", "1e400"], r"per_device_train_batch_size: expected a whole number"),
         (["--weight_decay", "-5"], r"weight_decay must be 0 \(off\) or more, got -5\.0"),
-        (["--max_steps", "-2"], r"max_steps must be -1 \(num_train_epochs counts\)"),
+        (["--max_steps", "-2"], r"max_steps must be -1 or 0 \(num_train_epochs counts\)"),
         (["--max_steps", "1e12"], "max_steps must be -1"),
         (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps must be a whole number from 1"),
         (["--warmup_steps", "-1"], "warmup_steps must lie from 0"),

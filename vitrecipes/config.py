@@ -65,7 +65,7 @@ _LIMITS = {
     # TrainingArguments keys: out of range they fail late (after the data has loaded) or with a raw error.
     **dict.fromkeys(("weight_decay", "max_grad_norm", "neftune_noise_alpha"), (lambda v: v >= 0, "be 0 (off) or more")),
     "num_train_epochs": (lambda v: 0 <= v <= 10**6, "lie from 0 to 10**6"),
-    "max_steps": (lambda v: v == -1 or 0 < v <= _MANY, "be -1 (num_train_epochs counts) or a number of steps to 10**9"),
+    "max_steps": (lambda v: -1 <= v <= _MANY, "be -1 or 0 (num_train_epochs counts) or a number of steps to 10**9"),
     **dict.fromkeys(("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"),
                     _BATCH),
     **dict.fromkeys(("warmup_steps", "eval_delay"), (lambda v: 0 <= v <= _MANY, "lie from 0 to 10**9")),
