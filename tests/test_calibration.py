@@ -113,6 +113,9 @@ def test_an_evaluation_only_run_keeps_the_folded_temperature_and_refits_nothing(
     ])  # fmt: skip
     trained = json.loads((out / "metrics.json").read_text())
     temperature, weights = trained["calibration"]["temperature"], (out / "model.safetensors").read_bytes()
+    # What it ran on, by the folder's name, never the machine's path (metrics.json is published with the model).
+    splits = {"train": 30, "validation": 12, "test": 12}
+    assert trained["data"] == {"dataset": "jpegs", "splits": splits, "classes": ["blue", "green", "red"]}
     evaluate = [str(out / "resolved_recipe.yaml"), "--do_train", "false"]  # conftest.evaluate_only, in-process
     # Asked on the command line, calibration would silently not happen: refused before any data loads.
     with pytest.raises(RecipeError, match=r"calibrate_temperature: an evaluation-only run .* fits no temperature"):

@@ -319,13 +319,17 @@ def test_compare_judges_runs_without_a_data_record_from_what_they_record(tmp_pat
 
 
 @pytest.mark.parametrize(
-    "content, words",
-    [("{\"test\": {\"accura", "JSONDecodeError"), ('{"test": {"samples": 300}}', "KeyError: 'accuracy'"),
-     ("[1, 2]", "not an object")],
-)
-def test_compare_names_a_corrupt_or_incomplete_metrics_file(tmp_path, capsys, content, words):
+    "name, content, words",
+    [("seed-1/metrics.json", '{"test": {"accura', "JSONDecodeError"),
+     ("seed-1/metrics.json", '{"test": {"samples": 300}}', "KeyError: 'accuracy'; looked for test.accuracy"),
+     ("seed-1/metrics.json", "[1, 2]", "not an object"),
+     ("seed-1/eval_test/metrics.json", '{"macro": {"precision": 0.5}}', "KeyError: 'f1'; looked for macro.f1"),
+     ("summary.json", '{"runs": [{"run": "seed-0"}', "JSONDecodeError")],
+)  # fmt: skip
+def test_compare_names_a_corrupt_or_incomplete_file_of_a_run(tmp_path, capsys, name, content, words):
     base = _seeds(tmp_path / "base", [0.70, 0.69])
     broken = _seeds(tmp_path / "broken", [0.70, 0.69])
-    (broken / "seed-1" / "metrics.json").write_text(content)
+    (broken / name).parent.mkdir(exist_ok=True)
+    (broken / name).write_text(content)
     error = _refused(capsys, base, broken, out=tmp_path / "comparison")
-    assert f"{broken / 'seed-1' / 'metrics.json'} cannot be read as a run's results" in error and words in error
+    assert f"{broken / name} cannot be read as a run's results" in error and words in error

@@ -35,7 +35,7 @@ def _key(default, help: str):
 
 
 _NUMPY_SEED = (lambda v: 0 <= v < 2**32, "be a whole number from 0 to 2**32 - 1 (numpy's range)")
-_MANY = 10**9  # steps, epochs' images, seconds: far beyond any run, far below where Trainer's arithmetic overflows
+_MANY = 10**9  # steps, samples, seconds: far beyond any run, far below where Trainer's arithmetic overflows
 _BATCH = (lambda v: 1 <= v <= 2**16, "be a whole number from 1 to 65536")
 _STEPS = (lambda v: 0 < v <= _MANY, "be positive: a number of steps up to 10**9, or a fraction of all steps below 1")
 _AT_LEAST_1 = (lambda v: 1 <= v <= _MANY, "be a whole number from 1 to 10**9")
