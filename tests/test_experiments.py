@@ -117,12 +117,16 @@ def test_a_seed_outside_numpys_range_is_a_recipe_error(args):
         ("n_trials: 2\nparams:\n  learning_rate: {low: 0.0, high: 1.0e-3, log: true}\n", "learning_rate"),
         ("n_trials: 2\nparams:\n  learning_rate: {low: small, high: 1.0e-3}\n", "learning_rate"),
         ("n_trials: 2\nparams:\n  lr_scheduler_type: {choices: []}\n", "lr_scheduler_type"),
+        ("n_trials: 2\nparams:\n  learning_rate: {low: -1.0e-3, high: 1.0e-3}\n", "learning_rate': learning_rate must"),
+        ("n_trials: 2\nparams:\n  adam_beta2: {low: 0.9, high: 1.5}\n", "adam_beta2': adam_beta2 must lie in"),
+        ("n_trials: 2\nparams:\n  weight_decay: {choices: [0.0, .nan]}\n", "weight_decay': weight_decay must be a fin"),
+        ("n_trials: 2\nparams:\n  per_device_train_batch_size: {choices: [8, 100000]}\n", "per_device_train_batch"),
     ],
 )
 def test_a_bad_search_space_is_refused_at_parse_time(tmp_path, text, key):
     space = tmp_path / "space.yaml"
     space.write_text(text)
-    with pytest.raises(RecipeError, match=rf"Search space {space}: '{key}'"):
+    with pytest.raises(RecipeError, match=rf"Search space {space}: '{key}"):
         parse_recipe(["recipes/smoke.yaml", "--sweep", str(space)])  # parsing only: no data is loaded
 
 

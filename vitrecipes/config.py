@@ -78,15 +78,22 @@ _LIMITS = {
 _ANY = (lambda v: -(2**63) < v < 2**63, "fit in 64 bits")
 
 
+def _limit_error(key: str, value) -> str | None:
+    """What is wrong with a number given to `key`, in words; None where nothing is (or it is no number)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{key} must be a finite number (not nan or inf), got {value}"
+    ok, words = _LIMITS.get(key, _ANY)
+    return None if ok(value) else f"{key} must {words}, got {value}"
+
+
 def _check_limits(args) -> None:
     for key in (f.name for f in dataclasses.fields(args)):
         values = getattr(args, key, None)
         for value in values if isinstance(values, list) else [values]:
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                finite = isinstance(value, int) or math.isfinite(value)
-                ok, words = _LIMITS.get(key, _ANY) if finite else (None, "be a finite number (not nan or inf)")
-                if not finite or not ok(value):
-                    raise RecipeError(f"{key} must {words}, got {value}.")
+            if problem := _limit_error(key, value):
+                raise RecipeError(problem + ".")
 
 
 @dataclass
@@ -618,6 +625,8 @@ def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, d
         if "choices" in spec:
             if not isinstance(spec["choices"], list) or not spec["choices"]:
                 raise RecipeError(f"{where} needs a non-empty list of `choices`.")
+            if problem := next(filter(None, (_limit_error(key, choice) for choice in spec["choices"])), None):
+                raise RecipeError(f"{where}: {problem}.")
             continue
         try:  # float(), as optuna_space reads them: PyYAML reads `1e-4` as text
             ordered = float(spec["low"]) <= float(spec["high"])
@@ -627,4 +636,6 @@ def load_search_space(path: str | Path, training_args) -> tuple[int, dict[str, d
             raise RecipeError(f"{where} needs numbers, low <= high; got low {spec['low']!r}, high {spec['high']!r}.")
         if spec.get("log") and float(spec["low"]) <= 0:
             raise RecipeError(f"{where} has `log: true`, which needs low > 0; got {spec['low']}.")
+        if problem := _limit_error(key, float(spec["low"])) or _limit_error(key, float(spec["high"])):
+            raise RecipeError(f"{where}: {problem}.")  # the trials' values: checked as the recipe's are
     return n_trials, params
