@@ -23,10 +23,10 @@ from vitrecipes import console
 from vitrecipes.adaptation import MODES, adapt
 from vitrecipes.artifacts import LOG_FILE
 from vitrecipes.bad_images import shareable_names
-from vitrecipes.calibration import calibrate
+from vitrecipes.calibration import calibrate, folded_calibration
 from vitrecipes.card import take_hub_settings
 from vitrecipes.config import parse_recipe
-from vitrecipes.data import load_data
+from vitrecipes.data import data_record, load_data
 from vitrecipes.errors import PushError, RecipeError, user_message
 from vitrecipes.experiments import run_recipe
 from vitrecipes.hardware import check_requirements
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         model, metrics["probe"] = adapt(model, model_args, training_args, prep, data, resume_from)
     # The saved processor applies the evaluation transform, so pipeline() sees what evaluation saw.
     trainer = build_trainer(model, eval_prep.serving_processor(), training_args, data.splits, prep, data_args)
+    metrics["data"] = data_record(data.splits, data_args)  # what it trained and evaluated on: compare_runs checks it
     if mode.trainer_loop:
         metrics["effective_batch_size"] = effective_batch_size(training_args)
     if training_args.do_train:
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         # Here: after the mode's finish (merge_lora) and the weight average (on_train_end), so the head folded is saved.
         metrics["calibration"] = calibrate(trainer.model, predictions, split_metrics)
         trainer.save_model()
+    elif not training_args.do_train and (folded := folded_calibration(model_args.model_name_or_path, predictions)):
+        metrics["calibration"] = folded  # the T training folded in: the reports keep saying so
     metrics.update(split_metrics, bad_images=shareable_names(bad_images.read(), data_args.dataset_name))
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     if trainer.is_world_process_zero():

@@ -9,7 +9,11 @@ path that no other folder shares (`a/seed-1`, `b/seed-1`). For every figure (val
 macro-F1, wall time) the table gives mean ± std over the seeds, and each other recipe's difference
 from the baseline with Welch's t-test (unequal variances) on the per-seed values: "within seed noise"
 when p >= --alpha, else "better" or "worse". With fewer than 2 runs on either side there is no test,
-and the verdict says so. Prints the table and writes <out>.md and <out>.json.
+and the verdict says so. Prints the table and writes <out>.md and <out>.json (making <out>'s folder).
+
+Every run, each seed of a multi-seed folder too, must be on the same data as the first: the same dataset, split
+sizes and classes (metrics.json's `data`; for older runs, their resolved_recipe.yaml's dataset_name, metrics'
+sample counts and config.json's id2label). Otherwise, and for an unreadable run file, it exits 2 with one paragraph.
 """
 
 from __future__ import annotations
@@ -23,17 +27,15 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vitrecipes.artifacts import SUMMARY_NAME  # noqa: E402
 from vitrecipes.errors import RecipeError  # noqa: E402
-from vitrecipes.experiments import FIGURES, summarise_runs  # noqa: E402
+from vitrecipes.experiments import FIGURES, check_same_data, run_data, run_folders, summarise_runs  # noqa: E402
 
 HIGHER_IS_BETTER = {key: key != "wall_seconds" for key in FIGURES}
 
 
 def load(folder: Path) -> dict:
-    """{figure: [values]} of a multi-seed folder (its summary.json) or of one run's folder."""
-    summary_file = folder / f"{SUMMARY_NAME}.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else summarise_runs([folder])
+    """{figure: [values]} of a multi-seed folder (read afresh from the seeds its summary.json lists) or of one run."""
+    summary = summarise_runs(run_folders(folder))
     return {key: figure["values"] for key, figure in summary["summary"].items()}
 
 
@@ -67,6 +69,7 @@ def labels(folders: list[Path]) -> list[str]:
 
 def compare(folders: list[Path], alpha: float = 0.05) -> dict:
     runs = {label: load(folder) for label, folder in zip(labels(folders), folders, strict=True)}
+    check_same_data({str(run): run_data(run) for folder in folders for run in run_folders(folder)})
     base_name, base = next(iter(runs.items()))
     rows = []
     for key, label in FIGURES.items():
@@ -124,8 +127,12 @@ def main(argv=None) -> dict:
         parser.exit(2, f"Error: {error}\n")
     text = markdown(result)
     print(text)
-    args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    try:  # --out's folder is made, as a run's output_dir is
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as error:
+        parser.exit(2, f"Error: --out {args.out}: cannot write there ({error}). Give another path.\n")
     return result
 
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForImageClassification, pipeline
 
 import run_snacks
 from vitrecipes.calibration import expected_calibration_error, fit_temperature, fold_temperature, nll
-from vitrecipes.config import DataArguments
+from vitrecipes.config import DataArguments, parse_recipe
 from vitrecipes.data import load_splits
 from vitrecipes.errors import RecipeError
 
@@ -102,3 +102,38 @@ def test_a_run_folds_the_temperature_once_and_reports_it(tmp_path, tiny_dinov2, 
     with pytest.raises(RecipeError, match="already holds a finished run"):
         run_snacks.main(argv)
     assert (out / "model.safetensors").read_bytes() == weights
+
+
+def test_an_evaluation_only_run_keeps_the_folded_temperature_and_refits_nothing(tmp_path, tiny_dinov2, jpeg_folder):
+    out = tmp_path / "out"
+    run_snacks.main([
+        "--model_name_or_path", str(tiny_dinov2), "--dataset_name", str(jpeg_folder), "--output_dir", str(out),
+        "--num_train_epochs", "1", "--learning_rate", "1.0e-3", "--use_cpu", "--report_to", "none",
+        "--calibrate_temperature", "true",
+    ])  # fmt: skip
+    trained = json.loads((out / "metrics.json").read_text())
+    temperature, weights = trained["calibration"]["temperature"], (out / "model.safetensors").read_bytes()
+    # What it ran on, by the folder's name, never the machine's path (metrics.json is published with the model).
+    splits = {"train": 30, "validation": 12, "test": 12}
+    assert trained["data"] == {"dataset": "jpegs", "splits": splits, "classes": ["blue", "green", "red"]}
+    evaluate = [str(out / "resolved_recipe.yaml"), "--do_train", "false"]  # conftest.evaluate_only, in-process
+    # Asked on the command line, calibration would silently not happen: refused before any data loads.
+    with pytest.raises(RecipeError, match=r"calibrate_temperature: an evaluation-only run .* fits no temperature"):
+        parse_recipe([*evaluate, "--calibrate_temperature", "true"])
+    # The resolved recipe's calibrate_temperature: true is the record of the training: accepted, nothing refitted.
+    evaluated = run_snacks.main(evaluate)
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert evaluated["calibration"]["temperature"] == temperature  # read from metrics.json, not fitted again
+    assert json.loads((out / "eval_only_metrics.json").read_text())["calibration"] == evaluated["calibration"]
+    for split in ("validation", "test"):
+        assert evaluated[split]["accuracy"] == trained[split]["accuracy"]
+        assert evaluated[split]["cross_entropy"] == pytest.approx(trained[split]["cross_entropy"], rel=1e-4)
+        # The same images: the numbers without and with T are those training reported.
+        assert evaluated["calibration"][split] == pytest.approx(trained["calibration"][split], rel=1e-4)
+        report = json.loads((out / f"eval_{split}" / "metrics.json").read_text())
+        assert report["calibration"] == evaluated["calibration"][split]
+        assert f"Temperature T = {temperature:.4f}" in (out / f"eval_{split}" / "report.md").read_text()
+    # A metrics.json that cannot be read leaves it unknown whether the model holds a T: refused, naming the file.
+    (out / "metrics.json").write_text('{"calibration": {"temper')
+    with pytest.raises(RecipeError, match=rf"{out / 'metrics.json'} cannot be read .* folded temperature"):
+        run_snacks.main(evaluate)

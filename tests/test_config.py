@@ -1,4 +1,5 @@
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_command_line_words_are_typed_like_recipe_values_and_the_last_wins(tmp_p
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     path = write(tmp_path, "seed: 1\nlearning_rate: [1, 2\nbf16: true\n")
-    with pytest.raises(RecipeError, match=r"recipe\.yaml is not valid YAML at line \d+"):
+    with pytest.raises(RecipeError, match=r"recipe\.yaml is not valid YAML at line 3, column 5"):  # 1-based
         parse_recipe([path])
 
 
@@ -234,6 +235,7 @@ def test_help_lists_every_key_with_its_help():
     for key in ("dataset_name", "model_name_or_path", "learning_rate", "train_augmentation", "config_overrides"):
         assert f"--{key}" in result.stdout
     assert "Matthijs/snacks" in result.stdout
+    assert "Use at most this many train images." in " ".join(result.stdout.split())  # a key's own help line
 
 
 def test_cli_error_is_one_paragraph_without_traceback(tmp_path):
@@ -241,6 +243,7 @@ def test_cli_error_is_one_paragraph_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "Unknown key 'learnig_rate'" in result.stderr and "learning_rate" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one paragraph
 
 
 def test_the_readme_main_command_names_the_repository_accelerate_config():
@@ -407,3 +410,118 @@ def test_native_cpu_bf16_reads_the_flags_torch_sees():
     # Private torch probes (torch 2.14.1), used here only to check the public /proc/cpuinfo reading against.
     expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert native_cpu_bf16() is bool(expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--learning_rate", "-0.001"], r"learning_rate must be positive, got -0\.001"),
+        (["--learning_rate", "nan"], r"learning_rate must be a finite number \(not nan or inf\), got nan"),
+        (["--weight_decay", "-inf"], r"weight_decay must be a finite number"),
+        (["--num_train_epochs", "1e308"], r"num_train_epochs must lie from 0 to 10\*\*6, got 1e\+308"),
+        (["--per_device_train_batch_size", "1e20"], r"per_device_train_batch_size must be a whole number from 1 to "
+                                                    r"65536, got 100000000000000000000"),
+        (["--per_device_eval_batch_size", "0"], "per_device_eval_batch_size must be a whole number from 1"),
+        (["--per_device_train_batch_size", "1e400"], r"per_device_train_batch_size: expected a whole number"),
+        (["--weight_decay", "-5"], r"weight_decay must be 0 \(off\) or more, got -5\.0"),
+        (["--max_steps", "-2"], r"max_steps must be -1 or 0 \(num_train_epochs counts\)"),
+        (["--max_steps", "1e12"], "max_steps must be -1"),
+        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps must be a whole number from 1"),
+        (["--warmup_steps", "-1"], "warmup_steps must lie from 0"),
+        (["--label_smoothing_factor", "1"], r"label_smoothing_factor must lie in \[0, 1\)"),
+        (["--max_grad_norm", "-1"], "max_grad_norm must be 0"),
+        (["--adam_beta1", "1.5"], "adam_beta1 must lie in"),
+        (["--adam_beta2", "-0.1"], "adam_beta2 must lie in"),
+        (["--adam_epsilon", "0"], "adam_epsilon must be positive"),
+        (["--logging_steps", "0"], "logging_steps must be positive"),
+        (["--save_steps", "-5"], "save_steps must be positive"),
+        (["--eval_steps", "1e10"], "eval_steps must be positive: a number of steps up to 10"),
+        (["--save_total_limit", "0"], "save_total_limit must be a whole number from 1"),
+        (["--dataloader_num_workers", "-1"], "dataloader_num_workers must be a whole number from 0"),
+        (["--max_eval_samples", "0"], "max_eval_samples must be a whole number from 1"),
+        (["--image_std", "0.5", "0", "0.5"], "image_std must be positive"),
+        (["--image_mean", "0.5", "nan", "0.5"], "image_mean must be a finite number"),
+        (["--random_resized_crop_scale", "0", "1"], r"random_resized_crop_scale must lie in \(0, 1\]"),
+        (["--ddp_timeout", "1e20"], "ddp_timeout must be a whole number from 1"),
+        (["--local_rank", "1e20"], "local_rank must fit in 64 bits"),  # a key without its own range
+    ],
+)  # fmt: skip
+def test_numbers_out_of_range_are_refused_at_parse_time_naming_the_key(tmp_path, args, message):
+    with pytest.raises(RecipeError, match=message) as raised:
+        parse_recipe([write(tmp_path, "seed: 1\n"), *args])
+    assert "\n" not in str(raised.value)
+
+
+def test_numbers_at_the_edges_of_their_ranges_are_accepted(tmp_path):
+    edges = {"learning_rate": 1e-12, "weight_decay": 0, "num_train_epochs": 10**6, "max_steps": -1,
+             "per_device_train_batch_size": 65536, "per_device_eval_batch_size": 1, "gradient_accumulation_steps": 1,
+             "warmup_steps": 0, "label_smoothing_factor": 0, "adam_beta1": 0, "adam_beta2": 0.999999,
+             "max_grad_norm": 0, "logging_steps": 1e-3, "save_steps": 10**9, "save_total_limit": 1,
+             "dataloader_num_workers": 0, "eval_delay": 0, "max_eval_samples": 1, "eval_crop_pct": 1,
+             "random_resized_crop_scale": [1e-3, 1], "seed": 0, "data_seed": 2**32 - 1}  # fmt: skip
+    _, data, training, _ = parse_recipe([write(tmp_path, yaml.safe_dump(edges))])
+    assert {k: getattr(training, k, None) if hasattr(training, k) else getattr(data, k) for k in edges} == edges
+    assert parse_recipe([write(tmp_path, "max_steps: 1\nnum_train_epochs: 0\n")])[2].max_steps == 1
+
+
+def test_every_number_key_is_checked_for_nan_inf_and_huge_values(tmp_path):
+    """Whatever a number key is given, the answer is the key's value or a RecipeError naming it, never a raw error;
+    nan and inf are never accepted (a float key would otherwise take them)."""
+    from vitrecipes.config import _OPTIONS
+
+    recipe = write(tmp_path, "seed: 1\n")
+    numbers = [k for k, o in _OPTIONS.items() if {int, float} & {typing.get_args(x)[0] if typing.get_args(x) else x
+                                                                  for x in o}]  # fmt: skip
+    assert len(numbers) > 40 and "learning_rate" in numbers and "seeds" in numbers
+    for key in numbers:
+        for value in ("nan", "inf", "-inf", "1e20", "-1e20", "1" + "0" * 400):
+            try:
+                parse_recipe([recipe, f"--{key}", value])
+            except RecipeError as error:
+                assert str(error).startswith(key), (key, value, error)
+            else:
+                assert value in ("1e20", "1" + "0" * 400), (key, value)  # a huge value only where a key allows it
+    # Written in the recipe, as YAML types them: the same answers.
+    for text in ("learning_rate: .nan\n", "learning_rate: .inf\n", f"learning_rate: 1{'0' * 400}\n"):
+        with pytest.raises(RecipeError, match="^learning_rate"):
+            parse_recipe([write(tmp_path, text)])
+
+
+def test_eval_image_size_of_a_model_that_runs_at_one_size_is_refused_before_any_data_loads(tmp_path, tiny_checkpoint):
+    from vitrecipes.config import ModelArguments
+    from vitrecipes.modeling import build_model
+
+    # recipes/smoke.yaml: a ViT from scratch at 32 px (config_overrides); it once trained an epoch, then failed.
+    with pytest.raises(RecipeError, match=r"eval_image_size: a from-scratch vit model runs at one input size \(32 px"):
+        parse_recipe(["recipes/smoke.yaml", "--eval_image_size", "48", "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(RecipeError, match=r"eval_image_size: ViTForImageClassification runs at one input size \(32"):
+        parse_recipe(["recipes/smoke.yaml", "--model_name_or_path", str(tiny_checkpoint), "--model_type", "null",
+                      "--config_overrides", "null", "--eval_image_size", "48"])  # fmt: skip
+    assert parse_recipe(["recipes/smoke.yaml", "--eval_image_size", "32"])[0].eval_image_size == 32
+    # An evaluation-only run reads the trained model's config.json.
+    with pytest.raises(RecipeError, match=r"eval_image_size: ViTForImageClassification runs at one input size"):
+        parse_recipe(["recipes/smoke.yaml", "--do_train", "false", "--output_dir", str(tiny_checkpoint),
+                      "--eval_image_size", "64"])  # fmt: skip
+    # build_model checks a model from scratch too (a Hub checkpoint is only checked there).
+    overrides = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
+                 "num_attention_heads": 2, "intermediate_size": 16}  # fmt: skip
+    model = ModelArguments(model_name_or_path=None, model_type="vit", config_overrides=overrides, eval_image_size=48)
+    with pytest.raises(RecipeError, match=r"eval_image_size: ViTForImageClassification runs at one input size"):
+        build_model(model, ["a", "b"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_that_is_a_file_or_inside_the_dataset_is_refused_at_parse_time(tmp_path, imagefolder):
+    (tmp_path / "notes.txt").write_text("keep me")
+    for output_dir in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):
+        with pytest.raises(RecipeError, match=rf"output_dir: {tmp_path / 'notes.txt'} is a file, so {output_dir} "):
+            parse_recipe(["recipes/smoke.yaml", "--output_dir", str(output_dir)])
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    # Inside the imagefolder trained on, its reports would become classes of the next run on that folder.
+    for output_dir in (imagefolder / "out", imagefolder, imagefolder / "train" / ".." / "run"):
+        with pytest.raises(RecipeError, match=rf"output_dir {output_dir} is inside the dataset folder {imagefolder}"):
+            parse_recipe(["recipes/smoke.yaml", "--dataset_name", str(imagefolder), "--output_dir", str(output_dir)])
+    assert sorted(p.name for p in imagefolder.iterdir()) == ["test", "train", "validation"]
+    parse_recipe(["recipes/smoke.yaml", "--dataset_name", str(imagefolder), "--output_dir", str(tmp_path / "out")])
+    result = run_cli("recipes/smoke.yaml", "--output_dir", tmp_path / "notes.txt")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "is a file" in result.stderr

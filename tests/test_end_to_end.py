@@ -25,6 +25,21 @@ def test_smoke_recipe_trains_far_above_chance(smoke_run):
     assert metrics["effective_batch_size"] == 32
 
 
+
+def test_a_run_records_the_data_it_used_and_older_runs_are_read_alike(smoke_run, tmp_path):
+    from vitrecipes.experiments import run_data
+
+    out, _ = smoke_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    splits = {"train": 1197, "validation": 300, "test": 300}
+    assert metrics["data"] == {"dataset": "builtin:digits", "splits": splits, "classes": sorted(DIGIT_NAMES)}
+    # A run from before the record: its resolved recipe, sample counts and config.json say the same.
+    for name in ("resolved_recipe.yaml", "config.json"):
+        (tmp_path / name).write_bytes((out / name).read_bytes())
+    (tmp_path / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "data"}))
+    assert run_data(tmp_path) == run_data(out) == metrics["data"]
+
+
 def test_best_checkpoint_is_the_saved_model(smoke_run):
     out, _ = smoke_run
     (checkpoint,) = list(out.glob("checkpoint-*"))  # save_total_limit: 1 keeps only the best
@@ -67,13 +82,16 @@ def test_pipeline_reloads_the_output_folder_and_names_the_classes(smoke_run, dig
 def test_evaluation_only_reproduces_the_metrics_without_touching_the_run(smoke_run):
     out, _ = smoke_run
     before = (out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()
+    weights = (out / "model.safetensors").read_bytes()
     result = evaluate_only(out)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((out / "eval_only_metrics.json").read_text())
     trained = json.loads(before[0])
     for split in ("validation", "test"):
         assert evaluated[split]["accuracy"] == pytest.approx(trained[split]["accuracy"])
+    assert evaluated["data"] == trained["data"] and "calibration" not in evaluated  # trained without a temperature
     assert ((out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()) == before
+    assert (out / "model.safetensors").read_bytes() == weights
 
 
 def test_fine_tunes_a_checkpoint_with_a_new_head_and_no_test_split(tmp_path, tiny_checkpoint, caplog, monkeypatch):

@@ -12,7 +12,9 @@ from conftest import ROOT, run_cli
 
 import run_snacks
 from vitrecipes.config import parse_recipe
+from vitrecipes.data import DIGIT_NAMES
 from vitrecipes.errors import RecipeError
+from vitrecipes.experiments import summarise_runs
 
 SMALL = ["--max_train_samples", "128", "--max_eval_samples", "60", "--num_train_epochs", "2", "--logging_steps", "1"]
 
@@ -102,6 +104,7 @@ def test_a_seed_given_twice_is_refused_before_anything_runs(tmp_path):
 def test_a_seed_outside_numpys_range_is_a_recipe_error(args):
     with pytest.raises(RecipeError, match=r"seeds? must .* 0 to 2\*\*32 - 1"):
         parse_recipe(["recipes/smoke.yaml", *args])
+    assert parse_recipe(["recipes/smoke.yaml", "--seeds", "0", str(2**32 - 1)])[2].seeds == [0, 2**32 - 1]  # the edges
 
 
 @pytest.mark.parametrize(
@@ -114,12 +117,16 @@ def test_a_seed_outside_numpys_range_is_a_recipe_error(args):
         ("n_trials: 2\nparams:\n  learning_rate: {low: 0.0, high: 1.0e-3, log: true}\n", "learning_rate"),
         ("n_trials: 2\nparams:\n  learning_rate: {low: small, high: 1.0e-3}\n", "learning_rate"),
         ("n_trials: 2\nparams:\n  lr_scheduler_type: {choices: []}\n", "lr_scheduler_type"),
+        ("n_trials: 2\nparams:\n  learning_rate: {low: -1.0e-3, high: 1.0e-3}\n", "learning_rate': learning_rate must"),
+        ("n_trials: 2\nparams:\n  adam_beta2: {low: 0.9, high: 1.5}\n", "adam_beta2': adam_beta2 must lie in"),
+        ("n_trials: 2\nparams:\n  weight_decay: {choices: [0.0, .nan]}\n", "weight_decay': weight_decay must be a fin"),
+        ("n_trials: 2\nparams:\n  per_device_train_batch_size: {choices: [8, 100000]}\n", "per_device_train_batch"),
     ],
 )
 def test_a_bad_search_space_is_refused_at_parse_time(tmp_path, text, key):
     space = tmp_path / "space.yaml"
     space.write_text(text)
-    with pytest.raises(RecipeError, match=rf"Search space {space}: '{key}'"):
+    with pytest.raises(RecipeError, match=rf"Search space {space}: '{key}"):
         parse_recipe(["recipes/smoke.yaml", "--sweep", str(space)])  # parsing only: no data is loaded
 
 
@@ -197,43 +204,57 @@ def test_a_sweep_key_must_be_a_recipe_key_that_a_trial_can_set(tmp_path):
         run_snacks.run(["recipes/smoke.yaml", "--output_dir", str(tmp_path / "o"), "--sweep", str(space), *SMALL])
 
 
-def test_compare_gives_a_verdict_by_welchs_t_test(tmp_path):
+DIGITS = {"dataset": "builtin:digits", "splits": {"train": 1197, "validation": 300, "test": 300},
+          "classes": sorted(DIGIT_NAMES)}  # fmt: skip
+
+
+def _run(folder, accuracy, data=DIGITS):
+    """A finished run's folder as compare_runs reads it: metrics.json with its test accuracy and data record."""
+    folder.mkdir(parents=True)
+    metrics = {"test": {"accuracy": accuracy, "samples": 300}, "data": data}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def _seeds(folder, accuracies, data=DIGITS):
+    """A --seeds folder: a run per seed, and the summary.json that run_seeds writes from them."""
+    runs = [_run(folder / f"seed-{i}", accuracy, data) for i, accuracy in enumerate(accuracies)]
+    (folder / "summary.json").write_text(json.dumps(summarise_runs(runs)))
+    return folder
+
+
+def _compare_runs():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from compare_runs import compare, main
+    import compare_runs
 
-    def seeds_folder(name, accuracies):
-        folder = tmp_path / name
-        folder.mkdir()
-        runs = [{"run": f"seed-{i}", "test_accuracy": a} for i, a in enumerate(accuracies)]
-        summary = {"test_accuracy": {"mean": statistics.mean(accuracies), "values": accuracies}}
-        (folder / "summary.json").write_text(json.dumps({"runs": runs, "summary": summary}))
-        return folder
+    return compare_runs
 
-    base = seeds_folder("base", [0.70, 0.69, 0.71])
-    noisy = seeds_folder("noisy", [0.71, 0.68, 0.72])
-    better = seeds_folder("better", [0.80, 0.81, 0.79])
-    single = seeds_folder("single", [0.90])
+
+def test_compare_gives_a_verdict_by_welchs_t_test(tmp_path):
+    compare, main = _compare_runs().compare, _compare_runs().main
+    base = _seeds(tmp_path / "base", [0.70, 0.69, 0.71])
+    noisy = _seeds(tmp_path / "noisy", [0.71, 0.68, 0.72])
+    better = _seeds(tmp_path / "better", [0.80, 0.81, 0.79])
+    single = _seeds(tmp_path / "single", [0.90])
     result = compare([base, noisy, better, single])
     row = result["rows"][0]["recipes"]
     assert row["noisy"]["verdict"] == "within seed noise" and row["noisy"]["p_value"] > 0.05
     assert row["better"]["verdict"] == "better" and row["better"]["difference"] == pytest.approx(0.1)
     assert row["better"]["p_value"] < 0.001
     assert row["single"]["verdict"].startswith("no test")
-    main([str(base), str(better), "--out", str(tmp_path / "comparison")])
-    assert "**better**" in (tmp_path / "comparison.md").read_text()
+    # --out in a folder that does not exist yet: it is made, as a run's output_dir is.
+    main([str(base), str(better), "--out", str(tmp_path / "new" / "folder" / "comparison")])
+    assert "**better**" in (tmp_path / "new" / "folder" / "comparison.md").read_text()
+    # The figures are read afresh from the seeds' own metrics.json, never from a summary.json left stale.
+    (better / "seed-0" / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "data": DIGITS}))
+    assert compare([base, better])["rows"][0]["recipes"]["better"]["mean"] == pytest.approx((0.5 + 0.81 + 0.79) / 3)
 
 
 def test_compare_keeps_one_column_per_folder_when_last_names_repeat(tmp_path):
     """`A/seed-1 B/seed-1` (or `*/best`): each folder its own column, labelled by the shortest suffix that differs."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from compare_runs import compare, main
-
-    folders = {}
-    for path, accuracy in [("x/a/seed-1", 0.5), ("x/b/seed-1", 0.6), ("y/b/seed-1", 0.7), ("x/c", 0.8)]:
-        folder = folders[path] = tmp_path / path
-        folder.mkdir(parents=True)
-        summary = {"test_accuracy": {"mean": accuracy, "values": [accuracy]}}
-        (folder / "summary.json").write_text(json.dumps({"runs": [], "summary": summary}))
+    compare, main = _compare_runs().compare, _compare_runs().main
+    folders = {path: _seeds(tmp_path / path, [accuracy])
+               for path, accuracy in [("x/a/seed-1", 0.5), ("x/b/seed-1", 0.6), ("y/b/seed-1", 0.7), ("x/c", 0.8)]}
     result = compare(list(folders.values()))
     means = {label: r["mean"] for label, r in result["rows"][0]["recipes"].items()}
     assert means == {"a/seed-1": 0.5, "x/b/seed-1": 0.6, "y/b/seed-1": 0.7, "c": 0.8}
@@ -241,3 +262,77 @@ def test_compare_keeps_one_column_per_folder_when_last_names_repeat(tmp_path):
     with pytest.raises(SystemExit) as exit_info:  # the same folder twice has no suffix that tells it apart
         main([str(folders["x/c"]), str(tmp_path / "x" / ".." / "x" / "c"), "--out", str(tmp_path / "comparison")])
     assert exit_info.value.code == 2
+
+
+def _refused(capsys, *folders, out):
+    with pytest.raises(SystemExit) as exit_info:
+        _compare_runs().main([*map(str, folders), "--out", str(out)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error and error.count("\n") == 1
+    assert not out.with_suffix(".md").exists()
+    return error
+
+
+def test_compare_refuses_runs_on_different_data_naming_the_runs_and_the_difference(tmp_path, capsys):
+    out = tmp_path / "comparison"
+    base = _seeds(tmp_path / "digits", [0.70, 0.69, 0.71])
+    snacks = {"dataset": "snacks", "splits": {"train": 4838, "validation": 955, "test": 952},
+              "classes": ["apple", "banana", "cake"]}  # fmt: skip
+    error = _refused(capsys, base, _seeds(tmp_path / "snacks", [0.5, 0.6], snacks), out=out)
+    assert f"{base / 'seed-0'} and {tmp_path / 'snacks' / 'seed-0'} were run on different data" in error
+    assert "dataset builtin:digits vs snacks" in error and "test images 300 vs 952" in error
+    assert "10 vs 3 classes" in error
+    # Tested on 60 images instead of 300, in one seed only: every seed inside a multi-seed folder is checked.
+    fewer = _seeds(tmp_path / "fewer", [0.7, 0.7, 0.7])
+    (fewer / "seed-2" / "metrics.json").write_text(json.dumps(
+        {"test": {"accuracy": 0.7}, "data": {**DIGITS, "splits": {**DIGITS["splits"], "test": 60}}}))  # fmt: skip
+    error = _refused(capsys, base, fewer, out=out)
+    assert f"{fewer / 'seed-2'} were run on different data (test images 300 vs 60)" in error
+    renamed = {**DIGITS, "classes": [*DIGITS["classes"][:4], "fünf", *DIGITS["classes"][5:]]}
+    error = _refused(capsys, base, _seeds(tmp_path / "renamed", [0.7, 0.7], renamed), out=out)
+    assert "10 vs 10 classes, the first difference at #4: ['one'] vs ['fünf']" in error
+    no_test = {**DIGITS, "splits": {"train": 1197, "validation": 300}}
+    error = _refused(capsys, base, _seeds(tmp_path / "no_test", [0.7, 0.7], no_test), out=out)
+    assert "(test images 300 vs none)" in error
+
+
+def test_compare_judges_runs_without_a_data_record_from_what_they_record(tmp_path, capsys):
+    """Runs from before metrics.json's `data`: resolved_recipe.yaml's dataset, metrics' sample counts (unreadable
+    images included) and config.json's classes stand in for it, and agree with a record of the same data."""
+    out = tmp_path / "comparison"
+
+    def old_run(name, dataset="builtin:digits", test=(299, 1), classes=DIGITS["classes"]):
+        folder = tmp_path / name
+        folder.mkdir()
+        metrics = {"train": {"samples": 1197}, "validation": {"accuracy": 0.7, "samples": 300},
+                   "test": {"accuracy": 0.7, "samples": test[0], "unreadable_images": test[1]}}  # fmt: skip
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "resolved_recipe.yaml").write_text(yaml.safe_dump({"dataset_name": dataset, "seed": 1}))
+        (folder / "config.json").write_text(json.dumps({"id2label": {str(i): c for i, c in enumerate(classes)}}))
+        return folder
+
+    new = _run(tmp_path / "new", 0.7)
+    _compare_runs().compare([new, old_run("old")])  # the same data, recorded either way
+    error = _refused(capsys, new, old_run("subset", test=(60, 0)), out=out)
+    assert "test images 300 vs 60" in error
+    error = _refused(capsys, new, old_run("machine", dataset="/home/someone/data/snacks/"), out=out)
+    assert "dataset builtin:digits vs snacks" in error and "/home/someone" not in error
+    error = _refused(capsys, new, old_run("classes", classes=DIGITS["classes"][::-1]), out=out)
+    assert "the first difference at #0: ['eight'] vs ['zero']" in error
+
+
+@pytest.mark.parametrize(
+    "name, content, words",
+    [("seed-1/metrics.json", '{"test": {"accura', "JSONDecodeError"),
+     ("seed-1/metrics.json", '{"test": {"samples": 300}}', "KeyError: 'accuracy'; looked for test.accuracy"),
+     ("seed-1/metrics.json", "[1, 2]", "not an object"),
+     ("seed-1/eval_test/metrics.json", '{"macro": {"precision": 0.5}}', "KeyError: 'f1'; looked for macro.f1"),
+     ("summary.json", '{"runs": [{"run": "seed-0"}', "JSONDecodeError")],
+)  # fmt: skip
+def test_compare_names_a_corrupt_or_incomplete_file_of_a_run(tmp_path, capsys, name, content, words):
+    base = _seeds(tmp_path / "base", [0.70, 0.69])
+    broken = _seeds(tmp_path / "broken", [0.70, 0.69])
+    (broken / name).parent.mkdir(exist_ok=True)
+    (broken / name).write_text(content)
+    error = _refused(capsys, base, broken, out=tmp_path / "comparison")
+    assert f"{broken / name} cannot be read as a run's results" in error and words in error

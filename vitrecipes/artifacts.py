@@ -62,3 +62,21 @@ def require_model_folder(folder: str | Path, what: str, advice: str, weights: bo
             "it with from_pretrained and call save_pretrained (which writes safetensors)."
         )
     return folder
+
+
+def check_output_dir(output_dir: str, dataset_name: str) -> None:
+    """Before anything is written: output_dir must be, or be able to become, a folder outside the dataset's."""
+    path = Path(output_dir).expanduser().absolute()
+    blocking = next(p for p in (path, *path.parents) if p.exists())
+    if not blocking.is_dir():
+        raise RecipeError(
+            f"output_dir: {blocking} is a file, so {output_dir} cannot be the run's folder. Choose another "
+            "output_dir (e.g. --output_dir outputs/my-run), or move the file away."
+        )
+    data = Path(dataset_name).expanduser()
+    if data.is_dir() and path.resolve().is_relative_to(data.resolve()):
+        raise RecipeError(
+            f"output_dir {output_dir} is inside the dataset folder {dataset_name}: the run's files (its eval_<split>/ "
+            "reports, checkpoints) would be read as images and classes the next time that folder is loaded. "
+            "Choose an output_dir outside it, e.g. --output_dir outputs/my-run."
+        )

@@ -4,7 +4,9 @@ so the saved model, pipeline() and its exports give softmax(logits / T); the pre
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +16,8 @@ from scipy.special import log_softmax, softmax
 from sklearn.calibration import calibration_curve
 from torch import nn
 
-from .errors import RecipeError
+from .errors import RecipeError, cause
+from .artifacts import METRICS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,27 @@ def calibrate(model: nn.Module, predictions: dict, split_metrics: dict) -> dict:
         split.logits = (split.logits / temperature).astype(split.logits.dtype)
         split_metrics[name]["cross_entropy"] = numbers[name]["nll_after"]
     return numbers
+
+
+def folded_calibration(model_folder, predictions: dict) -> dict | None:
+    """For an evaluation-only run: the T that training folded into this model, as its metrics.json records (nothing
+    is refitted), and each split's ECE and NLL without it (logits * T) and with it, on the images evaluated now."""
+    path = Path(str(model_folder)) / METRICS_FILE
+    if not path.is_file():
+        return None  # a checkpoint that no run of this project trained
+    try:
+        temperature = (json.loads(path.read_text(encoding="utf-8")).get("calibration") or {}).get("temperature")
+    except (ValueError, AttributeError) as error:
+        raise RecipeError(
+            f"{path} cannot be read ({cause(error)}), so whether the model holds a folded temperature is unknown. "
+            "Restore it from a copy, or retrain the model (the reports need to know)."
+        ) from None
+    if temperature is None:
+        return None
+    record = {"temperature": temperature, "fitted_on": "validation", "source": f"{METRICS_FILE}: folded in training"}
+    for name, split in predictions.items():
+        record[name] = calibration_numbers(split.logits.astype(np.float64) * temperature, split.labels, temperature)
+    return record
 
 
 def plot_reliability(probabilities: np.ndarray, labels: np.ndarray, title: str, temperature: float | None = None):

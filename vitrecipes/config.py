@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import importlib
 import logging
+import math
 import os
 import sys
 import types
@@ -18,37 +19,72 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from transformers import HfArgumentParser, PreTrainedConfig, TrainingArguments
+from transformers import AutoConfig, HfArgumentParser, PreTrainedConfig, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
 from .adaptation import MODES, AdaptationArguments, mode_keys
 from .adaptation import recipe_key as _key
-from .artifacts import require_model_folder
+from .artifacts import check_output_dir, require_model_folder
 from .errors import RecipeError, cause
 from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_only_settings
 
 _NUMPY_SEED = (lambda v: 0 <= v < 2**32, "be a whole number from 0 to 2**32 - 1 (numpy's range)")
+_MANY = 10**9  # steps, samples, seconds: far beyond any run, far below where Trainer's arithmetic overflows
+_BATCH = (lambda v: 1 <= v <= 2**16, "be a whole number from 1 to 65536")
+_STEPS = (lambda v: 0 < v <= _MANY, "be positive: a number of steps up to 10**9, or a fraction of all steps below 1")
+_AT_LEAST_1 = (lambda v: 1 <= v <= _MANY, "be a whole number from 1 to 10**9")
+_FRACTION = (lambda v: 0 <= v < 1, "lie in [0, 1)")
+_POSITIVE = (lambda v: v > 0, "be positive")
 # The values a number key takes, as a test and in words; null passes (where a key may be null), a list item by item.
+# Every number key must also be finite; one not listed here must fit in 64 bits (_check_limits).
 _LIMITS = {
     "drop_path_rate": (lambda v: 0 <= v < 1, "lie in [0, 1) (the chance that a block is skipped)"),
-    **dict.fromkeys(("image_size", "eval_image_size"), (lambda v: v >= 8, "be a side in pixels (8 or more)")),
+    **dict.fromkeys(("image_size", "eval_image_size"), (lambda v: 8 <= v <= 2**14, "be a side in pixels (8 to 16384)")),
     **dict.fromkeys(("mixup_alpha", "cutmix_alpha"), (lambda v: v >= 0, "be 0 (off) or positive")),
     "random_erasing": (lambda v: 0 <= v <= 1, "lie in [0, 1] (a probability)"),
     "validation_split_size": (lambda v: 0 < v < 1, "lie strictly between 0 and 1"),
     "eval_crop_pct": (lambda v: 0 < v <= 1, "lie in (0, 1]"),
+    "random_resized_crop_scale": (lambda v: 0 < v <= 1, "lie in (0, 1] (fractions of the image's area)"),
+    "image_std": (lambda v: v > 0, "be positive (pixels are divided by it)"),
     "ema_decay": (lambda v: 0 <= v < 1, "lie in [0, 1) (0 is off)"),
     "layer_decay": (lambda v: 0 < v <= 1, "lie in (0, 1] (1 is off)"),
-    "head_learning_rate_multiplier": (lambda v: v > 0, "be positive"),
+    **dict.fromkeys(("learning_rate", "adam_epsilon", "head_learning_rate_multiplier", "probe_regularization"),
+                    _POSITIVE),
+    **dict.fromkeys(("max_train_samples", "max_eval_samples", "max_image_pixels"), _AT_LEAST_1),
+    "max_bad_images": (lambda v: v >= 0, "be 0 or more: a fraction below 1, else a count"),
     **dict.fromkeys(("seed", "data_seed", "seeds"), _NUMPY_SEED),
-}
+    # TrainingArguments keys: out of range they fail late (after the data has loaded) or with a raw error.
+    **dict.fromkeys(("weight_decay", "max_grad_norm", "neftune_noise_alpha"), (lambda v: v >= 0, "be 0 (off) or more")),
+    "num_train_epochs": (lambda v: 0 <= v <= 10**6, "lie from 0 to 10**6"),
+    "max_steps": (lambda v: -1 <= v <= _MANY, "be -1 or 0 (num_train_epochs counts) or a number of steps to 10**9"),
+    **dict.fromkeys(("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"),
+                    _BATCH),
+    **dict.fromkeys(("warmup_steps", "eval_delay"), (lambda v: 0 <= v <= _MANY, "lie from 0 to 10**9")),
+    **dict.fromkeys(("logging_steps", "save_steps", "eval_steps"), _STEPS),
+    **dict.fromkeys(("label_smoothing_factor", "adam_beta1", "adam_beta2"), _FRACTION),
+    **dict.fromkeys(("save_total_limit", "eval_accumulation_steps", "torch_empty_cache_steps",
+                     "dataloader_prefetch_factor", "ddp_bucket_cap_mb", "ddp_timeout"), _AT_LEAST_1),
+    "dataloader_num_workers": (lambda v: 0 <= v <= 1024, "be a whole number from 0 to 1024"),
+}  # fmt: skip
+_ANY = (lambda v: -(2**63) < v < 2**63, "fit in 64 bits")
+
+
+def _limit_error(key: str, value) -> str | None:
+    """What is wrong with a number given to `key`, in words; None where nothing is (or it is no number)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{key} must be a finite number (not nan or inf), got {value}"
+    ok, words = _LIMITS.get(key, _ANY)
+    return None if ok(value) else f"{key} must {words}, got {value}"
 
 
 def _check_limits(args) -> None:
-    for key, (ok, words) in _LIMITS.items():
+    for key in (f.name for f in dataclasses.fields(args)):
         values = getattr(args, key, None)
         for value in values if isinstance(values, list) else [values]:
-            if value is not None and not ok(value):
-                raise RecipeError(f"{key} must {words}, got {value}.")
+            if problem := _limit_error(key, value):
+                raise RecipeError(problem + ".")
 
 
 @dataclass
@@ -283,7 +319,7 @@ def _coerce(key: str, value, source: str):
     for option in sorted(options, key=lambda o: o is str):  # for `str | bool` keys, true stays a boolean
         try:
             return _as_type(value, option)
-        except (TypeError, ValueError, argparse.ArgumentTypeError, yaml.YAMLError):
+        except (TypeError, ValueError, OverflowError, argparse.ArgumentTypeError, yaml.YAMLError):
             continue
     optional = type(None) in options
     first = next(o for o in options if o is not type(None))
@@ -382,6 +418,7 @@ def parse_recipe(argv: list[str] | None = None):
         if recipe_path is None:
             raise RecipeError("No output_dir: give a recipe file or pass --output_dir PATH.")
         values["output_dir"] = str(Path("outputs") / recipe_path.stem)
+    check_output_dir(values["output_dir"], values["dataset_name"])
     if not values["do_train"]:
         # This recipe's model, unless the command line names another; its config replaces the from-scratch keys.
         if "model_name_or_path" not in given:
@@ -389,6 +426,13 @@ def parse_recipe(argv: list[str] | None = None):
             advice = "Train it first, point --output_dir at a finished run, or name one with --model_name_or_path."
             values["model_name_or_path"] = str(require_model_folder(values["output_dir"], what, advice))
         values["model_type"] = values["config_overrides"] = None
+        if "calibrate_temperature" in given and values["calibrate_temperature"]:  # the recipe's value: a record
+            raise RecipeError(
+                "calibrate_temperature: an evaluation-only run (--do_train false) fits no temperature. It is fitted "
+                "on validation during training and folded into the saved head, so a model trained with "
+                "calibrate_temperature: true already holds it (its reports give T). Remove --calibrate_temperature "
+                "here, or train with it."
+            )
     notes = switch_off_gpu_only_settings(values)
     inactive = inactive_keys(values)
     if values["do_train"]:
@@ -452,6 +496,36 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
             "config_overrides only applies to from-scratch models (model_type). To change a checkpoint's "
             "architecture, train from scratch or save a modified config next to the checkpoint."
         )
+    check_eval_image_size(model_args)
+
+
+# Architectures whose forward resizes the position embeddings to any input: they evaluate at a new size unasked.
+INTERPOLATING = ("dinov2", "dinov2_with_registers")
+
+
+def eval_size_error(model: str, side, eval_image_size: int) -> RecipeError:
+    return RecipeError(
+        f"eval_image_size: {model} runs at one input size ({side} px), and pipeline() cannot ask it to interpolate "
+        f"its position embeddings to {eval_image_size} px. Remove eval_image_size, or use a model that interpolates "
+        f"at every size ({', '.join(INTERPOLATING)})."
+    )
+
+
+def check_eval_image_size(model_args) -> None:
+    """An eval_image_size the model cannot run at, refused before any data loads: from the recipe for a model
+    from scratch, from config.json for a local checkpoint (a Hub id's is checked when it loads, in build_model)."""
+    folder, size = model_args.model_name_or_path, model_args.eval_image_size
+    if size is None or (folder and not Path(folder).is_dir()):
+        return
+    try:
+        config = PreTrainedConfig.get_config_dict(folder)[0] if folder else AutoConfig.for_model(model_args.model_type)
+    except (OSError, ValueError):
+        return  # loading the model explains what is wrong with it
+    config = {**(config if folder else config.to_dict()), **(model_args.config_overrides or {})}
+    side = (folder and model_args.image_size) or config.get("image_size")
+    if config.get("model_type") not in INTERPOLATING and side is not None and size != side:
+        model = (config.get("architectures") or [f"a from-scratch {config.get('model_type')} model"])[0]
+        raise eval_size_error(model, side, size)
 
 
 # Keys that only the Trainer loop reads (its steps, batches, optimiser, schedule, checkpoints and augmentation).
@@ -547,6 +621,8 @@ def load_search_space(path: str | Path) -> tuple[int, dict[str, dict]]:
         if "choices" in spec:
             if not isinstance(spec["choices"], list) or not spec["choices"]:
                 raise RecipeError(f"{where} needs a non-empty list of `choices`.")
+            if problem := next(filter(None, (_limit_error(key, choice) for choice in spec["choices"])), None):
+                raise RecipeError(f"{where}: {problem}.")
             continue
         try:  # float(), as the sweep reads them: PyYAML reads `1e-4` as text
             ordered = float(spec["low"]) <= float(spec["high"])
@@ -556,4 +632,6 @@ def load_search_space(path: str | Path) -> tuple[int, dict[str, dict]]:
             raise RecipeError(f"{where} needs numbers, low <= high; got low {spec['low']!r}, high {spec['high']!r}.")
         if spec.get("log") and float(spec["low"]) <= 0:
             raise RecipeError(f"{where} has `log: true`, which needs low > 0; got {spec['low']}.")
+        if problem := _limit_error(key, float(spec["low"])) or _limit_error(key, float(spec["high"])):
+            raise RecipeError(f"{where}: {problem}.")  # the trials' values: checked as the recipe's are
     return n_trials, params

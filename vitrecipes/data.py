@@ -192,6 +192,20 @@ def class_names(splits: DatasetDict, data_args: DataArguments) -> list[str]:
     return splits["train"].features[data_args.label_column_name].names
 
 
+def shareable_dataset(name: str, name_for_card: str | None = None) -> str:
+    """The dataset as a published file may name it: the card's name, a Hub id or builtin:, else the folder's name."""
+    if name_for_card or is_hub_id(name) or name.startswith("builtin:"):
+        return name_for_card or name
+    return Path(os.path.abspath(os.path.expanduser(name))).name  # never the training machine's path
+
+
+def data_record(splits: DatasetDict, data_args: DataArguments) -> dict:
+    """metrics.json's `data`: what the run trained and evaluated on, so that runs on other data are never compared."""
+    dataset = shareable_dataset(data_args.dataset_name, data_args.dataset_name_for_card)
+    sizes = {name: len(split) for name, split in splits.items()}
+    return {"dataset": dataset, "splits": sizes, "classes": class_names(splits, data_args)}
+
+
 def drop_unreadable(splits: DatasetDict, data_args: DataArguments, bad_images: BadImageLog, fresh: bool) -> DatasetDict:
     """`verify_images`: decode every image once, record and leave out the ones that fail. Inside `main_process_first`
     the main process decodes afresh (`fresh`); the datasets cache hands its result to the others."""

@@ -22,14 +22,44 @@ from .artifacts import (
 )
 from .config import load_search_space, parse_recipe
 from .console import show
-from .errors import RecipeError
+from .data import shareable_dataset
+from .errors import RecipeError, cause
 from .outputs import recipe_differences, resolved_recipe
 
 logger = logging.getLogger(__name__)
 
+SPLITS = ("train", "validation", "test")
+
 FIGURES = {"validation_accuracy": "validation accuracy", "test_accuracy": "test accuracy",
            "validation_macro_f1": "validation macro-F1", "test_macro_f1": "test macro-F1",
            "wall_seconds": "wall time (s)"}  # fmt: skip
+
+
+def _read(path: Path, *keys: str):
+    """A JSON file a run wrote, or the value at `keys` in it; a RecipeError that names the file where it is not."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        for key in keys:
+            value = value[key]
+        if not keys and not isinstance(value, dict):
+            raise TypeError(f"a JSON {type(value).__name__}, not an object")
+        return value
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise RecipeError(
+            f"{path} cannot be read as a run's results ({cause(error)}{'; looked for ' if keys else ''}"
+            f"{'.'.join(map(str, keys))}). Rerun that run, or leave its folder out."
+        ) from None
+
+
+def run_folders(folder: Path) -> list[Path]:
+    """The runs of an output folder: the seeds its summary.json lists (`--seeds`), or the folder itself."""
+    summary = folder / f"{SUMMARY_NAME}.json"
+    if not summary.is_file():
+        return [folder]
+    runs = _read(summary, "runs")
+    if not runs or not all(isinstance(run, dict) and isinstance(run.get("run"), str) for run in runs):
+        raise RecipeError(f"{summary} lists no runs (its 'runs' entries name them): rerun the --seeds command.")
+    return [folder / run["run"] for run in runs]
 
 
 def summarise_runs(folders: list[str | Path]) -> dict:
@@ -38,12 +68,12 @@ def summarise_runs(folders: list[str | Path]) -> dict:
     for folder in map(Path, folders):
         if not (folder / METRICS_FILE).is_file():
             raise RecipeError(f"{folder} holds no {METRICS_FILE}: give the output folder of a finished run.")
-        metrics = json.loads((folder / METRICS_FILE).read_text())
+        metrics = _read(folder / METRICS_FILE)
         runs.append({"run": folder.name, "wall_seconds": metrics.get("wall_seconds")})
         for split in (split for split in ("validation", "test") if split in metrics):
-            runs[-1][f"{split}_accuracy"] = metrics[split]["accuracy"]
+            runs[-1][f"{split}_accuracy"] = _read(folder / METRICS_FILE, split, "accuracy")
             report = folder / REPORT_DIR.format(split=split) / METRICS_FILE
-            runs[-1][f"{split}_macro_f1"] = json.loads(report.read_text())["macro"]["f1"] if report.is_file() else None
+            runs[-1][f"{split}_macro_f1"] = _read(report, "macro", "f1") if report.is_file() else None
     summary = {}
     for key in FIGURES:
         values = [run[key] for run in runs if run.get(key) is not None]
@@ -51,6 +81,49 @@ def summarise_runs(folders: list[str | Path]) -> dict:
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             summary[key] = {"mean": statistics.mean(values), "std": std, "n": len(values), "values": values}
     return {"runs": runs, "summary": summary}
+
+
+def run_data(folder: Path) -> dict:
+    """What a run trained and evaluated on: metrics.json's `data`; for a run from before it, what the run records
+    (resolved_recipe.yaml's dataset, metrics' sample counts, config.json's classes), each part where it is there."""
+    metrics = _read(folder / METRICS_FILE)
+    if "data" in metrics:
+        return metrics["data"]
+    splits = {s: m["samples"] + m.get("unreadable_images", 0) for s in SPLITS if "samples" in (m := metrics.get(s, {}))}
+    record = {"splits": splits}
+    recipe_path, config_path = folder / RESOLVED_RECIPE_NAME, folder / "config.json"
+    try:
+        recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) if recipe_path.is_file() else {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{recipe_path} is not valid YAML ({cause(error)}); rerun the run.") from None
+    if isinstance(recipe, dict) and recipe.get("dataset_name"):
+        record["dataset"] = shareable_dataset(recipe["dataset_name"], recipe.get("dataset_name_for_card"))
+    if config_path.is_file():
+        id2label = _read(config_path, "id2label")
+        record["classes"] = [id2label[key] for key in sorted(id2label, key=int)]
+    return record
+
+
+def check_same_data(records: dict[str, dict]) -> None:
+    """Refuse runs on different data ({run: run_data}): the dataset, the size of every split and the classes."""
+    (first, base), *others = records.items()
+    for name, record in others:
+        differ = []
+        if None not in (base.get("dataset"), record.get("dataset")) and base["dataset"] != record["dataset"]:
+            differ.append(f"dataset {base['dataset']} vs {record['dataset']}")
+        for split in sorted(set(base["splits"]) | set(record["splits"])):
+            sizes = [r["splits"].get(split, "none") for r in (base, record)]
+            differ += [f"{split} images {sizes[0]} vs {sizes[1]}"] if sizes[0] != sizes[1] else []
+        a, b = base.get("classes"), record.get("classes")
+        if None not in (a, b) and a != b:
+            i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            differ.append(f"{len(a)} vs {len(b)} classes, the first difference at #{i}: {a[i:i + 1]} vs {b[i:i + 1]}")
+        if differ:
+            raise RecipeError(
+                f"{first} and {name} were run on different data ({'; '.join(differ)}), so comparing their figures "
+                "would measure the data, not the recipe. Compare runs of one dataset with the same splits and classes "
+                "(the same dataset_name, max_train_samples and max_eval_samples)."
+            )
 
 
 def _table(rows: list[dict], columns: dict[str, str]) -> list[str]:

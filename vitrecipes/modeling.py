@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from .artifacts import require_model_folder
-from .config import ModelArguments
+from .config import INTERPOLATING, ModelArguments, eval_size_error
 from .console import show
 from .errors import RecipeError, cause, hub_unreachable
 from .hub import is_hub_id
@@ -97,17 +97,18 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
                 f"{what} is not an image-classification architecture: AutoModelForImageClassification has no "
                 "class for it. Use a vision checkpoint such as google/vit-base-patch16-224-in21k."
             )
-        if name is None:
-            return AutoModelForImageClassification.from_config(config)
-        model, loading = AutoModelForImageClassification.from_pretrained(
-            name,
-            config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            use_safetensors=True,  # never unpickle weights
-            output_loading_info=True,  # its report goes to the log file; report_new_weights says it in one line
-            **_hub_kwargs(model_args),
-        )
-        report_new_weights(model, loading)
+        if name is None:  # from scratch: on to the checks below too
+            model = AutoModelForImageClassification.from_config(config)
+        else:
+            model, loading = AutoModelForImageClassification.from_pretrained(
+                name,
+                config=config,
+                ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+                use_safetensors=True,  # never unpickle weights
+                output_loading_info=True,  # its report goes to the log file; report_new_weights says it in one line
+                **_hub_kwargs(model_args),
+            )
+            report_new_weights(model, loading)
     except OSError as error:
         raise _missing_checkpoint_error(name, error) from None
     except ValueError as error:
@@ -122,11 +123,7 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         model = resize_position_embeddings(model, model_args.image_size)
     side = getattr(model.config, "image_size", None)
     if model_args.eval_image_size not in (None, side) and model.config.model_type not in INTERPOLATING:
-        raise RecipeError(
-            f"eval_image_size: {type(model).__name__} runs at one input size ({side} px), and pipeline() cannot ask "
-            f"it to interpolate its position embeddings to {model_args.eval_image_size} px. Remove eval_image_size, "
-            f"or use a model that interpolates at every size ({', '.join(INTERPOLATING)})."
-        )
+        raise eval_size_error(type(model).__name__, side, model_args.eval_image_size)
     materialize_new_weights(model)
     return model
 
@@ -143,10 +140,6 @@ def report_new_weights(model, loading: dict) -> None:
         if keys:
             listed = ", ".join(sorted(keys)[:8]) + (", ..." if len(keys) > 8 else "")
             logger.warning("%d weights %s: %s", len(keys), what, listed)
-
-
-# Architectures whose forward resizes the position embeddings to any input: they evaluate at a new size unasked.
-INTERPOLATING = ("dinov2", "dinov2_with_registers")
 
 
 def materialize_new_weights(model) -> None:
