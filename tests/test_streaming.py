@@ -104,6 +104,8 @@ def test_an_epoch_covers_every_key_once_with_equal_steps_per_rank(tmp_path, work
         assert sorted(seen) == all_keys  # every key once across all (rank, worker) pairs
         epochs.append(ranks)
     assert epochs[0][0] != epochs[1][0] and epochs[0][1] != epochs[1][1]  # the order changes with the epoch
+    dealing = stream(glob, tmp_path / "log", workers=workers)
+    assert dealing.deal(0) != dealing.deal(1)  # the shards too, not only the buffer
     again = epoch_batches(stream(glob, tmp_path / "log", 1, workers=workers), 1)
     assert again == epochs[1][1]  # and is the same for the same epoch
 
@@ -148,7 +150,8 @@ def test_resume_gives_the_same_batches_and_decodes_nothing_skipped(tmp_path, wor
         assert after == uninterrupted[1][k:]
         decoded = log.read_text().split()
         assert sorted(decoded) == sorted(key for batch in after for key in batch)  # the skipped ones never decoded
-        assert epoch_batches(fresh, 2) == uninterrupted[2]  # the next epoch starts from its beginning
+        resumed.set_epoch(2)
+        assert list(resumed) == uninterrupted[2]  # the next epoch starts from its beginning
 
 
 def test_refusals_name_the_numbers_and_what_to_do(tmp_path):
@@ -272,13 +275,20 @@ def test_make_shards_continues_after_a_crash_and_refuses_another_source(tmp_path
     assert info["complete"]
     clean = write_shards(splits, tmp_path / "clean", 4, str(source))
     assert info["splits"] == clean["splits"]  # the same bytes (sha256) as one uninterrupted run
+    reseeded = write_shards(splits, tmp_path / "reseeded", 4, str(source), seed=1)  # same names and counts
+    assert [s["num_samples"] for s in reseeded["splits"]["train"]["shards"]] == [
+        s["num_samples"] for s in clean["splits"]["train"]["shards"]]  # fmt: skip
+    folders = (out, tmp_path / "clean", tmp_path / "reseeded")
+    digests = [open_shards(str(folder / "train-*.tar")).digest() for folder in folders]
+    assert digests[0] == digests[1] != digests[2]  # a resumed stream refuses shards of other content
     assert not (out / "_progress.jsonl").exists()
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    (source / "train" / "red" / "extra.png").write_bytes((source / "train" / "red" / "0.png").read_bytes())
+    class_image((0, 0, 0), 1).save(source / "train" / "red" / "0.png")  # the same files and labels, one image changed
     result = _make_shards(source, out, "--shard_size", 4)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{out} holds shards written from another source" in result.stderr
+    assert f"{out} holds shards written from another source or with other settings (what differs from its " \
+        "_info.json: source;" in result.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written is lost
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")

@@ -56,8 +56,8 @@ def write_shards(splits: DatasetDict, out, shard_size: int, source: str = "", on
         if _comparable(existing) != _comparable(plan):
             differ = [k for k in ("classes", "source", "splits") if _comparable(existing)[k] != _comparable(plan)[k]]
             raise RecipeError(
-                f"{out} holds shards written from another source or with other settings (the {' and '.join(differ)} "
-                f"differ from {info_path.name}'s; the source is compared by its images and labels). Shards of two "
+                f"{out} holds shards written from another source or with other settings (what differs from its "
+                f"{INFO_NAME}: {', '.join(differ)}; a source is compared by its images and labels). Shards of two "
                 f"sources must not mix: write into another folder, or delete {out} to write it afresh."
             )
         if existing.get("complete"):

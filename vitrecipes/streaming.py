@@ -58,14 +58,15 @@ class Shards:
     classes: tuple[str, ...]
     image_column: str = "image"  # Parquet column names; also the columns of `local_dataset`
     label_column: str = "label"
+    checksums: tuple[str, ...] = ()  # the sha256 of each file where its info records one
 
     @property
     def total(self) -> int:
         return sum(self.counts)
 
     def digest(self) -> str:
-        """The file names and counts: a resumed run refuses other shards, wherever the same files now live."""
-        listed = json.dumps([[posixpath.basename(f), n] for f, n in zip(self.files, self.counts)])
+        """Names, counts and checksums: a resumed run refuses other shards, wherever the same files now live."""
+        listed = json.dumps([[posixpath.basename(f), n] for f, n in zip(self.files, self.counts)] + [self.checksums])
         return hashlib.sha256(listed.encode()).hexdigest()[:16]
 
 
@@ -75,8 +76,8 @@ def _fs(url: str):
 
 def _expand(pattern: str) -> list[str]:
     fs, path = _fs(pattern)
-    if not any(c in path for c in "*?["):
-        return [pattern]  # a named file: no listing (a remote glob costs a request)
+    if not any(c in path for c in "*?["):  # a named file: not looked up where remote (a request each)
+        return [] if isinstance(fs, LocalFileSystem) and not fs.exists(path) else [pattern]
     found = sorted(fs.glob(path))
     return found if isinstance(fs, LocalFileSystem) else [fs.unstrip_protocol(p) for p in found]
 
@@ -103,15 +104,16 @@ def open_shards(patterns, classes=None, image_column: str = "image", label_colum
     files = [f for pattern in patterns for f in _expand(str(pattern))]
     if not files:
         raise RecipeError(f"No shard file matches {patterns}. Check the path or glob (e.g. shards/train-*.tar).")
-    counts, found_classes, infos = [], set(), {}
+    counts, checksums, found_classes, infos = [], [], set(), {}
     for url in files:
         folder = posixpath.dirname(_fs(url)[1])
         info = infos[folder] if folder in infos else infos.setdefault(folder, _info_beside(url))
         splits = (info or {}).get("splits", {}).values()
-        listed = {s["file"]: s["num_samples"] for split in splits for s in split["shards"]}
+        listed = {s["file"]: s for split in splits for s in split["shards"]}
         name = posixpath.basename(url)
+        checksums.append(listed.get(name, {}).get("sha256", ""))
         if name in listed:
-            counts.append(listed[name])
+            counts.append(listed[name]["num_samples"])
             found_classes.add(tuple(info["classes"]))
         elif url.endswith(".parquet"):
             fs, path = _fs(url)
@@ -132,7 +134,8 @@ def open_shards(patterns, classes=None, image_column: str = "image", label_colum
         problem = "differ between files" if found_classes else "are not recorded"
         raise RecipeError(f"The class names of {patterns} {problem}: pass them (classes=[...]) or rewrite the shards.")
     names = tuple(classes or found_classes.pop())
-    return Shards(tuple(files[i] for i in kept), tuple(counts[i] for i in kept), names, image_column, label_column)
+    files, counts, checksums = (tuple(values[i] for i in kept) for values in (files, counts, checksums))
+    return Shards(files, counts, names, image_column, label_column, checksums)
 
 
 def _parquet_classes(url: str, schema, image_column: str, label_column: str) -> tuple:
@@ -284,7 +287,8 @@ class StreamPosition:
 
 class ShardStream(IterableDataset):
     """One process's training stream (see the module docstring). `len()` is this process's samples per epoch,
-    `batches` x `batch_size`, so DataLoader and Trainer size an epoch at `batches`. Use it through `StreamLoader`."""
+    `batches` x `batch_size`, so DataLoader and Trainer size an epoch at `batches`. Use it through `StreamLoader`.
+    Memory: each worker's buffer holds `shuffle_buffer` encoded images (e.g. 1000 x 100 kB = 100 MB)."""
 
     def __init__(self, shards: Shards, transform: Callable[[dict], dict], batch_size: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, seed: int = 0, shuffle_buffer: int = 1000):  # fmt: skip
