@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from datasets import DatasetDict
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import sort_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, sort_checkpoints
 
 from .adaptation import parameter_groups
 from .bad_images import IGNORE_INDEX
@@ -22,6 +23,7 @@ from .data import class_names
 from .errors import RecipeError
 from .metrics import compute_metrics
 from .report import SplitPredictions
+from .streaming import STREAM_STATE, ShardStream, StreamLoader, StreamPosition
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,48 @@ class RecipeTrainer(Trainer):
         self.batch_mixing = batch_mixing
         self.start_step = None  # the step training began from: 0, or a resumed checkpoint's
         self.add_callback(_TrainerHooks(self))
+        self._resume_checkpoint, self._stream_resume = None, None
+        if isinstance(self.train_dataset, ShardStream):
+            self.add_callback(StreamCheckpoints(self))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # Noted for StreamCheckpoints, which reads the stream's position there; True resolves as in Trainer.train.
+        resume = resume_from_checkpoint
+        self._resume_checkpoint = get_last_checkpoint(self.args.output_dir) if resume is True else resume or None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def get_train_dataloader(self):
+        """A ShardStream's own StreamLoader, not prepared by accelerate: that would send every batch from rank 0
+        (dispatch_batches) or have each process read all the data and keep a slice (IterableDatasetShard), while the
+        stream already is this process's share. Trainer moves the batches to the device (_prepare_inputs)."""
+        stream, args = self.train_dataset, self.args
+        if not isinstance(stream, ShardStream):
+            return super().get_train_dataloader()
+        built = {"batch_size": stream.batch_size, "rank": stream.rank, "world_size": stream.world_size,
+                 "num_workers": stream.num_workers}  # fmt: skip
+        wanted = {"batch_size": self._train_batch_size, "rank": args.process_index, "world_size": args.world_size,
+                  "num_workers": args.dataloader_num_workers}  # fmt: skip
+        if built != wanted:
+            raise RecipeError(
+                f"The train stream was built for {built}, but this run has {wanted}: build the ShardStream from "
+                "per_device_train_batch_size, the process index, the world size and dataloader_num_workers."
+            )
+        return self._stream_loader(stream)
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """Trainer's hook for a resumed epoch: the stream restarts at its saved position (the skipped records are
+        read but never decoded) instead of accelerate's skip_first_batches, which decodes every skipped batch."""
+        if not isinstance(dataloader, StreamLoader):
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        stream, accumulation = dataloader.dataset, self.args.gradient_accumulation_steps
+        saved = self._stream_resume or stream.position_after(self.state.global_step, accumulation)
+        return self._stream_loader(stream.resumed(saved))
+
+    def _stream_loader(self, stream: ShardStream) -> StreamLoader:
+        args = self.args
+        return StreamLoader(stream, collate_fn=self.data_collator, pin_memory=args.dataloader_pin_memory,
+                            multiprocessing_context=args.dataloader_multiprocessing_context,
+                            prefetch_factor=args.dataloader_prefetch_factor)  # fmt: skip
 
     def log(self, logs: dict, start_time=None):
         if "loss" in logs:  # a training log line: add the speed since the previous one, for the trackers
@@ -156,6 +200,42 @@ class _TrainerHooks(TrainerCallback):
             self.trainer.stop_if_nonfinite()
 
     on_epoch_end = on_step_end
+
+
+class StreamCheckpoints(TrainerCallback):
+    """Writes a ShardStream's position into each checkpoint (checkpoint-N/stream_state.json) and, on resume, refuses
+    a checkpoint whose stream had other settings or stood elsewhere. RecipeTrainer adds it for a ShardStream."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def _position(self, args, state) -> StreamPosition:
+        return self.trainer.train_dataset.position_after(state.global_step, args.gradient_accumulation_steps)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._stream_resume = None
+        if self.trainer._resume_checkpoint is None:
+            return
+        path = Path(self.trainer._resume_checkpoint) / STREAM_STATE
+        if not path.exists():
+            raise RecipeError(
+                f"{path} is missing: the checkpoint was not saved by a run that trained from shards (or the run "
+                "stopped while saving it). Resume from another checkpoint, or start a new output_dir."
+            )
+        saved, now = StreamPosition.load(path), self._position(args, state)
+        self.trainer.train_dataset.check(saved, str(path))
+        if (saved.epoch, saved.batches) != (now.epoch, now.batches):
+            raise RecipeError(
+                f"{path}: the stream stood at epoch {saved.epoch}, batch {saved.batches}, but the checkpoint's step "
+                f"{state.global_step} means epoch {now.epoch}, batch {now.batches} (gradient_accumulation_steps "
+                "changed?). Resume with the settings the run was saved with, or start a new output_dir."
+            )
+        self.trainer._stream_resume = saved
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:  # the processes that write checkpoints
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            self._position(args, state).save(folder / STREAM_STATE)
 
 
 class BatchMixing:
