@@ -16,8 +16,8 @@ from scipy.special import log_softmax, softmax
 from sklearn.calibration import calibration_curve
 from torch import nn
 
-from .errors import RecipeError, cause
 from .artifacts import METRICS_FILE
+from .errors import RecipeError, cause
 
 logger = logging.getLogger(__name__)
 
