@@ -26,7 +26,7 @@ from vitrecipes.bad_images import shareable_names
 from vitrecipes.calibration import calibrate, folded_calibration
 from vitrecipes.card import take_hub_settings
 from vitrecipes.config import parse_recipe
-from vitrecipes.data import data_record, load_data
+from vitrecipes.data import load_data
 from vitrecipes.errors import PushError, RecipeError, user_message
 from vitrecipes.experiments import run_recipe
 from vitrecipes.hardware import check_requirements
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         model, metrics["probe"] = adapt(model, model_args, training_args, prep, data, resume_from)
     # The saved processor applies the evaluation transform, so pipeline() sees what evaluation saw.
     trainer = build_trainer(model, eval_prep.serving_processor(), training_args, data.splits, prep, data_args)
-    metrics["data"] = data_record(data.splits, data_args)  # what it trained and evaluated on: compare_runs checks it
+    metrics["data"] = data.record(data_args)  # what it trained and evaluated on: compare_runs checks it
     if mode.trainer_loop:
         metrics["effective_batch_size"] = effective_batch_size(training_args)
     if training_args.do_train:

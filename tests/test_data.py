@@ -9,8 +9,9 @@ from conftest import CLASS_COLOURS, class_image, write_imagefolder
 from vitrecipes import data as data_module
 from vitrecipes.bad_images import BadImageLog
 from vitrecipes.config import DataArguments
-from vitrecipes.data import DIGIT_NAMES, PARQUET_REVISION, class_names, drop_unreadable, load_splits
+from vitrecipes.data import DIGIT_NAMES, class_names, drop_unreadable, load_splits
 from vitrecipes.errors import RecipeError
+from vitrecipes.hub import PARQUET_REVISION
 from vitrecipes.images import load_rgb
 
 

@@ -65,6 +65,7 @@ _LIMITS = {
     **dict.fromkeys(("save_total_limit", "eval_accumulation_steps", "torch_empty_cache_steps",
                      "dataloader_prefetch_factor", "ddp_bucket_cap_mb", "ddp_timeout"), _AT_LEAST_1),
     "dataloader_num_workers": (lambda v: 0 <= v <= 1024, "be a whole number from 0 to 1024"),
+    "shuffle_buffer": (lambda v: 1 <= v <= 10**7, "be a whole number from 1 (no shuffling) to 10**7"),
 }  # fmt: skip
 _ANY = (lambda v: -(2**63) < v < 2**63, "fit in 64 bits")
 
@@ -158,6 +159,11 @@ class DataArguments:
     verify_images: bool = _key(False, "Decode every image once before training and leave the bad ones out.")
     max_image_pixels: int = _key(89_478_485, "Images with more pixels are bad (Pillow's decompression-bomb limit).")
     eval_crop_pct: float = _key(1.0, "Eval: resize the shorter side to size / eval_crop_pct, centre-crop to size.")
+    train_files: list[str] | None = _key(None, "Train on these shards (.tar / .parquet globs, or a Hub id).")
+    validation_files: list[str] | None = _key(None, "Shards of the validation split (globs, or a Hub id).")
+    test_files: list[str] | None = _key(None, "Shards of the test split (globs, or a Hub id).")
+    streaming: bool = _key(False, "Stream train_files shard by shard, never all at once (docs/data.md#streaming).")
+    shuffle_buffer: int = _key(1000, "streaming: undecoded training images each DataLoader worker shuffles among.")
 
     def __post_init__(self):
         _check_limits(self)
@@ -418,6 +424,7 @@ def parse_recipe(argv: list[str] | None = None):
         if recipe_path is None:
             raise RecipeError("No output_dir: give a recipe file or pass --output_dir PATH.")
         values["output_dir"] = str(Path("outputs") / recipe_path.stem)
+    notes = check_shard_source(values, recipe, given)
     check_output_dir(values["output_dir"], values["dataset_name"])
     if not values["do_train"]:
         # This recipe's model, unless the command line names another; its config replaces the from-scratch keys.
@@ -433,7 +440,7 @@ def parse_recipe(argv: list[str] | None = None):
                 "calibrate_temperature: true already holds it (its reports give T). Remove --calibrate_temperature "
                 "here, or train with it."
             )
-    notes = switch_off_gpu_only_settings(values)
+    notes += switch_off_gpu_only_settings(values)
     inactive = inactive_keys(values)
     if values["do_train"]:
         notes += drop_keys_that_cannot_act(values, inactive, from_recipe=set(recipe) - set(given), switched=given)
@@ -540,6 +547,34 @@ TRAINER_LOOP_KEYS = (
 )  # fmt: skip
 # Keys that act only when loading a checkpoint; a from-scratch model takes its sizes from config_overrides.
 CHECKPOINT_KEYS = ("image_processor_name", "model_revision", "image_size", "ignore_mismatched_sizes")
+
+
+def check_shard_source(values: dict, recipe: dict, given: dict) -> list[str]:
+    """train_files replace dataset_name (with a note where the command line points a recipe at shards); streaming
+    needs them, and refuses the keys that need random access to the training set."""
+    files = values["train_files"]
+    if not files:
+        if values["streaming"]:
+            raise RecipeError("streaming: true needs train_files (globs of .tar / .parquet shards, or a Hub dataset "
+                              "id): make_shards.py writes shards from any dataset_name (docs/data.md#streaming).")
+        return []
+    notes = []
+    if "dataset_name" in recipe and "dataset_name" not in given:
+        if "train_files" not in given:
+            raise RecipeError("The recipe sets both dataset_name and train_files: keep the one to train on.")
+        notes.append(f"train_files (command line) take over from the recipe's dataset_name {recipe['dataset_name']}.")
+    first = files[0]
+    values["dataset_name"] = first if "*" not in first and not first.endswith((".tar", ".parquet")) else (
+        str(Path(first).parent))  # the shards' folder, or the Hub id: what the card and metrics name  # fmt: skip
+    if values["streaming"]:
+        for key in [k for k in ("max_train_samples", "verify_images") if values[k] not in (None, False)]:
+            raise RecipeError(f"{key}: it needs random access to the training images, which a stream (streaming: "
+                              f"true) does not give. Remove {key}, or set streaming: false.")  # fmt: skip
+        if not values["validation_files"]:
+            raise RecipeError("streaming: without validation_files, validation would be carved out of train, which "
+                              "needs random access to the training images. Give validation_files (make_shards.py "
+                              "writes them).")  # fmt: skip
+    return notes
 
 
 def inactive_keys(values: dict) -> dict[str, str]:

@@ -42,6 +42,7 @@ def setup(level: str = "warning", main_process: bool = True) -> None:
     root.addHandler(_handlers.setdefault("console", console))
     root.setLevel(min(console.level, logging.INFO))
     transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.disable_progress_bar()  # loading and saving weights: seconds, not stages
     keep_library_messages()
     logging.captureWarnings(True)  # warnings.warn too: on the console, and in the file
 
@@ -88,7 +89,7 @@ def table(rows: list[list], header: list[str]) -> list[str]:
 def header(recipe_path, model_args, data_args, training_args, data, prep, eval_prep) -> list[str]:
     """What the run is about to do: recipe and output folder, data, model and adaptation, device, precision, batch."""
     args = training_args
-    sizes = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
+    sizes = ", ".join(f"{name} {n}" for name, n in data.record(data_args)["splits"].items())
     model = model_args.model_name_or_path or f"{model_args.model_type} from scratch"
     sides = f"{prep.size[0]} px" + (f", evaluated at {eval_prep.size[0]} px" if eval_prep.size != prep.size else "")
     notes = [note for note in getattr(args, "gpu_settings_switched_off", []) if note.startswith(("bf16", "fp16"))]

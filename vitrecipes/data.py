@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -21,14 +22,13 @@ from sklearn.model_selection import train_test_split
 from .bad_images import BadImageLog, readable
 from .config import DataArguments
 from .errors import RecipeError, hub_unreachable
-from .hub import is_hub_id
+from .hub import PARQUET_REVISION, is_hub_id
+from .streaming import RowTransform, ShardReader, ShardStream, hub_parquet_urls, local_dataset, open_shards
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_DIGITS = "builtin:digits"
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-# The Hub's Parquet export: tried when main does not load, e.g. a loading script, which datasets>=4 refuse (snacks).
-PARQUET_REVISION = "refs/convert/parquet"
 
 
 def builtin_digits(image_size: int = 32) -> DatasetDict:
@@ -50,8 +50,10 @@ def builtin_digits(image_size: int = 32) -> DatasetDict:
 
 
 def load_raw_dataset(data_args: DataArguments) -> DatasetDict:
-    """The splits of `dataset_name` from the source kind it names."""
+    """The splits of `dataset_name` (or `train_files`) from the source kind it names."""
     name = data_args.dataset_name
+    if data_args.train_files:
+        return _load_shards(data_args)
     if name == BUILTIN_DIGITS:
         return builtin_digits()
     path = Path(name).expanduser()
@@ -65,6 +67,25 @@ def load_raw_dataset(data_args: DataArguments) -> DatasetDict:
             "written by Dataset.save_to_disk) or a Hub id such as 'Matthijs/snacks'."
         )
     return _load_from_hub(data_args)
+
+
+def _load_shards(data_args: DataArguments) -> DatasetDict:
+    """Shards of each split read once into local datasets (for a stream of the training split: `load_data`)."""
+    columns = data_args.image_column_name, data_args.label_column_name
+    return DatasetDict({split: local_dataset(open_shards(shard_urls(files, split, data_args), None, *columns))
+                        for split, files in _shard_files(data_args).items()})  # fmt: skip
+
+
+def _shard_files(data_args: DataArguments) -> dict[str, list[str]]:
+    files = {"train": data_args.train_files, "validation": data_args.validation_files, "test": data_args.test_files}
+    return {split: found for split, found in files.items() if found}
+
+
+def shard_urls(files: list[str], split: str, data_args: DataArguments) -> list[str]:
+    """Globs as they are; a Hub dataset id as the hf:// URLs of its Parquet export of `split`."""
+    revision = data_args.dataset_revision or PARQUET_REVISION
+    return [url for entry in files for url in (hub_parquet_urls(entry, split, data_args.dataset_config_name or
+            "default", revision) if is_hub_id(entry) else [entry])]  # fmt: skip
 
 
 def _load_saved(path: Path) -> DatasetDict:
@@ -199,11 +220,10 @@ def shareable_dataset(name: str, name_for_card: str | None = None) -> str:
     return Path(os.path.abspath(os.path.expanduser(name))).name  # never the training machine's path
 
 
-def data_record(splits: DatasetDict, data_args: DataArguments) -> dict:
+def data_record(splits: dict, names: list[str], data_args: DataArguments) -> dict:
     """metrics.json's `data`: what the run trained and evaluated on, so that runs on other data are never compared."""
     dataset = shareable_dataset(data_args.dataset_name, data_args.dataset_name_for_card)
-    sizes = {name: len(split) for name, split in splits.items()}
-    return {"dataset": dataset, "splits": sizes, "classes": class_names(splits, data_args)}
+    return {"dataset": dataset, "splits": {name: size(split) for name, split in splits.items()}, "classes": names}
 
 
 def drop_unreadable(splits: DatasetDict, data_args: DataArguments, bad_images: BadImageLog, fresh: bool) -> DatasetDict:
@@ -230,10 +250,13 @@ def drop_unreadable(splits: DatasetDict, data_args: DataArguments, bad_images: B
 
 @dataclass
 class Data:
-    splits: DatasetDict  # every split with its lazy preprocessing attached
+    splits: dict  # every split with its lazy preprocessing attached (train: a ShardStream where streaming)
     names: list[str]  # the class names, in label order
-    probe: Dataset  # the training images through the evaluation transform, in order: the linear probe's input
+    probe: Dataset  # the training images through the evaluation transform, each once: the linear probe's input
     probe_key: str  # names exactly those images, for the probe's feature cache
+
+    def record(self, data_args: DataArguments) -> dict:
+        return data_record(self.splits, self.names, data_args)
 
 
 def load_data(data_args: DataArguments, training_args, prep, eval_prep, bad_images: BadImageLog) -> Data:
@@ -241,13 +264,14 @@ def load_data(data_args: DataArguments, training_args, prep, eval_prep, bad_imag
     The main process loads (and, with verify_images, decodes) first; the others reuse its work. With verify_images,
     the main process of all machines (local=False): each machine's own would read the bad-image log before machine 0
     had written it, and machines would train on different images."""
+    if data_args.streaming:
+        return _stream(data_args, training_args, prep, eval_prep, bad_images)
     with training_args.main_process_first(local=not data_args.verify_images, desc="loading and checking the data"):
         splits = load_splits(data_args, seed=training_args.seed)
         if data_args.verify_images:
             splits = drop_unreadable(splits, data_args, bad_images, fresh=training_args.process_index == 0)
     names = class_names(splits, data_args)
-    sizes = ", ".join(f"{name} {len(ds)}" for name, ds in splits.items())
-    logger.info("Data: %s, %d classes; %s", data_args.dataset_name, len(names), sizes)
+    logger.info("Data: %s, %d classes; %s", data_args.dataset_name, len(names), sizes(splits))
     transformed = attach_transforms(splits, prep, data_args, bad_images, eval_prep)
     probe = with_preprocessing(splits["train"], "train", False, prep, data_args, bad_images)
     return Data(transformed, names, probe, rows_key(splits["train"]))
@@ -275,3 +299,38 @@ def with_preprocessing(dataset, split: str, train: bool, prep, data_args, bad_im
     """Lazy preprocessing: images are decoded and transformed only when a batch is drawn."""
     columns = data_args.image_column_name, data_args.label_column_name
     return dataset.with_transform(prep.batch_transform(train, *columns, split, bad_images, data_args.max_image_pixels))
+
+
+def _stream(data_args: DataArguments, training_args, prep, eval_prep, bad_images: BadImageLog) -> Data:
+    """A streamed training split: this process's share of the shards, decoded in its DataLoader workers (streaming.py);
+    the evaluation splits read once into local datasets, so that every image counts once, as in any other run. The
+    probe streams the training shards once. A stream has no random access: config.py refuses what needs it."""
+    columns = data_args.image_column_name, data_args.label_column_name
+    shards = open_shards(shard_urls(data_args.train_files, "train", data_args), None, *columns)
+    with training_args.main_process_first(desc="reading the evaluation shards"):
+        local = DatasetDict({split: local_dataset(open_shards(shard_urls(files, split, data_args), None, *columns))
+                             for split, files in _shard_files(data_args).items() if split != "train"})  # fmt: skip
+    names = list(shards.classes)
+    for split, dataset in local.items():
+        if dataset.features[columns[1]].names != names:
+            raise RecipeError(f"{split}_files: their classes differ from train_files': write all splits' shards from "
+                              "one dataset (make_shards.py does).")  # fmt: skip
+    limit = data_args.max_bad_images
+    bad_images.limits["train"] = int(limit) if limit >= 1 else int(limit * shards.total)
+    transform = partial(prep.batch_transform, image_column="image", label_column="label", split="train",
+                        bad_images=bad_images, max_pixels=data_args.max_image_pixels)  # fmt: skip
+    args = training_args
+    stream = ShardStream(shards, RowTransform(transform(True)), args.per_device_train_batch_size, args.process_index,
+                         args.world_size, args.dataloader_num_workers, args.seed, data_args.shuffle_buffer)  # fmt: skip
+    splits = {"train": stream, **attach_transforms(local, eval_prep, data_args, bad_images)}
+    logger.info("Data: %s streamed, %d classes; %s", data_args.train_files, len(names), sizes(splits))
+    return Data(splits, names, ShardReader(shards, RowTransform(transform(False))), shards.digest())
+
+
+def size(split) -> int:
+    """The images of a split: all of a stream's shards, not this process's share."""
+    return split.shards.total if isinstance(split, ShardStream) else len(split)
+
+
+def sizes(splits: dict) -> str:
+    return ", ".join(f"{name} {size(split)}" for name, split in splits.items())

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 UPLOAD_PATTERNS = UPLOADED
 # Belt and braces behind the allow-list: training state that is large, pickled, or may hold secrets.
 NEVER_UPLOAD = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*"]
+# The Hub's Parquet export of a dataset: loaded when main does not load (a loading script), and what streams by default.
+PARQUET_REVISION = "refs/convert/parquet"
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _HIDDEN = "***"
 

@@ -41,8 +41,8 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .data import PARQUET_REVISION
 from .errors import RecipeError
+from .hub import PARQUET_REVISION
 
 INFO_NAME = "_info.json"  # beside the shards: classes and per-shard sample counts (timm's _info.json idea)
 STREAM_STATE = "stream_state.json"  # in each checkpoint folder: the stream's position
@@ -429,3 +429,16 @@ class RowTransform:
     def __call__(self, record: dict) -> dict:
         out = self.batch_transform({"image": [record["image"]], "label": [record["label"]]})
         return {"key": record["key"], **{k: v[0] for k, v in out.items()}}
+
+
+class ShardReader(IterableDataset):
+    """Every record of `shards` once, transformed (the linear probe's pass over the training set): DataLoader workers
+    take every W-th shard, so each record is read by one worker."""
+
+    def __init__(self, shards: Shards, transform: Callable[[dict], dict]):
+        self.shards, self.transform = shards, transform
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        for index in range(info.id if info else 0, len(self.shards.files), info.num_workers if info else 1):
+            yield from map(self.transform, read_shard(self.shards, index))

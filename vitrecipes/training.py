@@ -19,7 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .adaptation import parameter_groups
 from .bad_images import IGNORE_INDEX
 from .console import CompactProgress, compact_progress, keep_library_messages
-from .data import class_names
+from .data import size
 from .errors import RecipeError
 from .metrics import compute_metrics
 from .report import SplitPredictions
@@ -282,7 +282,7 @@ class WeightAverage(TrainerCallback):
 def build_trainer(model, processor, args, splits: DatasetDict, prep, data_args=None) -> RecipeTrainer:
     mixing = None
     if data_args is not None and (data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0):
-        mixing = BatchMixing(len(class_names(splits, data_args)), data_args.mixup_alpha, data_args.cutmix_alpha)
+        mixing = BatchMixing(model.config.num_labels, data_args.mixup_alpha, data_args.cutmix_alpha)
     trainer = RecipeTrainer(
         model=model,
         args=args,
@@ -309,7 +309,7 @@ def train(trainer: RecipeTrainer, mode, resume_from: str | None, probe: dict | N
         figures = {"train_runtime": probe["probe_feature_seconds"] + probe["probe_fit_seconds"]}
     trainer.model = trainer.model_wrapped = mode.finish(trainer.model)
     trainer.save_model()
-    return {**figures, "samples": len(trainer.train_dataset)}
+    return {**figures, "samples": size(trainer.train_dataset)}
 
 
 def evaluate_splits(trainer: Trainer, splits: DatasetDict) -> tuple[dict[str, dict], dict[str, SplitPredictions]]:
