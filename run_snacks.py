@@ -76,13 +76,15 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.do_train and training_args.calibrate_temperature:
         # Here: after the mode's finish (merge_lora) and the weight average (on_train_end), so the head folded is saved.
         metrics["calibration"] = calibrate(trainer.model, predictions, split_metrics)
-        trainer.save_model()
+    if training_args.do_train and (training_args.calibrate_temperature or training_args.bf16_full_eval):
+        trainer.save_model()  # the model as evaluated: under bf16_full_eval in bf16, which pipeline() then runs
     elif not training_args.do_train and (folded := folded_calibration(model_args.model_name_or_path, predictions)):
         metrics["calibration"] = folded  # the T training folded in: the reports keep saying so
     metrics.update(split_metrics, bad_images=shareable_names(bad_images.read(), data_args.dataset_name))
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     if trainer.is_world_process_zero():
         finish_run(trainer, metrics, predictions, data.names, model_args, data_args, hub, recipe_path, argv)
+    console.close_log()
     return metrics
 
 

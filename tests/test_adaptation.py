@@ -407,3 +407,36 @@ def test_feature_cache_key_follows_the_training_rows_and_the_eval_side():
     assert key != feature_cache_file(Path("cache"), model_args, prep, rows_key(rows.select([0, 1])))
     # FixRes: the evaluation side does not change the training features the probe is fitted on.
     assert prep.at_eval_size(48, 1.0).size == (48, 48) and prep.size == (32, 32)
+
+
+def test_patch_dropout_trains_on_a_random_part_of_the_patches_and_evaluates_on_all(tiny_dinov2):
+    from vitrecipes.adaptation import add_patch_dropout
+
+    model = AutoModelForImageClassification.from_pretrained(tiny_dinov2, num_labels=3)
+    add_patch_dropout(model, 0.5)
+    seen = []
+    model.dinov2.encoder.layer[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    pixels = torch.randn(2, 3, 32, 32)  # 8 px patches: 16 patches and the class token
+    model.train()(pixel_values=pixels).logits.sum().backward()
+    model.eval()(pixel_values=pixels)
+    assert seen == [1 + 8, 1 + 16]
+    assert model.dinov2.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    first = model.dinov2.embeddings(pixels)
+    torch.manual_seed(0)
+    model.train()
+    kept = model.dinov2.embeddings(pixels)
+    # The class token stays; each image keeps 8 of its own patches (different ones for each image).
+    assert torch.equal(kept[:, 0], first[:, 0]) and kept.shape == (2, 9, first.shape[-1])
+    rows = [{tuple(t.tolist()) for t in kept[i, 1:]} <= {tuple(t.tolist()) for t in first[i, 1:]} for i in range(2)]
+    assert all(rows)
+
+
+def test_patch_dropout_is_refused_for_a_model_without_patch_tokens():
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from vitrecipes.adaptation import add_patch_dropout
+
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=2))
+    with pytest.raises(RecipeError, match="patch_dropout: ResNetForImageClassification is not a ViT or DINOv2"):
+        add_patch_dropout(model, 0.5)

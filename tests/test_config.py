@@ -214,7 +214,7 @@ def test_tf32_is_switched_off_on_a_gpu_older_than_ampere(monkeypatch):
 
 
 def test_removed_speed_ups_name_themselves(tmp_path):
-    for key in ("decoded_image_cache_mib: 512", "jpeg_draft: true", "decode_ahead: false"):
+    for key in ("decoded_image_cache_mib: 512", "decode_ahead: false"):
         with pytest.raises(RecipeError, match=f"'{key.split(':')[0]}'.*removed.*delete the key"):
             parse_recipe([write(tmp_path, key + "\n")])
 

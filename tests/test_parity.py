@@ -82,6 +82,21 @@ def test_eval_image_size_is_refused_for_a_model_that_runs_at_one_size(tmp_path, 
         )  # fmt: skip
 
 
+def test_bf16_full_eval_evaluates_and_saves_in_bf16_so_pipeline_reproduces_it(tmp_path, tiny_dinov2, jpeg_folder,
+                                                                               monkeypatch):  # fmt: skip
+    from vitrecipes import hardware
+
+    monkeypatch.setattr(hardware, "native_cpu_bf16", lambda: True)  # as on this project's CPUs (AMX)
+    monkeypatch.setenv("VITRECIPES_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    run_snacks.main(
+        ["--model_name_or_path", str(tiny_dinov2), "--dataset_name", str(jpeg_folder), "--output_dir", str(out),
+         "--adaptation", "lp_ft", "--max_steps", "2", "--bf16", "--bf16_full_eval", "--use_cpu", "--report_to", "none"]
+    )  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"  # pipeline() loads it in bf16
+    _pipeline_matches_evaluation(out, DataArguments(dataset_name=str(jpeg_folder)))
+
+
 @pytest.mark.skipif(not (SNACKS.is_dir() and DINOV2.is_dir()), reason="needs ../shared snacks data and DINOv2 model")
 def test_pipeline_matches_evaluation_for_dinov2_on_real_snacks_photos(tmp_path, monkeypatch):
     monkeypatch.setenv("VITRECIPES_CACHE", str(tmp_path / "cache"))

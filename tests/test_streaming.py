@@ -506,3 +506,67 @@ def test_two_processes_train_from_uneven_shards_and_resume(tmp_path, colour_shar
         assert _decoded(tmp_path / f"decoded-resumed-{rank}") == sorted(k for b in after for k in b)
     state = json.loads((tmp_path / "full" / "checkpoint-3" / "stream_state.json").read_text())
     assert (state["epoch"], state["batches"], state["world_size"], state["num_workers"]) == (1, 2, 2, 2)
+
+
+# ---- The recipe keys: run_snacks.py on shards.
+
+
+def _digits_shards(root: Path) -> Path:
+    from vitrecipes.data import builtin_digits
+
+    write_shards(builtin_digits(), root, 130, "builtin:digits")  # uneven: 10 train shards, the last of 27 images
+    return root
+
+
+def test_a_two_process_streamed_run_finishes_and_counts_every_evaluation_image_once(tmp_path):
+    shards, out = _digits_shards(tmp_path / "shards"), tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "run_snacks.py", "recipes/smoke.yaml",
+        "--train_files", str(shards / "train-*.tar"), "--validation_files", str(shards / "validation-*.tar"),
+        "--test_files", str(shards / "test-*.tar"), "--streaming", "true", "--gradient_accumulation_steps", "2",
+        "--dataloader_num_workers", "1", "--num_train_epochs", "1", "--output_dir", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["validation"]["samples"] == metrics["test"]["samples"] == 300  # each image once, no padding
+    assert metrics["data"]["splits"] == {"train": 1197, "validation": 300, "test": 300}
+    # 1197 // (2 processes x 32) = 18 batches a process; accumulation 2: 9 optimizer steps, the same on both.
+    assert metrics["train"]["global_step"] == 9 and metrics["effective_batch_size"] == 128
+    assert (out / "checkpoint-9" / "stream_state.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--streaming", "true"], "streaming: true needs train_files"),
+        (["--streaming", "true", "--validation_files", "v-*.tar", "--max_train_samples", "5"],
+         "max_train_samples: it needs random access"),
+        (["--streaming", "true", "--validation_files", "v-*.tar", "--verify_images", "true"],
+         "verify_images: it needs random access"),
+        (["--streaming", "true"], "without validation_files, validation would be carved"),
+    ],
+)  # fmt: skip
+def test_keys_that_need_random_access_are_refused_for_a_stream(tmp_path, args, message):
+    from vitrecipes.config import parse_recipe
+
+    train = [] if message.startswith("streaming: true needs") else ["--train_files", "t-*.tar"]
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(["recipes/smoke.yaml", *train, *args, "--output_dir", str(tmp_path / "out")])
+
+
+def test_train_files_on_the_command_line_take_over_from_the_recipes_dataset(tmp_path):
+    from vitrecipes.config import parse_recipe
+
+    shards = _digits_shards(tmp_path / "shards")
+    files = ["--train_files", str(shards / "train-*.tar"), "--validation_files", str(shards / "validation-*.tar")]
+    _, data_args, training_args, _ = parse_recipe(["recipes/smoke.yaml", *files])
+    assert data_args.dataset_name == str(shards)  # what the card and metrics name: the shards' folder
+    assert "train_files (command line) take over from the recipe's dataset_name builtin:digits" in " ".join(
+        training_args.gpu_settings_switched_off
+    )
+    recipe = tmp_path / "both.yaml"
+    recipe.write_text(f"dataset_name: builtin:digits\ntrain_files: [{shards / 'train-*.tar'}]\n")
+    with pytest.raises(RecipeError, match="sets both dataset_name and train_files"):
+        parse_recipe([str(recipe)])

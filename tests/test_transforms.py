@@ -196,3 +196,17 @@ def test_dataloader_workers_transform_batches(tmp_path, start_method):
     batches = list(loader)
     assert [b["pixel_values"].shape for b in batches] == [(4, 3, 32, 32)] * 2
     assert sorted(torch.cat([b["labels"] for b in batches]).tolist()) == list(range(8))
+
+
+def test_jpeg_draft_decodes_the_train_split_small_and_evaluation_whole(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 384, 3), dtype=np.uint8)).save(photo, quality=90)
+    assert load_rgb(str(photo), draft=(32, 32)).size == (48, 32)  # 1/8: the smallest scale still covering 32 px
+    drafted, whole = (Preprocessing((32, 32), [0.5] * 3, [0.5] * 3, resize_to=32, jpeg_draft=d) for d in (True, False))
+    rows = {"image": [{"path": str(photo), "bytes": None}], "label": [0]}
+
+    def pixels(prep, split):
+        return prep.batch_transform(False, "image", "label", split)(rows)["pixel_values"][0]
+
+    assert torch.equal(pixels(drafted, "validation"), pixels(whole, "validation"))  # what pipeline() sees: whole
+    assert not torch.equal(pixels(drafted, "train"), pixels(whole, "train"))  # training and the probe: drafted

@@ -221,6 +221,29 @@ def freeze_unused(model: nn.Module, size: tuple[int, int]) -> list[str]:
     return list(unused)
 
 
+def add_patch_dropout(model: nn.Module, rate: float) -> None:
+    """PatchDropout (Liu et al., 2022): in each training step every image keeps a random (1 - rate) of its patch tokens
+    (the class and register tokens always stay), so a step costs about that much less. Evaluation sees every patch."""
+    embeddings = getattr(getattr(model, model.base_model_prefix, None), "embeddings", None)
+    if embeddings is None or model.config.model_type not in ("vit", "dinov2", "dinov2_with_registers"):
+        raise RecipeError(
+            f"patch_dropout: {type(model).__name__} is not a ViT or DINOv2 model, whose token sequence (a class token, "
+            "registers, then one token per patch) it knows. Set patch_dropout: 0 for this model."
+        )
+    first = 1 + getattr(model.config, "num_register_tokens", 0)
+
+    def drop(module, inputs, tokens: torch.Tensor) -> torch.Tensor:
+        if not module.training:
+            return tokens
+        patches = tokens[:, first:]
+        keep = max(1, round(patches.shape[1] * (1 - rate)))
+        chosen = torch.rand(patches.shape[:2], device=tokens.device).argsort(dim=1)[:, :keep]
+        kept = patches.gather(1, chosen.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        return torch.cat([tokens[:, :first], kept], dim=1)
+
+    embeddings.register_forward_hook(drop)
+
+
 def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_modules: list[str]):
     """Wrap `model` with peft LoRA adapters; the classification head trains in full."""
     from peft import LoraConfig, get_peft_model
@@ -318,6 +341,8 @@ def adapt(model: nn.Module, args, training_args, prep, data, resume_from=None) -
     """`model` made ready to train as its mode says; with a probe, and no checkpoint to resume, its head fitted first on
     `data.probe` (the training images through the evaluation transform). Returns the model and the probe's figures."""
     mode = MODES[args.adaptation]
+    if args.patch_dropout:
+        add_patch_dropout(model, args.patch_dropout)
     model = mode.prepare(model, args)
     freeze_unused(model, prep.size)  # so that DDP keeps its fast path (no find_unused_parameters)
     if not mode.probe or resume_from is not None:

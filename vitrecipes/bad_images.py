@@ -62,7 +62,7 @@ class BadImageLog:
 def readable(value, split: str, log: Path | None, max_pixels: int | None = None) -> bool:
     """`verify_images`' filter: whether `value` decodes; the log records it when it does not."""
     try:
-        load_rgb(value, max_pixels, draft=True)
+        load_rgb(value, max_pixels, draft=(64, 64))  # a check only: 1/8 scale, but the whole stream is read
     except DECODE_ERRORS as error:
         cause = f"left out by verify_images: {type(error).__name__}: {error}"
         BadImageLog(log).record(split, describe(value), cause, enforce_limit=False)

@@ -39,6 +39,7 @@ _POSITIVE = (lambda v: v > 0, "be positive")
 # Every number key must also be finite; one not listed here must fit in 64 bits (_check_limits).
 _LIMITS = {
     "drop_path_rate": (lambda v: 0 <= v < 1, "lie in [0, 1) (the chance that a block is skipped)"),
+    "patch_dropout": (lambda v: 0 <= v < 1, "lie in [0, 1) (the fraction of patch tokens dropped)"),
     **dict.fromkeys(("image_size", "eval_image_size"), (lambda v: 8 <= v <= 2**14, "be a side in pixels (8 to 16384)")),
     **dict.fromkeys(("mixup_alpha", "cutmix_alpha"), (lambda v: v >= 0, "be 0 (off) or positive")),
     "random_erasing": (lambda v: 0 <= v <= 1, "lie in [0, 1] (a probability)"),
@@ -106,6 +107,7 @@ class _ModelKeys:
     image_size: int | None = _key(None, "Model input side in pixels (e.g. 112 on CPUs); null: the processor's.")
     eval_image_size: int | None = _key(None, "Evaluate and serve at this side (FixRes); null: the training side.")
     drop_path_rate: float | None = _key(None, "Stochastic depth, for configs that have drop_path_rate.")
+    patch_dropout: float = _key(0.0, "Fraction of patch tokens each training image drops (PatchDropout); 0: off.")
 
 
 @dataclass
@@ -159,6 +161,7 @@ class DataArguments:
     verify_images: bool = _key(False, "Decode every image once before training and leave the bad ones out.")
     max_image_pixels: int = _key(89_478_485, "Images with more pixels are bad (Pillow's decompression-bomb limit).")
     eval_crop_pct: float = _key(1.0, "Eval: resize the shorter side to size / eval_crop_pct, centre-crop to size.")
+    jpeg_draft: bool = _key(False, "Decode training JPEGs at 1/2-1/8 scale where that still covers the input side.")
     train_files: list[str] | None = _key(None, "Train on these shards (.tar / .parquet globs, or a Hub id).")
     validation_files: list[str] | None = _key(None, "Shards of the validation split (globs, or a Hub id).")
     test_files: list[str] | None = _key(None, "Shards of the test split (globs, or a Hub id).")
@@ -348,7 +351,7 @@ class RecipeParser(HfArgumentParser):
 
 _IN_5 = "It was renamed or removed in transformers 5; use"
 _GONE = "It was removed (its speed-up was below the benchmark's noise); delete the key."
-_REMOVED = ("reuse_freed_memory", "dataloader_worker_niceness", "jpeg_draft", "decoded_image_cache_mib", "decode_ahead")
+_REMOVED = ("reuse_freed_memory", "dataloader_worker_niceness", "decoded_image_cache_mib", "decode_ahead")
 # Keys of transformers 4 recipes, and keys that older resolved recipes of this project hold.
 _RENAMED_KEYS = {
     "warmup_ratio": f"{_IN_5} warmup_steps (a value below 1 is read as a fraction of all steps).",
@@ -543,6 +546,7 @@ TRAINER_LOOP_KEYS = (
     "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end",
     "metric_for_best_model", "greater_is_better", "logging_strategy", "logging_steps", "logging_first_step",
     "mixup_alpha", "cutmix_alpha", "ema_decay", "layer_decay", "head_learning_rate_multiplier", "drop_path_rate",
+    "patch_dropout",
     "train_augmentation", "random_resized_crop_scale", "horizontal_flip", "auto_augment", "random_erasing",
 )  # fmt: skip
 # Keys that act only when loading a checkpoint; a from-scratch model takes its sizes from config_overrides.

@@ -60,11 +60,17 @@ def log_to(path: Path) -> Path:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
-    root = logging.getLogger()
-    if "file" in _handlers:
-        root.removeHandler(_handlers.pop("file"))
-    root.addHandler(_handlers.setdefault("file", handler))
+    close_log()
+    logging.getLogger().addHandler(_handlers.setdefault("file", handler))
     return path
+
+
+def close_log() -> None:
+    """Stop writing to the run's log file (the next run, in this process, writes its own)."""
+    if "file" in _handlers:
+        handler = _handlers.pop("file")
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def show(*lines: str) -> None:

@@ -13,7 +13,8 @@ from .errors import RecipeError
 
 # key -> why it is switched off without a CUDA GPU
 GPU_ONLY_SETTINGS = {
-    "bf16": "this CPU has no native bf16 (AMX or AVX512-BF16), so bf16 autocast would be emulated and slower than fp32",
+    **dict.fromkeys(("bf16", "bf16_full_eval"), "this CPU has no native bf16 (AMX or AVX512-BF16), so bf16 would be "
+                    "emulated and slower than fp32"),
     "tf32": "TF32 matmuls exist only on NVIDIA Ampere and newer GPUs",
     "torch_compile": "compiling takes minutes on a CPU and rarely pays off there",
 }
@@ -34,10 +35,13 @@ def switch_off_gpu_only_settings(values: dict[str, Any]) -> list[str]:
     for key, why in GPU_ONLY_SETTINGS.items():
         if not values.get(key):
             continue
-        if key == "bf16" and native_cpu_bf16():
-            if values.get("use_cpu") and values.get("do_train", True):
-                notes.append(f"bf16: kept, this CPU computes bf16 natively ({CPU_BF16}); training runs in bf16, "
-                             "the final evaluation in fp32.")  # fmt: skip
+        if key.startswith("bf16") and native_cpu_bf16():
+            if values.get("use_cpu") and (values.get("do_train", True) or key == "bf16_full_eval"):
+                evaluation = "bf16, and the model is saved in bf16, as pipeline() then runs it" if values.get(
+                    "bf16_full_eval") else "fp32"  # fmt: skip
+                what = "training runs in bf16, the final" if key == "bf16" else "the final"
+                notes.append(f"{key}: kept, this CPU computes bf16 natively ({CPU_BF16}); {what} evaluation in "
+                             f"{evaluation}.")  # fmt: skip
                 continue
             # TrainingArguments refuses bf16 without a GPU unless use_cpu is set; evaluation alone stays fp32.
             why = "an evaluation-only run evaluates in fp32" if values.get("use_cpu") else (

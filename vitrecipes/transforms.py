@@ -66,6 +66,7 @@ class Preprocessing:
     std: list[float]
     resize_to: int = 224  # eval: the shorter side is resized to this, then centre-cropped to `size`
     train_transform: Any = None  # see `train_augmentation`; None: training uses the eval transform
+    jpeg_draft: bool = False  # decode the train split's JPEGs at the smallest DCT scale that covers `size`
 
     @classmethod
     def build(cls, processor, data_args: DataArguments, mean=None, std=None, image_size=None) -> Preprocessing:
@@ -74,7 +75,7 @@ class Preprocessing:
         mean = list(mean or getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5])
         std = list(std or getattr(processor, "image_std", None) or [0.5, 0.5, 0.5])
         resize_to = int(round(max(size) / data_args.eval_crop_pct))
-        return cls(size, mean, std, resize_to, train_augmentation(data_args, size, mean))
+        return cls(size, mean, std, resize_to, train_augmentation(data_args, size, mean), data_args.jpeg_draft)
 
     def at_eval_size(self, side: int | None, crop_pct: float) -> Preprocessing:
         """The same evaluation view at another input side; training keeps its own."""
@@ -127,9 +128,11 @@ class Preprocessing:
 
     def _rows(self, train, columns, split, bad_images, max_pixels, batch: dict[str, list]) -> dict:
         pixels, labels = [], []
+        # The train split only (training, the probe's features): evaluation and pipeline() decode images whole.
+        draft = (max(self.size),) * 2 if self.jpeg_draft and split == "train" else None
         for value, label in zip(batch[columns[0]], batch[columns[1]]):
             try:
-                image = tvF.pil_to_tensor(load_rgb(value, max_pixels))
+                image = tvF.pil_to_tensor(load_rgb(value, max_pixels, draft))
                 pixels.append(self.train_uint8(image) if train else self.eval_uint8(image))
                 labels.append(label)
             except DECODE_ERRORS as error:
