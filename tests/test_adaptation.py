@@ -392,6 +392,8 @@ def test_saved_model_is_the_moving_average_of_the_weights(tmp_path, tiny_dinov2,
 def test_feature_cache_key_follows_the_training_rows_and_the_eval_side():
     # The key reads datasets' private Dataset._fingerprint (checked with datasets 5.2.0): this fails if it goes
     # away or stops following the rows.
+    from dataclasses import replace
+
     from datasets import Dataset
 
     from vitrecipes.adaptation import feature_cache_file
@@ -405,6 +407,7 @@ def test_feature_cache_key_follows_the_training_rows_and_the_eval_side():
     key = feature_cache_file(Path("cache"), model_args, prep, rows_key(rows))
     assert key == feature_cache_file(Path("cache"), model_args, prep, rows_key(Dataset.from_dict({"label": [0, 1, 2]})))
     assert key != feature_cache_file(Path("cache"), model_args, prep, rows_key(rows.select([0, 1])))
+    assert key != feature_cache_file(Path("cache"), model_args, replace(prep, jpeg_draft=True), rows_key(rows))
     # FixRes: the evaluation side does not change the training features the probe is fitted on.
     assert prep.at_eval_size(48, 1.0).size == (48, 48) and prep.size == (32, 32)
 

@@ -512,9 +512,8 @@ def test_two_processes_train_from_uneven_shards_and_resume(tmp_path, colour_shar
 
 
 def _digits_shards(root: Path) -> Path:
-    from vitrecipes.data import builtin_digits
-
-    write_shards(builtin_digits(), root, 130, "builtin:digits")  # uneven: 10 train shards, the last of 27 images
+    splits = load_splits(DataArguments(dataset_name="builtin:digits"))
+    write_shards(splits, root, 130, "builtin:digits")  # uneven: 10 train shards, the last of 27 images
     return root
 
 

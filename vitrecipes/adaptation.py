@@ -140,6 +140,7 @@ def feature_cache_file(root: Path, model_args, prep, images_key: str, bf16: bool
         "revision": model_args.model_revision,
         "weights": [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
         "transform": [list(prep.size), prep.resize_to, list(prep.mean), list(prep.std)],
+        **({"jpeg_draft": True} if getattr(prep, "jpeg_draft", False) else {}),  # drafted pixels differ a little
         "images": images_key,
     }
     if bf16:  # features computed under bf16 autocast differ a little from fp32 ones
