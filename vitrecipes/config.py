@@ -24,6 +24,7 @@ from transformers.hf_argparser import string_to_bool
 from .adaptation import ADAPTATIONS
 from .errors import RecipeError, cause
 from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_only_settings
+from .images import MAX_IMAGE_PIXELS
 from .outputs import require_model_folder
 
 
@@ -138,7 +139,9 @@ class DataArguments:
     cutmix_alpha: float = _key(0.0, "CutMix on training batches with this alpha; 0: off.")
     max_bad_images: float = _key(0.01, "Unreadable images tolerated per split: a fraction below 1, else a count.")
     verify_images: bool = _key(False, "Decode every image once before training and leave the bad ones out.")
-    max_image_pixels: int = _key(89_478_485, "Images with more pixels are bad (Pillow's decompression-bomb limit).")
+    max_image_pixels: int = _key(
+        MAX_IMAGE_PIXELS, "Images with more pixels are bad (Pillow's decompression-bomb limit)."
+    )
     eval_crop_pct: float = _key(1.0, "Eval: resize the shorter side to size / eval_crop_pct, centre-crop to size.")
 
     def __post_init__(self):

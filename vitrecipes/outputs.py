@@ -4,6 +4,7 @@ resume a crashed run from its last complete checkpoint, refuse a finished or dif
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -189,9 +190,83 @@ def require_model_folder(folder: str | Path, what: str, advice: str, weights: bo
     if not (folder / "config.json").is_file():
         raise RecipeError(f"{what}: {folder} holds no saved model (config.json). {advice}")
     if weights and not any(folder.glob("*.safetensors")):
+        if not any(folder.glob("pytorch_model*.bin")):
+            raise RecipeError(f"{what}: {folder} holds no model weights (model.safetensors). {advice}")
         raise RecipeError(
             f"{what}: {folder} holds no model.safetensors. Only safetensors weights are loaded, because pickled "
             "weights (pytorch_model.bin) can run code when loaded. Convert it once, in a trusted environment: load "
             "it with from_pretrained and call save_pretrained (which writes safetensors)."
         )
     return folder
+
+
+def refuse_shipped_code(folder: str | Path, what: str, allow: str = "add --trust_remote_code") -> None:
+    """A RecipeError for a model folder that ships its own code (auto_map in config.json or preprocessor_config.json),
+    raised before transformers is asked: on a terminal it would offer to run that code, and run it on a `y`."""
+    for name in ("config.json", "preprocessor_config.json"):
+        try:
+            shipped = json.loads((Path(folder) / name).read_text(encoding="utf-8")).get("auto_map")
+        except (OSError, ValueError, AttributeError):  # no such file, or not a JSON object: loading explains that
+            shipped = None
+        if shipped:
+            raise RecipeError(
+                f"{what}: {folder} ships its own code (the Python files that auto_map in its {name} names), which "
+                f"is not run unless you allow it. Read that code; if you trust it, {allow}."
+            )
+
+
+# The ONNX export (onnx_export.py), in transformers.js's layout, and the files besides the weights it is made from.
+ONNX_DIR, FP32_FILE, INT8_FILE, PARITY_FILE = "onnx", "model.onnx", "model_quantized.onnx", "parity.json"
+_EXPORTED_FROM = ("config.json", "preprocessor_config.json")
+
+
+def export_inputs(folder: Path) -> dict[str, str]:
+    """sha256 of each file an export is made from and `predict.py --backend onnx` reads: the weights, config.json
+    (id2label) and preprocessor_config.json."""
+    digests = {}
+    for path in sorted(folder.glob("*.safetensors")) + [folder / name for name in _EXPORTED_FROM]:
+        if path.is_file():
+            with path.open("rb") as file:
+                digests[path.name] = hashlib.file_digest(file, "sha256").hexdigest()
+    return digests
+
+
+def read_parity(folder: str | Path) -> dict | None:
+    """onnx/parity.json, or None when there is none (or it is not JSON)."""
+    try:
+        return json.loads((Path(folder) / ONNX_DIR / PARITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def has_export(folder: str | Path) -> bool:
+    return any((Path(folder) / ONNX_DIR / name).is_file() for name in (FP32_FILE, INT8_FILE, PARITY_FILE))
+
+
+def stale_export(folder: Path) -> str | None:
+    """Why onnx/ is not a whole export of the folder's current files (what is missing or changed), or None."""
+    for name in (FP32_FILE, INT8_FILE, PARITY_FILE):
+        if not (folder / ONNX_DIR / name).is_file():
+            return f"{ONNX_DIR}/{name} is missing (an export that did not finish)"
+    recorded = (read_parity(folder) or {}).get("inputs_sha256")
+    if not isinstance(recorded, dict):
+        return f"{ONNX_DIR}/{PARITY_FILE} does not record the files it was exported from (an older export.py wrote it)"
+    now = export_inputs(folder)
+    changed = sorted(name for name in recorded.keys() | now.keys() if recorded.get(name) != now.get(name))
+    return f"{', '.join(changed)} changed since it was exported" if changed else None
+
+
+def current_export(folder: Path) -> tuple[dict | None, str | None]:
+    """(parity.json if onnx/ is a whole export of the folder's current files, else None; why not, if it holds one)."""
+    stale = stale_export(folder)
+    return None if stale else read_parity(folder), stale if has_export(folder) else None
+
+
+def require_fresh_export(folder: Path, then: str = "") -> None:
+    """A RecipeError when onnx/ holds an export that is not of the folder's current files: it would be served (or
+    pushed) as if it were the model."""
+    if reason := current_export(folder)[1]:
+        raise RecipeError(
+            f"The ONNX export in {folder / ONNX_DIR} is stale: {reason}, so it may not answer as the model does. "
+            f"Export it again: python export.py {folder} --overwrite{then}."
+        )
