@@ -257,13 +257,13 @@ def test_a_model_that_ships_its_own_code_is_refused_unless_trusted(model_dir, va
     asked = []
     monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "y")  # a user answering y
     image = str(sorted(validation_dir.glob("four/*.png"))[0])
-    for run in (lambda *extra: predict_script.main(["--model", str(folder), image, *extra]),
-                lambda *extra: predict_script.main(["--model", str(folder), image, "--backend", "onnx", *extra]),
-                lambda *extra: export_script.main([str(folder), "--images", image, *extra]),
-                lambda *extra: demo_script.main([str(folder), *extra])):  # fmt: skip
-        assert run() == 2
+    for what, script, argv in (("--model", predict_script, ["--model", str(folder), image]),
+                               ("--model", predict_script, ["--model", str(folder), image, "--backend", "onnx"]),
+                               ("OUTPUT_DIR", export_script, [str(folder), "--images", image]),
+                               ("OUTPUT_DIR", demo_script, [str(folder), "--examples", "2"])):  # fmt: skip
+        assert script.main(argv) == 2
         err = capsys.readouterr().err
-        assert f"{folder} ships its own code (the Python files that auto_map in its config.json names)" in err
+        assert f"{what}: {folder} ships its own code (the Python files that auto_map in its config.json names)" in err
         assert "add --trust_remote_code" in err and "Traceback" not in err
     assert asked == [] and not marker.exists()
     assert predict_script.main(["--model", str(folder), image, "--json", "--trust_remote_code"]) == 0
