@@ -273,3 +273,7 @@ def test_a_model_that_ships_its_own_code_is_refused_unless_trusted(model_dir, va
     argv = ["--model", str(folder), image, "--backend", "onnx", "--json", "--trust_remote_code"]
     assert predict_script.main(argv) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["label"] == expected["label"]
+    import gradio  # the app is built with the shipped model; serving it is test_demo.py's part
+
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **options: None)
+    assert demo_script.main([str(folder), "--trust_remote_code"]) == 0
