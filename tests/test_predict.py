@@ -257,6 +257,13 @@ def test_a_model_that_ships_its_own_code_is_refused_unless_trusted(model_dir, va
     asked = []
     monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "y")  # a user answering y
     image = str(sorted(validation_dir.glob("four/*.png"))[0])
+    # Its model_type without the code (no auto_map): transformers' raw ValueError becomes one paragraph.
+    unknown = Path(shutil.copytree(folder, tmp_path / "unknown", ignore=shutil.ignore_patterns("custom.py")))
+    (unknown / "config.json").write_text(json.dumps({**config, "model_type": "evilnet"}))
+    assert export_script.main([str(unknown), "--images", image]) == 2
+    err = capsys.readouterr().err
+    assert f"{unknown}: transformers could not load its ModelForImageClassification (ValueError: " in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     for what, script, argv in (("--model", predict_script, ["--model", str(folder), image]),
                                ("--model", predict_script, ["--model", str(folder), image, "--backend", "onnx"]),
                                ("OUTPUT_DIR", export_script, [str(folder), "--images", image]),
