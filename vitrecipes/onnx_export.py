@@ -260,7 +260,7 @@ def export_folder(output_dir: str | Path, split: str | None = None, images: list
     folder = require_model_folder(output_dir, "OUTPUT_DIR", _ADVICE)
     if not trust_remote_code:
         refuse_shipped_code(folder, "OUTPUT_DIR")
-    onnx_dir, inputs, stale = folder / ONNX_DIR, export_inputs(folder), stale_export(folder)
+    onnx_dir, stale = folder / ONNX_DIR, stale_export(folder)
     files = [onnx_dir / FP32_FILE, onnx_dir / INT8_FILE]
     if not overwrite and not stale:
         log(f"Kept the ONNX export in {onnx_dir}: it is of these weights, config and image processor "
@@ -280,6 +280,7 @@ def export_folder(output_dir: str | Path, split: str | None = None, images: list
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bar
+    inputs = export_inputs(folder)  # the files as they are read next
     model = load_saved(AutoModelForImageClassification, folder, trust_remote_code, use_safetensors=True).eval()
     processor = load_saved(AutoImageProcessor, folder, trust_remote_code)
     pictures, labels, source = parity_images(folder, split, images)
