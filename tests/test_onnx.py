@@ -167,6 +167,9 @@ def test_a_stale_export_is_refused_and_export_makes_it_again(onnx_run, images, t
     assert "does not record the files it was exported from" in _one_paragraph(capsys.readouterr().err)
     assert _export(folder, images) == 0
     assert "Exporting again: onnx/parity.json does not record" in capsys.readouterr().out
+    (folder / "onnx" / "model_quantized.onnx").unlink()  # an export cut short, or a file lost: not kept either
+    assert _export(folder, images) == 0
+    assert "Exporting again: onnx/model_quantized.onnx is missing" in capsys.readouterr().out
     assert _export(folder, images) == 0
     assert "Kept the ONNX export" in capsys.readouterr().out
 
