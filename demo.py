@@ -5,7 +5,8 @@
     python demo.py outputs/smoke --examples 6        # with 6 images of the run's validation split to click
     python demo.py outputs/smoke --share             # also a public gradio.live link (never without --share)
 
-Exit status 2 for a folder that holds no model, or when gradio is not installed.
+Exit status 2 for a folder that holds no model, a model that ships its own code (without --trust_remote_code),
+or when gradio is not installed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Split they come from (default validation).",
     )
     parser.add_argument("--share", action="store_true", help="Also serve a public link through gradio.live.")
+    parser.add_argument(
+        "--trust_remote_code", action="store_true", help="Run code the model folder ships (only code you have read)."
+    )
     return parser.parse_args(argv)
 
 
@@ -39,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported: no telemetry, no update check
     try:
-        from vitrecipes.artifacts import require_model_folder
+        from vitrecipes.artifacts import refuse_shipped_code, require_model_folder
 
         advice = "Give the output folder of a training run, e.g. outputs/smoke (from recipes/smoke.yaml)."
         folder = require_model_folder(args.output_dir, "OUTPUT_DIR", advice)
+        if not args.trust_remote_code:
+            refuse_shipped_code(folder, "OUTPUT_DIR")
         try:
             import gradio  # noqa: F401
         except ImportError as error:
@@ -52,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             ) from None
         from vitrecipes.demo import build_demo, example_images
 
-        demo = build_demo(folder, example_images(folder, args.examples_split, args.examples))
+        examples = example_images(folder, args.examples_split, args.examples)
+        demo = build_demo(folder, examples, trust_remote_code=args.trust_remote_code)
     except RecipeError as error:
         print(f"\nError: {error}\n", file=sys.stderr)
         return 2

@@ -3,9 +3,11 @@
 
     python export.py outputs/smoke                    # parity on the run's test split
     python export.py outputs/smoke --images photos/   # or on these images
-    python export.py outputs/smoke --overwrite        # export again even if the weights have not changed
+    python export.py outputs/smoke --overwrite        # export again although nothing has changed
 
-Writes OUTPUT_DIR/onnx/model.onnx, onnx/model_quantized.onnx and onnx/parity.json (transformers.js's layout).
+Writes OUTPUT_DIR/onnx/model.onnx, onnx/model_quantized.onnx and onnx/parity.json (transformers.js's layout), and
+brings the ONNX section of the folder's model card (README.md) up to date. An export is kept while the weights,
+config.json and preprocessor_config.json it was made from are unchanged, and made again when one has changed.
 Exit status: 0 exported (or kept), 2 a usage error, a failed export or fp32 disagreeing with PyTorch.
 """
 
@@ -23,13 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", help="Split of the run's dataset to check parity on (default: test).")
     parser.add_argument("--images", nargs="+", help="Image files or folders to check parity on instead.")
     parser.add_argument(
-        "--overwrite", action="store_true", help="Export again even if an export of these weights exists."
+        "--overwrite", action="store_true", help="Export again even if an export of these files exists."
+    )
+    parser.add_argument(
+        "--trust_remote_code", action="store_true", help="Run code the model folder ships (only code you have read)."
     )
     args = parser.parse_args(argv)
     from vitrecipes.onnx_export import export_folder  # after parsing: --help answers without loading torch
 
     try:
-        export_folder(args.output_dir, split=args.split, images=args.images, overwrite=args.overwrite)
+        trust = args.trust_remote_code
+        export_folder(args.output_dir, args.split, args.images, args.overwrite, trust_remote_code=trust)
+        from vitrecipes.card import refresh_onnx_section
+
+        if note := refresh_onnx_section(args.output_dir):
+            print(note)
     except RecipeError as error:
         print(f"\nError: {error}\n", file=sys.stderr)
         return 2

@@ -5,8 +5,9 @@
     python predict.py --model outputs/smoke photos/ --json > predictions.jsonl
     python predict.py --model outputs/smoke photos/ --backend onnx --quantized   # after python export.py
 
-Exit status: 0 when every image was classified, 1 when some could not be read (each gets an error
-line), 2 for a usage error such as a missing model folder.
+Exit status: 0 when every image was classified, 1 when some could not be read or were too big (each gets an
+error line), 2 for a usage error such as a missing model folder, a model that ships its own code (without
+--trust_remote_code) or an ONNX export older than the model's files.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: the GPU if there is one).")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="onnx: the exported onnx/ files.")
     parser.add_argument("--quantized", action="store_true", help="With --backend onnx: onnx/model_quantized.onnx.")
+    parser.add_argument(
+        "--trust_remote_code", action="store_true", help="Run code the model folder ships (only code you have read)."
+    )
     args = parser.parse_args(argv)
     if args.quantized and args.backend != "onnx":
         parser.error("--quantized needs --backend onnx")
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend == "onnx":
             from vitrecipes.onnx_export import OnnxClassifier
 
-            return run_cli(args, OnnxClassifier(args.model, args.quantized))
+            return run_cli(args, OnnxClassifier(args.model, args.quantized, args.trust_remote_code))
         return run_cli(args)
     except RecipeError as error:
         print(f"\nError: {error}\n", file=sys.stderr)

@@ -3,10 +3,11 @@
 
     python push_to_hub.py outputs/smoke --hub_model_id your-name/vit-digits-smoke [--private]
 
-Uploads the model, image processor, metrics.json, resolved_recipe.yaml and README.md (the model
-card, written first if the folder has none; --new_card rewrites it). Checkpoints and training
-state stay local. The token comes from --token, else huggingface_hub finds it (HF_TOKEN or
-`hf auth login`); prefer the last two, since a command-line argument is visible to other users.
+Uploads the model, image processor, metrics.json, resolved_recipe.yaml, the ONNX export (refused when
+it is stale) and README.md (the model card, written first if the folder has none; --new_card rewrites it;
+its ONNX section is brought up to date). Checkpoints and training state stay local. The token comes from
+--token, else huggingface_hub finds it (HF_TOKEN or `hf auth login`); prefer the last two, since a
+command-line argument is visible to other users.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from vitrecipes.artifacts import CARD_NAME
-    from vitrecipes.card import RunFiles, write_model_card
+    from vitrecipes.card import RunFiles, refresh_onnx_section, write_model_card
     from vitrecipes.hub import push_output_dir
 
     try:
         RunFiles.read(args.output_dir)  # refuse a folder without a model before touching the network
         if args.new_card or not (Path(args.output_dir) / CARD_NAME).is_file():
             write_model_card(args.output_dir, repo_id=args.hub_model_id, license=args.license)
+        elif note := refresh_onnx_section(args.output_dir):  # an export made after the card was written
+            print(note, file=sys.stderr)
         url = push_output_dir(args.output_dir, args.hub_model_id, private=args.private, token=args.token)
     except RecipeError as error:
         print(f"\nError: {error}\n", file=sys.stderr)

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
 START_LIMIT_S = 600  # only catches a hang: the app is polled, so a fast start is not waited for
@@ -120,7 +122,30 @@ def test_the_running_app_answers_with_the_pipelines_top_label(client, image, pip
 
     result = client.predict(handle_file(str(image)), api_name="/predict")
     assert result["label"] == pipeline_top
-    assert 1 <= len(result["confidences"]) <= 5
+    assert len(result["confidences"]) == 5  # the top 5 of the 10 classes
+
+
+def test_the_app_listens_on_this_machine_only(app):
+    """Bound to 127.0.0.1, not to every interface (0.0.0.0): requests to 127.0.0.1 would not notice the difference."""
+    import psutil
+
+    port = urllib.parse.urlsplit(app).port
+    listening = psutil.net_connections(kind="inet")
+    assert {c.laddr.ip for c in listening if c.status == psutil.CONN_LISTEN and c.laddr.port == port} == {"127.0.0.1"}
+
+
+def test_nothing_is_shared_without_share(model_dir, monkeypatch):
+    """gradio.live cannot be reached from here, so launch() is recorded instead of run (`app` runs the real one)."""
+    import gradio
+
+    import demo as demo_script
+
+    launches = []
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **options: launches.append(options))
+    assert demo_script.main([str(model_dir)]) == 0 and demo_script.main([str(model_dir), "--share"]) == 0
+    assert [(options.get("server_name"), options.get("share")) for options in launches] == [
+        ("127.0.0.1", False), ("127.0.0.1", True)
+    ]  # fmt: skip
 
 
 def test_a_real_browser_uploads_an_image_and_shows_the_pipelines_top_label(app, image, pipeline_top):
@@ -145,6 +170,10 @@ def test_bad_input_gets_one_paragraph(client, tmp_path, model_dir, monkeypatch, 
     notes.write_text("not a photo")
     with pytest.raises(AppError, match=r"notes\.txt could not be read as an image \(UnidentifiedImageError"):
         client.predict(handle_file(str(notes)), api_name="/predict")
+    big = tmp_path / "big.png"
+    Image.new("1", (10_000, 9_000)).save(big)  # above training's pixel limit: refused from its header, as in predict
+    with pytest.raises(AppError, match=r"big\.png could not be read as an image \(DecompressionBombError: 10000x9000"):
+        client.predict(handle_file(str(big)), api_name="/predict")
 
     assert demo_script.main([str(tmp_path)]) == 2
     assert f"OUTPUT_DIR: {tmp_path} holds no saved model (config.json)" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from huggingface_hub import HfApi, ModelCard, RepoUrl, metadata_load
 from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.utils import filter_repo_objects
 
+import export as export_script
 import push_to_hub as push_script
 from vitrecipes.card import BASE_TAGS, build_model_card, finish_for_hub, take_hub_settings, write_model_card
 from vitrecipes.config import RecipeTrainingArguments
 from vitrecipes.errors import PushError, RecipeError
 from vitrecipes.hub import NEVER_UPLOAD, UPLOAD_PATTERNS, is_hub_id, push_output_dir
+from vitrecipes.onnx_export import export_folder
 
 FAKE_TOKEN = "hf_FAKEtoken1234567890"
 MODEL_FILES = {
@@ -342,10 +345,68 @@ def test_push_to_hub_script_rejects_a_folder_without_a_model(tmp_path, capsys, h
     assert "holds no saved model (config.json)" in capsys.readouterr().err and hub_calls == []
 
 
-def test_push_uploads_the_onnx_export(run_dir, hub_calls):
-    (run_dir / "onnx").mkdir()
-    for name in ("model.onnx", "model_quantized.onnx", "parity.json", "model.partial"):  # .partial: unfinished
-        (run_dir / "onnx" / name).write_text("{}")
-    assert push_script.main([str(run_dir), "--hub_model_id", "someone/vit-digits", "--token", FAKE_TOKEN]) == 0
+@pytest.fixture
+def images(digits_validation) -> list[str]:
+    return [str(p) for p in sorted(digits_validation.rglob("*.png"))[::100]]
+
+
+def _push(run_dir: Path) -> int:
+    return push_script.main([str(run_dir), "--hub_model_id", "someone/vit-digits", "--token", FAKE_TOKEN])
+
+
+def test_push_uploads_a_current_onnx_export_and_refuses_a_stale_one(run_dir, images, hub_calls, capsys):
+    assert export_script.main([str(run_dir), "--images", *images]) == 0
+    (run_dir / "onnx" / "model.partial").write_text("{}")  # an unfinished export's file: never uploaded
+    assert _push(run_dir) == 0
     onnx = {"onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/parity.json"}
     assert _uploaded_files(hub_calls[1][1]) == MODEL_FILES | onnx
+    hub_calls.clear()
+    # The label names changed after the export: that export would answer with the old ones.
+    config = json.loads((run_dir / "config.json").read_text())
+    config["id2label"]["0"] = "nil"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert _push(run_dir) == 2
+    err = capsys.readouterr().err
+    assert f"Nothing was pushed. The ONNX export in {run_dir / 'onnx'} is stale: config.json changed since" in err
+    later = f"python push_to_hub.py {run_dir} --hub_model_id someone/vit-digits"
+    assert f"python export.py {run_dir} --overwrite (or delete it), then push: {later}." in err
+    assert hub_calls == [] and "Traceback" not in err
+    assert "## ONNX" not in (run_dir / "README.md").read_text()  # the card no longer describes it either
+
+
+def _outside_the_onnx_section(card: str) -> str:
+    return re.sub(r"<!-- onnx section.*?<!-- end of the onnx section -->", "", card, flags=re.S)
+
+
+def test_an_export_after_the_card_brings_its_onnx_section_up_to_date(run_dir, images, hub_calls, capsys):
+    """The card written at the end of training quotes the command and recipe, which the folder does not keep: an
+    export made later rewrites its ONNX section only (export.py, or push_to_hub.py before it uploads)."""
+    options = dict(repo_id="someone/vit-digits", command="python run_snacks.py recipes/smoke.yaml --seed 7",
+                   recipe_path=ROOT / "recipes" / "smoke.yaml")  # fmt: skip
+    before = write_model_card(run_dir, **options).read_text()
+    assert "## ONNX" not in before
+    assert export_script.main([str(run_dir), "--images", *images]) == 0
+    assert f"Brought the ONNX section of {run_dir / 'README.md'} up to date" in capsys.readouterr().out
+    after = (run_dir / "README.md").read_text()
+    assert after == str(build_model_card(run_dir, **options))  # as if the card had been written after the export
+    assert _outside_the_onnx_section(after) == _outside_the_onnx_section(before)
+    assert "--seed 7" in after and "dataset_name: builtin:digits" in after
+    assert 'snapshot_download("someone/vit-digits")' in after and "on 3 images (3 given images)" in after
+    assert export_script.main([str(run_dir), "--images", *images]) == 0  # kept: the card stays as it is
+    assert "Brought" not in capsys.readouterr().out and (run_dir / "README.md").read_text() == after
+
+    # A card written while onnx/ was stale, then an export through the library (which leaves cards alone).
+    processor = json.loads((run_dir / "preprocessor_config.json").read_text())
+    (run_dir / "preprocessor_config.json").write_text(json.dumps({**processor, "image_mean": [0.4, 0.4, 0.4]}))
+    write_model_card(run_dir)
+    export_folder(run_dir, images=images)
+    assert "## ONNX" not in (run_dir / "README.md").read_text()
+    assert _push(run_dir) == 0
+    card = (run_dir / "README.md").read_text()
+    assert "## ONNX" in card and "snapshot_download" not in card  # a local card: the folder, not the Hub
+    assert "README.md" in _uploaded_files(hub_calls[1][1])
+
+    (run_dir / "README.md").write_text("# My own notes\n")  # a card without the section's markers: left alone
+    assert export_script.main([str(run_dir), "--images", *images]) == 0
+    assert "has no ONNX section to bring up to date" in capsys.readouterr().out
+    assert (run_dir / "README.md").read_text() == "# My own notes\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import functools
 import http.server
 import json
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,11 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
+import demo as demo_script
+import export as export_script
 import predict as predict_script
-from vitrecipes.config import parse_recipe
-from vitrecipes.images import load_rgb
+from vitrecipes.config import DataArguments, parse_recipe
+from vitrecipes.images import MAX_IMAGE_PIXELS, load_rgb
 from vitrecipes.modeling import build_image_processor
 from vitrecipes.predict import load_classifier, predict
 from vitrecipes.transforms import Preprocessing
@@ -185,10 +189,15 @@ def test_bad_usage_is_a_clear_message_with_status_2(tmp_path, capsys):
     # Offline, a Hub id that is not cached cannot be fetched: the same kind of message, no traceback.
     assert predict_script.main(["--model", "nobody-here/no-such-model", "x.png"]) == 2
     assert "could not be fetched" in capsys.readouterr().err
-    # A folder with a config but no weights is refused before loading.
+    # A folder with a config but no weights is refused before loading, without talk of pickled weights it lacks.
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "num_labels": 2}))
     assert predict_script.main(["--model", str(tmp_path), "x.png"]) == 2
-    assert f"--model: {tmp_path} holds no model.safetensors" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--model: {tmp_path} holds no model weights (model.safetensors)" in err and "pickled" not in err
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickled")  # that one is named, with how to convert it
+    assert predict_script.main(["--model", str(tmp_path), "x.png"]) == 2
+    assert "holds no model.safetensors. Only safetensors weights are loaded" in capsys.readouterr().err
+    (tmp_path / "pytorch_model.bin").unlink()
     # Weights the pipeline cannot load: the message says from where.
     (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
     assert predict_script.main(["--model", str(tmp_path), "x.png"]) == 2
@@ -203,3 +212,75 @@ def test_bad_usage_is_a_clear_message_with_status_2(tmp_path, capsys):
 def test_asking_for_a_missing_gpu_is_a_usage_error(model_dir, capsys):
     assert predict_script.main(["--model", str(model_dir), "x.png", "--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_an_image_above_the_pixel_limit_is_an_error_line_without_a_warning(tmp_path, model_dir, validation_dir, capsys):
+    """Training's limit (Pillow's threshold, above which Pillow only warns): 10000 x 9000 pixels is read from the
+    header and refused, not decoded; the other images are classified."""
+    assert DataArguments().max_image_pixels == MAX_IMAGE_PIXELS == 89_478_485  # one limit, training's default
+    big, good = tmp_path / "big.png", sorted(validation_dir.glob("zero/*.png"))[0]
+    Image.new("1", (10_000, 9_000)).save(big)  # 1 bit per pixel: a small file, 270 MB once decoded to RGB
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert predict_script.main(["--model", str(model_dir), str(big), str(good), "--json"]) == 1
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    captured = capsys.readouterr()
+    first, second = map(json.loads, captured.out.splitlines())
+    limit = f"DecompressionBombError: 10000x9000 pixels is more than the limit of {MAX_IMAGE_PIXELS} (max_image_pixels)"
+    assert first["error"] == limit
+    assert second["label"] and "Warning" not in captured.err
+
+
+CUSTOM_CODE = """open({marker!r}, "w").close()  # the proof that this file ran
+from transformers import ViTConfig, ViTForImageClassification
+
+
+class EvilConfig(ViTConfig):
+    model_type = "evilnet"
+
+
+class EvilModel(ViTForImageClassification):
+    config_class = EvilConfig
+"""
+
+
+def test_a_model_that_ships_its_own_code_is_refused_unless_trusted(model_dir, validation_dir, tmp_path, monkeypatch,
+                                                                   capsys):  # fmt: skip
+    """predict.py (both backends), demo.py and export.py refuse before transformers is asked, which on a terminal
+    offers to run the code (and runs it on a `y`); --trust_remote_code runs it."""
+    folder = Path(shutil.copytree(model_dir, tmp_path / "evilnet", ignore=shutil.ignore_patterns("checkpoint-*")))
+    marker = tmp_path / "ran"
+    config = json.loads((folder / "config.json").read_text())
+    auto_map = {"AutoConfig": "custom.EvilConfig", "AutoModelForImageClassification": "custom.EvilModel"}
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "evilnet", "auto_map": auto_map}))
+    (folder / "custom.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
+    asked = []
+    monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "y")  # a user answering y
+    image = str(sorted(validation_dir.glob("four/*.png"))[0])
+    # Its model_type without the code (no auto_map): transformers' raw ValueError becomes one paragraph.
+    unknown = Path(shutil.copytree(folder, tmp_path / "unknown", ignore=shutil.ignore_patterns("custom.py")))
+    (unknown / "config.json").write_text(json.dumps({**config, "model_type": "evilnet"}))
+    assert export_script.main([str(unknown), "--images", image]) == 2
+    err = capsys.readouterr().err
+    assert f"{unknown}: transformers could not load its ModelForImageClassification (ValueError: " in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    for what, script, argv in (("--model", predict_script, ["--model", str(folder), image]),
+                               ("--model", predict_script, ["--model", str(folder), image, "--backend", "onnx"]),
+                               ("OUTPUT_DIR", export_script, [str(folder), "--images", image]),
+                               ("OUTPUT_DIR", demo_script, [str(folder), "--examples", "2"])):  # fmt: skip
+        assert script.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{what}: {folder} ships its own code (the Python files that auto_map in its config.json names)" in err
+        assert "add --trust_remote_code" in err and "Traceback" not in err
+    assert asked == [] and not marker.exists()
+    assert predict_script.main(["--model", str(folder), image, "--json", "--trust_remote_code"]) == 0
+    assert marker.exists() and asked == []
+    expected = json.loads(capsys.readouterr().out)
+    assert export_script.main([str(folder), "--images", image, "--trust_remote_code"]) == 0
+    argv = ["--model", str(folder), image, "--backend", "onnx", "--json", "--trust_remote_code"]
+    assert predict_script.main(argv) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["label"] == expected["label"]
+    import gradio  # the app is built with the shipped model; serving it is test_demo.py's part
+
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **options: None)
+    assert demo_script.main([str(folder), "--trust_remote_code"]) == 0

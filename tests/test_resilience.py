@@ -330,14 +330,14 @@ def test_a_folder_without_weights_is_refused_the_same_way_everywhere(tmp_path, c
     import predict as predict_script
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "num_labels": 2}))
-    refusal = r"holds no model.safetensors.*pickled weights"
+    refusal = r"holds no model weights \(model.safetensors\)"
     with pytest.raises(RecipeError, match=refusal):
         build_model(ModelArguments(model_name_or_path=str(tmp_path)), ["a", "b"])
     # Evaluating it is refused while the recipe is read, before any data loads.
     with pytest.raises(RecipeError, match=refusal):
         parse_recipe(["recipes/smoke.yaml", "--do_train", "false", "--output_dir", str(tmp_path)])
     assert predict_script.main(["--model", str(tmp_path), "x.png"]) == 2
-    assert f"--model: {tmp_path} holds no model.safetensors" in capsys.readouterr().err
+    assert f"--model: {tmp_path} holds no model weights" in capsys.readouterr().err
 
 
 def test_yaml_is_read_with_the_safe_loader(tmp_path):

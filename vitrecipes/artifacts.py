@@ -3,6 +3,8 @@ card and the docs read (docs/outputs.md); and how to tell a folder that holds a 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,23 @@ EVAL_ONLY_BAD_IMAGES_FILE = "eval_only_bad_images.jsonl"
 
 
 @dataclass(frozen=True)
+class Export:
+    """An export format: its folder in the output folder, its files (the last one its record, written last, with the
+    sha256 of the files it was made from), and the module that writes (`export_folder`) and serves (`Classifier`) it."""
+
+    folder: str
+    files: tuple[str, ...]
+    module: str
+
+    def paths(self, output_dir) -> list[Path]:
+        return [Path(output_dir) / self.folder / name for name in self.files]
+
+
+EXPORTS = {"onnx": Export("onnx", ("model.onnx", "model_quantized.onnx", "parity.json"), "vitrecipes.onnx_export")}
+_EXPORTED_FROM = ("config.json", "preprocessor_config.json")  # besides the weights
+
+
+@dataclass(frozen=True)
 class Artifact:
     pattern: str  # a name or glob in the output folder
     upload: bool = False  # pushed to the Hub (an allow-list: nothing else leaves the machine)
@@ -41,8 +60,7 @@ ARTIFACTS = [
     Artifact(CARD_NAME, upload=True),
     *map(Artifact, (BAD_IMAGES_FILE, LOG_FILE, EVAL_ONLY_METRICS_FILE, EVAL_ONLY_BAD_IMAGES_FILE,
                     REPORT_DIR.format(split="*"), "checkpoint-*", "runs", SWEEP_STUDY_FILE, "trial-*")),
-    # An export format: its files here, and one module (see export.py).
-    *(Artifact(f"onnx/{name}", upload=True) for name in ("model.onnx", "model_quantized.onnx", "parity.json")),
+    *(Artifact(f"{e.folder}/{name}", upload=True) for e in EXPORTS.values() for name in e.files),
 ]  # fmt: skip
 UPLOADED = [artifact.pattern for artifact in ARTIFACTS if artifact.upload]
 RESULTS = [artifact.pattern for artifact in ARTIFACTS if artifact.result]
@@ -56,6 +74,8 @@ def require_model_folder(folder: str | Path, what: str, advice: str, weights: bo
     if not (folder / "config.json").is_file():
         raise RecipeError(f"{what}: {folder} holds no saved model (config.json). {advice}")
     if weights and not any(folder.glob("*.safetensors")):
+        if not any(folder.glob("pytorch_model*.bin")):
+            raise RecipeError(f"{what}: {folder} holds no model weights (model.safetensors). {advice}")
         raise RecipeError(
             f"{what}: {folder} holds no model.safetensors. Only safetensors weights are loaded, because pickled "
             "weights (pytorch_model.bin) can run code when loaded. Convert it once, in a trusted environment: load "
@@ -80,3 +100,68 @@ def check_output_dir(output_dir: str, dataset_name: str) -> None:
             "reports, checkpoints) would be read as images and classes the next time that folder is loaded. "
             "Choose an output_dir outside it, e.g. --output_dir outputs/my-run."
         )
+
+
+def refuse_shipped_code(folder: str | Path, what: str, allow: str = "add --trust_remote_code") -> None:
+    """A RecipeError for a model folder that ships its own code (auto_map in config.json or preprocessor_config.json),
+    raised before transformers is asked: on a terminal it would offer to run that code, and run it on a `y`."""
+    for name in ("config.json", "preprocessor_config.json"):
+        try:
+            shipped = json.loads((Path(folder) / name).read_text(encoding="utf-8")).get("auto_map")
+        except (OSError, ValueError, AttributeError):  # no such file, or not a JSON object: loading explains that
+            shipped = None
+        if shipped:
+            raise RecipeError(
+                f"{what}: {folder} ships its own code (the Python files that auto_map in its {name} names), which "
+                f"is not run unless you allow it. Read that code; if you trust it, {allow}."
+            )
+
+
+def export_inputs(folder: Path) -> dict[str, str]:
+    """sha256 of each file an export is made from, which its serving reads too: the weights, config.json (id2label)
+    and preprocessor_config.json."""
+    digests = {}
+    for path in sorted(folder.glob("*.safetensors")) + [folder / name for name in _EXPORTED_FROM]:
+        if path.is_file():
+            with path.open("rb") as file:
+                digests[path.name] = hashlib.file_digest(file, "sha256").hexdigest()
+    return digests
+
+
+def read_record(folder: str | Path, export: Export) -> dict | None:
+    """The export's record (onnx/parity.json), or None when there is none (or it is not JSON)."""
+    try:
+        return json.loads(export.paths(folder)[-1].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def stale_export(folder: Path, export: Export) -> str | None:
+    """Why the export is not a whole export of the folder's current files (what is missing or changed), or None."""
+    for path in export.paths(folder):
+        if not path.is_file():
+            return f"{export.folder}/{path.name} is missing (an export that did not finish)"
+    recorded = (read_record(folder, export) or {}).get("inputs_sha256")
+    if not isinstance(recorded, dict):
+        return f"{export.folder}/{export.files[-1]} does not record the files it was exported from (an older export)"
+    now = export_inputs(folder)
+    changed = sorted(name for name in recorded.keys() | now.keys() if recorded.get(name) != now.get(name))
+    return f"{', '.join(changed)} changed since it was exported" if changed else None
+
+
+def current_export(folder: Path, export: Export) -> tuple[dict | None, str | None]:
+    """(the record if the export is whole and of the folder's current files, else None; why not, if it holds one)."""
+    stale = stale_export(folder, export)
+    started = any(path.is_file() for path in export.paths(folder))
+    return None if stale else read_record(folder, export), stale if started else None
+
+
+def require_fresh_exports(folder: Path, then: str = "") -> None:
+    """A RecipeError when the folder holds an export that is not of its current files: it would be served (or
+    pushed) as if it were the model."""
+    for name, export in EXPORTS.items():
+        if reason := current_export(folder, export)[1]:
+            raise RecipeError(
+                f"The {name} export in {folder / export.folder} is stale: {reason}, so it may not answer as the model "
+                f"does. Export it again: python export.py {folder} --format {name} --overwrite{then}."
+            )

@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,9 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .artifacts import CARD_NAME, METRICS_FILE, RESOLVED_RECIPE_NAME, require_model_folder
+from .artifacts import CARD_NAME, EXPORTS, METRICS_FILE, RESOLVED_RECIPE_NAME, current_export, require_model_folder
 from .config import DEFAULTS
 from .hub import is_hub_id, push_output_dir, scrub
-from .onnx_export import read_parity
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,9 @@ TEMPLATE = Path(__file__).with_name("model_card_template.md")
 DEFAULT_LICENSE = "apache-2.0"
 BASE_TAGS = ["image-classification", "vision", "vit", "generated-from-recipe"]
 _SPLITS = ("validation", "test")
+# The card's ONNX section, between two comments (invisible on the Hub) that export.py finds to bring it up to date.
+_ONNX_SECTION = re.compile(r"<!-- onnx section(?:, model (\S+) on the Hub)? -->.*?<!-- end of the onnx section -->",
+                           re.S)  # fmt: skip
 
 
 def folder_name(path: str | Path) -> str:
@@ -118,6 +121,10 @@ def build_model_card(
         eval_results=results or None,
     )
     checkpoint = run.recipe.get("model_name_or_path")
+    onnx, stale = current_export(run.output_dir, EXPORTS["onnx"])
+    if stale:
+        logger.warning("The model card leaves out the stale ONNX export: %s. Export it again: python export.py %s "
+                       "--overwrite", stale, run.output_dir)  # fmt: skip
     recipe_text = None
     if recipe_path and Path(recipe_path).is_file():
         lines = Path(recipe_path).read_text(encoding="utf-8").rstrip().splitlines()
@@ -137,7 +144,7 @@ def build_model_card(
         recipe_path=recipe_path,
         recipe_text=recipe_text,
         resolved_recipe=RESOLVED_RECIPE_NAME,
-        onnx=read_parity(run.output_dir),
+        onnx=onnx,
         hub_ref=bool(repo_id),
         version=importlib.metadata.version,
     )
@@ -152,6 +159,25 @@ def write_model_card(output_dir: str | Path, **kwargs) -> Path:
     path = Path(output_dir) / CARD_NAME
     path.write_text(str(build_model_card(output_dir, **kwargs)), encoding="utf-8")
     return path
+
+
+def refresh_onnx_section(output_dir: str | Path) -> str | None:
+    """After an export: the ONNX section of the folder's card (README.md) made again from onnx/, the rest kept as
+    written (the training command and recipe it quotes are not in the folder). What was done, None if no card."""
+    path = Path(output_dir) / CARD_NAME
+    if not path.is_file():
+        return None
+    card = path.read_text(encoding="utf-8")
+    if not (old := _ONNX_SECTION.search(card)):
+        return (
+            f"{path} has no ONNX section to bring up to date (an older or hand-written card), so it does not describe "
+            f"onnx/. Write a new card with: python push_to_hub.py {output_dir} --hub_model_id ID --new_card"
+        )
+    new = _ONNX_SECTION.search(str(build_model_card(output_dir, repo_id=old.group(1))))
+    if new.group(0) == old.group(0):
+        return None
+    path.write_text(card[: old.start()] + new.group(0) + card[old.end() :], encoding="utf-8")
+    return f"Brought the ONNX section of {path} up to date."
 
 
 @dataclass

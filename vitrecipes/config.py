@@ -27,6 +27,7 @@ from .adaptation import recipe_key as _key
 from .artifacts import check_output_dir, require_model_folder
 from .errors import RecipeError, cause
 from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_only_settings
+from .images import MAX_IMAGE_PIXELS
 
 _NUMPY_SEED = (lambda v: 0 <= v < 2**32, "be a whole number from 0 to 2**32 - 1 (numpy's range)")
 _MANY = 10**9  # steps, samples, seconds: far beyond any run, far below where Trainer's arithmetic overflows
@@ -159,7 +160,9 @@ class DataArguments:
     cutmix_alpha: float = _key(0.0, "CutMix on training batches with this alpha; 0: off.")
     max_bad_images: float = _key(0.01, "Unreadable images tolerated per split: a fraction below 1, else a count.")
     verify_images: bool = _key(False, "Decode every image once before training and leave the bad ones out.")
-    max_image_pixels: int = _key(89_478_485, "Images with more pixels are bad (Pillow's decompression-bomb limit).")
+    max_image_pixels: int = _key(
+        MAX_IMAGE_PIXELS, "Images with more pixels are bad (Pillow's decompression-bomb limit)."
+    )
     eval_crop_pct: float = _key(1.0, "Eval: resize the shorter side to size / eval_crop_pct, centre-crop to size.")
     jpeg_draft: bool = _key(False, "Decode training JPEGs at 1/2-1/8 scale where that still covers the input side.")
     train_files: list[str] | None = _key(None, "Train on these shards (.tar / .parquet globs, or a Hub id).")

@@ -46,8 +46,8 @@ def example_images(folder: Path, split: str, count: int) -> list[str]:
     return [str(target / f"{i}.png") for i in range(len(rows))]
 
 
-def build_demo(folder: Path, examples: list[str] = ()) -> gr.Blocks:
-    classifier = load_classifier(folder)
+def build_demo(folder: Path, examples: list[str] = (), trust_remote_code: bool = False) -> gr.Blocks:
+    classifier = load_classifier(folder, trust_remote_code=trust_remote_code)
 
     def classify(upload: dict | None) -> dict[str, float]:
         if not upload:

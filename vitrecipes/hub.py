@@ -1,5 +1,6 @@
 """Uploading a run's output folder to the Hugging Face Hub (a leaf: it imports only errors and outputs). A failed
-push loses nothing and names the command that pushes later; tokens are scrubbed from every message (and the card)."""
+push loses nothing and names the command that pushes later; tokens are scrubbed from every message (and the card).
+A stale ONNX export is never pushed."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .artifacts import UPLOADED
-from .errors import PushError, cause, hub_unreachable
+from .artifacts import UPLOADED, require_fresh_exports
+from .errors import PushError, RecipeError, cause, hub_unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,13 @@ def scrub(text: str, *secrets: str | None) -> str:
 
 def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Upload an output folder's model files to `repo_id` (created if needed); return its URL, or raise PushError."""
-    api = HfApi()
-    failure = None
+    api, failure = HfApi(), None
+    later = shlex.join(["python", "push_to_hub.py", str(output_dir), "--hub_model_id", repo_id])
+    later += " --private" if private else ""
+    try:  # before the network: the Hub would serve a stale onnx/ beside the new model
+        require_fresh_exports(Path(output_dir), then=f" (or delete it), then push: {later}")
+    except RecipeError as error:
+        raise PushError(f"Nothing was pushed. {error}") from None
     try:
         repo = api.create_repo(repo_id, token=token, private=private, exist_ok=True)
         api.upload_folder(
@@ -70,12 +76,11 @@ def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False,
             "Check the network and that your token may write to this repository (`hf auth login`, or the "
             "HF_TOKEN environment variable)"
         )
-        later = shlex.join(["python", "push_to_hub.py", str(output_dir), "--hub_model_id", repo_id])
         failure = PushError(
             f"Could not push to the Hugging Face Hub repository {repo_id} ({scrub(cause(error), token)}). Nothing "
             "is lost: the model, its image processor, metrics and model card are safe on disk at "
             f"{Path(output_dir).resolve()}. {hint}. "
-            f"Push them later with: {later}{' --private' if private else ''}"
+            f"Push them later with: {later}"
         )
     # Raised outside the except block so the original exception (which may quote the token) is not chained.
     if failure is not None:

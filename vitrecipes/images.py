@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 from typing import Any
 
 import numpy as np
@@ -12,9 +13,12 @@ from PIL import Image, ImageOps
 
 # What Pillow raises for a file that is not a readable image: not an image, cut short, corrupt, or too big.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+# The one limit on an image's size, in training (DataArguments.max_image_pixels), predict.py, the demo and export.py:
+# Pillow's decompression-bomb threshold (PIL.Image.MAX_IMAGE_PIXELS): Pillow only warns above it, up to twice as many.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
-def load_rgb(value: Any, max_pixels: int | None = None, draft: tuple[int, int] | None = None) -> Image.Image:
+def load_rgb(value: Any, max_pixels: int | None = MAX_IMAGE_PIXELS, draft: tuple[int, int] | None = None):
     """What a datasets Image column holds ({'bytes', 'path'}, a path, raw bytes or a PIL image) as 8-bit RGB, oriented
     by EXIF, transparent areas white. An image above `max_pixels` is refused from its header, before decoding. A JPEG
     with `draft` (width, height) is decoded at the smallest 1/2, 1/4 or 1/8 scale still at least that large."""
@@ -22,10 +26,12 @@ def load_rgb(value: Any, max_pixels: int | None = None, draft: tuple[int, int] |
         value = value.get("bytes") or value["path"]
     if isinstance(value, (bytes, bytearray)):
         value = io.BytesIO(value)
-    image = value if isinstance(value, Image.Image) else Image.open(value)
+    with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: the size is checked here instead
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = value if isinstance(value, Image.Image) else Image.open(value)
     if max_pixels and image.width * image.height > max_pixels:
         raise Image.DecompressionBombError(
-            f"{image.width}x{image.height} pixels is more than max_image_pixels ({max_pixels})"
+            f"{image.width}x{image.height} pixels is more than the limit of {max_pixels} (max_image_pixels)"
         )
     if draft and image.format == "JPEG":
         image.draft("RGB", draft)  # the JPEG's own DCT scaling: a fraction of the decoding work

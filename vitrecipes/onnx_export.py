@@ -9,20 +9,32 @@ The exporter is torch.onnx.export(dynamo=False), TorchScript-based: on DINOv2-S 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .artifacts import RESOLVED_RECIPE_NAME, require_model_folder
+from .artifacts import (
+    EXPORTS,
+    RESOLVED_RECIPE_NAME,
+    export_inputs,
+    read_record,
+    refuse_shipped_code,
+    require_fresh_exports,
+    require_model_folder,
+    stale_export,
+)
 from .errors import RecipeError, cause
 
-ONNX_DIR, FP32_FILE, INT8_FILE, PARITY_FILE = "onnx", "model.onnx", "model_quantized.onnx", "parity.json"
+ONNX = EXPORTS["onnx"]
+ONNX_DIR, (FP32_FILE, INT8_FILE, PARITY_FILE) = ONNX.folder, ONNX.files
+
+
 MAX_LOGIT_DIFF = 1e-3
 OPSET = 18
 _ADVICE = (
@@ -40,17 +52,15 @@ def require_serving(*modules: str) -> None:
         )
 
 
-def weights_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")):
-        with open(path, "rb") as file:
-            digest.update(hashlib.file_digest(file, "sha256").digest())
-    return digest.hexdigest()
-
-
-def read_parity(folder: str | Path) -> dict | None:
-    path = Path(folder) / ONNX_DIR / PARITY_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+def load_saved(auto_class, folder: Path, trust_remote_code: bool, **options):
+    """`auto_class.from_pretrained(folder)`; whatever transformers raises (an unknown model_type...) a RecipeError."""
+    try:
+        return auto_class.from_pretrained(folder, trust_remote_code=trust_remote_code, **options)
+    except Exception as error:  # noqa: BLE001 - any loading failure gets the same paragraph
+        raise RecipeError(
+            f"{folder}: transformers could not load its {auto_class.__name__.removeprefix('Auto')} ({cause(error)}). "
+            f"{_ADVICE}"
+        ) from None
 
 
 def open_session(path: Path, threads: int | None = None):
@@ -82,17 +92,21 @@ def run_session(session, pixels: np.ndarray) -> np.ndarray:
 
 class OnnxClassifier:
     """What predict.py asks of a pipeline, through ONNX Runtime and the saved image processor (no torch model):
-    called on PIL images, it gives each image's top_k [{label, score}]; `.model.config` is the saved config."""
+    called on PIL images, it gives each image's top_k [{label, score}]; `.model.config` is the saved config. An
+    export older than the folder's weights, config or image processor is refused."""
 
-    def __init__(self, folder: str | Path, quantized: bool = False):
+    def __init__(self, folder: str | Path, quantized: bool = False, trust_remote_code: bool = False):
         from types import SimpleNamespace
 
         from transformers import AutoConfig, AutoImageProcessor
 
         folder = require_model_folder(folder, "--model", _ADVICE)
+        if not trust_remote_code:
+            refuse_shipped_code(folder, "--model")
+        require_fresh_exports(folder)
         self.session = open_session(folder / ONNX_DIR / (INT8_FILE if quantized else FP32_FILE))
-        self.processor = AutoImageProcessor.from_pretrained(folder)
-        self.model = SimpleNamespace(config=AutoConfig.from_pretrained(folder))
+        self.processor = load_saved(AutoImageProcessor, folder, trust_remote_code)
+        self.model = SimpleNamespace(config=load_saved(AutoConfig, folder, trust_remote_code))
 
     def __call__(self, images: list, top_k: int = 1, batch_size: int = 32) -> list[list[dict]]:
         id2label, results = self.model.config.id2label, []
@@ -111,13 +125,16 @@ def parity_images(folder: Path, split: str | None = None, images: list | None = 
     from .predict import expand_inputs, read_image
 
     if images:
-        try:
-            files = expand_inputs(images)
-            return [read_image(item) for item in files], None, f"{len(files)} given images"
-        except Exception as error:  # noqa: BLE001 - parity needs every given image
-            raise RecipeError(
-                f"--images: an image could not be read ({cause(error)}). Give image files or folders."
-            ) from None
+        pictures = []
+        for item in expand_inputs(images):
+            try:
+                pictures.append(read_image(item))
+            except Exception as error:  # noqa: BLE001 - parity needs every given image
+                raise RecipeError(
+                    f"--images: {item} could not be read as an image ({cause(error)}). Give image files or folders "
+                    "of images only (leave this one out)."
+                ) from None
+        return pictures, None, f"{len(pictures)} given images"
     recipe = folder / RESOLVED_RECIPE_NAME
     if not recipe.is_file():
         raise RecipeError(f"{folder} has no {RESOLVED_RECIPE_NAME}, so its dataset is unknown: give --images.")
@@ -136,7 +153,7 @@ def parity_images(folder: Path, split: str | None = None, images: list | None = 
     pictures, labels = [], []
     for row in splits[split]:
         with contextlib.suppress(*DECODE_ERRORS):  # an unreadable image is left out, as evaluation leaves it
-            pictures.append(load_rgb(row[data_args.image_column_name]))
+            pictures.append(load_rgb(row[data_args.image_column_name], data_args.max_image_pixels))
             labels.append(label2id[names[row[data_args.label_column_name]]])
     return pictures, labels, f"the {split} split"
 
@@ -236,23 +253,37 @@ def check_parity(model, processor, sessions, pictures: list, labels: list | None
 
 
 def export_folder(output_dir: str | Path, split: str | None = None, images: list | None = None,
-                  overwrite: bool = False, log=print) -> dict:  # fmt: skip
-    """Write `<output_dir>/onnx/` (both files, then parity.json) and return the parity numbers. An export of
-    the same weights is kept unless `overwrite`. Raises RecipeError when fp32 disagrees with PyTorch."""
+                  overwrite: bool = False, log=print, trust_remote_code: bool = False) -> dict:  # fmt: skip
+    """Write `<output_dir>/onnx/` (both files, then parity.json) and return the parity numbers. An export of the
+    folder's current weights, config and image processor is kept unless `overwrite`; one of other files is made
+    again. Raises RecipeError when fp32 disagrees with PyTorch."""
     require_serving("onnx", "onnxruntime")
     folder = require_model_folder(output_dir, "OUTPUT_DIR", _ADVICE)
-    onnx_dir, digest = folder / ONNX_DIR, weights_digest(folder)
-    parity = read_parity(folder)
+    if not trust_remote_code:
+        refuse_shipped_code(folder, "OUTPUT_DIR")
+    onnx_dir, stale = folder / ONNX_DIR, stale_export(folder, ONNX)
     files = [onnx_dir / FP32_FILE, onnx_dir / INT8_FILE]
-    if not overwrite and parity and parity.get("weights_sha256") == digest and all(p.is_file() for p in files):
-        log(f"Kept the ONNX export in {onnx_dir}: it is of these weights (--overwrite exports again).")
-        return parity
+    if not overwrite and not stale:
+        log(f"Kept the ONNX export in {onnx_dir}: it is of these weights, config and image processor "
+            "(--overwrite exports again).")  # fmt: skip
+        return read_record(folder, ONNX)
+    if stale and onnx_dir.is_dir():
+        log(f"Exporting again: {stale}.")
+    for target in (folder, onnx_dir) if onnx_dir.is_dir() else (folder,):
+        try:  # before any heavy work: a folder that cannot be written fails now, not after loading everything
+            tempfile.TemporaryFile(dir=target).close()
+        except OSError as error:
+            raise RecipeError(
+                f"OUTPUT_DIR: the export cannot be written into {target} ({cause(error)}). Make it writable, or copy "
+                f"the folder somewhere you can write (cp -r {folder} my-copy) and export the copy."
+            ) from None
     from transformers import AutoImageProcessor, AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bar
-    model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True).eval()
-    processor = AutoImageProcessor.from_pretrained(folder)
+    inputs = export_inputs(folder)  # the files as they are read next
+    model = load_saved(AutoModelForImageClassification, folder, trust_remote_code, use_safetensors=True).eval()
+    processor = load_saved(AutoImageProcessor, folder, trust_remote_code)
     pictures, labels, source = parity_images(folder, split, images)
     if not pictures:
         raise RecipeError(f"No readable image in {source} to check the export on: give --images.")
@@ -276,10 +307,10 @@ def export_folder(output_dir: str | Path, split: str | None = None, images: list
     finally:
         for path in partial:
             path.unlink(missing_ok=True)
-    parity = {"images": len(pictures), "source": source, "weights_sha256": digest, "opset": OPSET,
+    parity = {"images": len(pictures), "source": source, "inputs_sha256": inputs, "opset": OPSET,
               "exporter": "torch.onnx.export(dynamo=False)", "quantization": "dynamic, int8 weights, per channel",
               "file_mb": {path.name: round(path.stat().st_size / 1e6, 1) for path in files}, **numbers}  # fmt: skip
-    # Last: an export counts as done (and is kept on a rerun) only once this file names its weights.
+    # Last: an export counts as done (and is kept on a rerun) only once this file names what it was made from.
     (onnx_dir / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n", encoding="utf-8")
     log(f"Wrote {files[0]}, {files[1]} and {onnx_dir / PARITY_FILE} ({summary(parity)}).")
     return parity

@@ -17,7 +17,7 @@ from PIL import Image
 from transformers import ImageClassificationPipeline, pipeline
 from transformers.utils.logging import disable_progress_bar
 
-from .artifacts import require_model_folder
+from .artifacts import refuse_shipped_code, require_model_folder
 from .errors import RecipeError, cause
 from .hub import is_hub_id
 from .images import load_rgb
@@ -62,12 +62,15 @@ def read_image(item: Any) -> Image.Image:
     return image
 
 
-def load_classifier(model: str | os.PathLike, device: str | None = None) -> ImageClassificationPipeline:
-    """The image-classification pipeline of an output folder or a Hub model id: load once, classify many."""
+def load_classifier(model: str | os.PathLike, device: str | None = None, trust_remote_code: bool = False):
+    """The image-classification pipeline of an output folder or a Hub model id: load once, classify many. A model
+    that ships its own code is refused unless `trust_remote_code`."""
     name = str(model)
     if not is_hub_id(name):
         advice = "Give the output folder of a training run (e.g. outputs/smoke, from recipes/smoke.yaml) or a Hub id."
         name = str(require_model_folder(name, "--model", advice))
+        if not trust_remote_code:
+            refuse_shipped_code(name, "--model")
     if device and device.startswith("cuda") and not torch.cuda.is_available():
         raise RecipeError(f"--device {device}: no CUDA GPU is available here. Use --device cpu (or leave it out).")
     try:
@@ -75,6 +78,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Imag
             "image-classification",
             model=name,
             device=None if device == "auto" else device,  # None: the pipeline takes the GPU when there is one
+            trust_remote_code=trust_remote_code,  # False, not None: transformers would ask on a terminal
             model_kwargs={"use_safetensors": True},  # never unpickle weights
         )
     except Exception as error:  # noqa: BLE001 - any loading or download failure gets the same advice
@@ -94,10 +98,11 @@ def check_counts(top_k: int, batch_size: int) -> None:
         raise RecipeError(f"top_k and batch_size must be at least 1, got top_k={top_k}, batch_size={batch_size}.")
 
 
-def iter_predictions(model: Model, images, top_k: int = 1, batch_size: int = 32, device=None) -> Iterator[dict]:
-    """`predict`'s results in input order, one batch at a time, so a large folder never sits in memory at once."""
+def iter_predictions(model: Model, images, top_k: int = 1, batch_size: int = 32, **load) -> Iterator[dict]:
+    """`predict`'s results in input order, one batch at a time, so a large folder never sits in memory at once;
+    `load`: load_classifier's device and trust_remote_code, for a model given by name."""
     check_counts(top_k, batch_size)
-    classifier = load_classifier(model, device) if isinstance(model, (str, os.PathLike)) else model
+    classifier = load_classifier(model, **load) if isinstance(model, (str, os.PathLike)) else model
     items = expand_inputs([images] if isinstance(images, (str, os.PathLike, Image.Image)) else images)
     for start in range(0, len(items), batch_size):
         results, loaded = {}, {}
@@ -115,7 +120,7 @@ def iter_predictions(model: Model, images, top_k: int = 1, batch_size: int = 32,
 
 def predict(model: Model, images: Any, **options) -> list[dict]:
     """One dict per image: {input, label, score, top_k: [{label, score}]} or {input, error}. `model`: an output
-    folder, a Hub id, or a `load_classifier(...)` to reuse; options: top_k, batch_size, device."""
+    folder, a Hub id, or a `load_classifier(...)` to reuse; options: top_k, batch_size, device, trust_remote_code."""
     return list(iter_predictions(model, images, **options))
 
 
@@ -124,7 +129,7 @@ def run_cli(args, classifier=None) -> int:
     one to use instead of loading args.model's pipeline (predict.py --backend onnx gives its OnnxClassifier)."""
     disable_progress_bar()  # the weight-loading bar would interleave with the table on a terminal
     check_counts(args.top_k, args.batch_size)  # before the model loads
-    classifier = classifier or load_classifier(args.model, args.device)
+    classifier = classifier or load_classifier(args.model, args.device, args.trust_remote_code)
     id2label = classifier.model.config.id2label
     top_k = min(args.top_k, len(id2label))
     if args.top_k > len(id2label):  # the pipeline gives every class then; the header must say so
