@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(f"\nError: {error}\n", file=sys.stderr)
         return 2
+    print(f"Demo of {folder} ({len(examples)} example images): http://127.0.0.1:{args.port}"
+          + (" and a public gradio.live link" if args.share else ", this machine only") + "; Ctrl+C stops it.")
     try:
         demo.launch(server_name="127.0.0.1", server_port=args.port, share=args.share)
     except OSError as error:  # gradio's message for a port in use names launch()'s parameters, not ours

@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vitrecipes.artifacts import EXPORTS, export_module
 from vitrecipes.errors import RecipeError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", help="Output folder of a training run.")
+    parser.add_argument("--format", choices=list(EXPORTS), default="onnx", help="Export format (default onnx).")
     parser.add_argument("--split", help="Split of the run's dataset to check parity on (default: test).")
     parser.add_argument("--images", nargs="+", help="Image files or folders to check parity on instead.")
     parser.add_argument(
@@ -31,11 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         "--trust_remote_code", action="store_true", help="Run code the model folder ships (only code you have read)."
     )
     args = parser.parse_args(argv)
-    from vitrecipes.onnx_export import export_folder  # after parsing: --help answers without loading torch
-
     try:
         trust = args.trust_remote_code
-        export_folder(args.output_dir, args.split, args.images, args.overwrite, trust_remote_code=trust)
+        module = export_module(args.format)  # after parsing: --help answers without loading torch
+        module.export_folder(args.output_dir, args.split, args.images, args.overwrite, trust_remote_code=trust)
         from vitrecipes.card import refresh_onnx_section
 
         if note := refresh_onnx_section(args.output_dir):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vitrecipes.artifacts import EXPORTS, export_module
 from vitrecipes.errors import RecipeError
 
 
@@ -26,14 +27,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="Print one JSON object per image instead of a table.")
     parser.add_argument("--batch_size", type=int, default=32, help="Images per forward pass (default 32).")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: the GPU if there is one).")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="onnx: the exported onnx/ files.")
-    parser.add_argument("--quantized", action="store_true", help="With --backend onnx: onnx/model_quantized.onnx.")
+    parser.add_argument("--backend", choices=["torch", *EXPORTS], default="torch", help="onnx: the onnx/ export.")
+    parser.add_argument("--quantized", action="store_true", help="With an export backend: its int8 model.")
     parser.add_argument(
         "--trust_remote_code", action="store_true", help="Run code the model folder ships (only code you have read)."
     )
     args = parser.parse_args(argv)
-    if args.quantized and args.backend != "onnx":
-        parser.error("--quantized needs --backend onnx")
+    if args.quantized and args.backend == "torch":
+        parser.error("--quantized needs an export backend (--backend onnx)")
     return args
 
 
@@ -43,10 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     from vitrecipes.predict import run_cli
 
     try:
-        if args.backend == "onnx":
-            from vitrecipes.onnx_export import OnnxClassifier
-
-            return run_cli(args, OnnxClassifier(args.model, args.quantized, args.trust_remote_code))
+        if args.backend in EXPORTS:
+            classifier = export_module(args.backend).Classifier
+            return run_cli(args, classifier(args.model, args.quantized, args.trust_remote_code))
         return run_cli(args)
     except RecipeError as error:
         print(f"\nError: {error}\n", file=sys.stderr)

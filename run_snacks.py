@@ -21,7 +21,7 @@ from transformers import set_seed
 
 from vitrecipes import console
 from vitrecipes.adaptation import MODES, adapt
-from vitrecipes.artifacts import LOG_FILE
+from vitrecipes.artifacts import EXPORTS, LOG_FILE
 from vitrecipes.bad_images import shareable_names
 from vitrecipes.calibration import calibrate, folded_calibration
 from vitrecipes.card import take_hub_settings
@@ -31,7 +31,6 @@ from vitrecipes.errors import PushError, RecipeError, user_message
 from vitrecipes.experiments import run_recipe
 from vitrecipes.hardware import check_requirements
 from vitrecipes.modeling import build_model
-from vitrecipes.onnx_export import require_serving
 from vitrecipes.outputs import finish_run, prepare_output_dir
 from vitrecipes.training import build_trainer, effective_batch_size, evaluate_splits, train
 from vitrecipes.transforms import build_preprocessing
@@ -45,8 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     check_requirements()
     model_args, data_args, training_args, recipe_path = parse_recipe(argv)
-    if training_args.export_onnx:
-        require_serving("onnx", "onnxruntime")  # now, not after training
+    for name in training_args.export:
+        EXPORTS[name].check_installed()  # now, not after training
     main_process = training_args.process_index == 0
     console.setup(training_args.log_level if main_process else training_args.log_level_replica, main_process)
     set_seed(training_args.seed)

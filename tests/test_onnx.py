@@ -1,5 +1,5 @@
 """ONNX export (the recipe key and export.py), its parity check, predict.py --backend onnx and their bad inputs,
-on one tiny digits run trained with export_onnx: true."""
+on one tiny digits run trained with export: [onnx]."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ JS_DIR = ROOT / "tests" / "js"
 def onnx_run(tmp_path_factory) -> Path:
     """The smoke recipe, 3 steps, with the recipe key that exports at the end of training."""
     out = tmp_path_factory.mktemp("onnx") / "out"
-    result = run_cli("recipes/smoke.yaml", "--output_dir", out, "--max_steps", 3, "--export_onnx", "true",
+    result = run_cli("recipes/smoke.yaml", "--output_dir", out, "--max_steps", 3, "--export", "onnx",
                      "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return out

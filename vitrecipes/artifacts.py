@@ -4,6 +4,8 @@ card and the docs read (docs/outputs.md); and how to tell a folder that holds a 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +39,22 @@ class Export:
     folder: str
     files: tuple[str, ...]
     module: str
+    needs: tuple[str, ...] = ()  # the packages it imports (requirements-serve.txt): checked before training
+
+    def check_installed(self) -> None:
+        missing = [name for name in self.needs if importlib.util.find_spec(name) is None]
+        if missing:
+            raise RecipeError(
+                f"The {self.folder} export needs {', '.join(missing)}, which is not installed. Install the serving "
+                "libraries with: pip install -r requirements-serve.txt"
+            )
 
     def paths(self, output_dir) -> list[Path]:
         return [Path(output_dir) / self.folder / name for name in self.files]
 
 
-EXPORTS = {"onnx": Export("onnx", ("model.onnx", "model_quantized.onnx", "parity.json"), "vitrecipes.onnx_export")}
+EXPORTS = {"onnx": Export("onnx", ("model.onnx", "model_quantized.onnx", "parity.json"), "vitrecipes.onnx_export",
+                          ("onnx", "onnxruntime"))}  # fmt: skip
 _EXPORTED_FROM = ("config.json", "preprocessor_config.json")  # besides the weights
 
 
@@ -165,3 +177,9 @@ def require_fresh_exports(folder: Path, then: str = "") -> None:
                 f"The {name} export in {folder / export.folder} is stale: {reason}, so it may not answer as the model "
                 f"does. Export it again: python export.py {folder} --format {name} --overwrite{then}."
             )
+
+
+def export_module(name: str):
+    """The module of export format `name`: export_folder() writes it, Classifier serves it."""
+    EXPORTS[name].check_installed()
+    return importlib.import_module(EXPORTS[name].module)

@@ -24,7 +24,7 @@ from transformers.hf_argparser import string_to_bool
 
 from .adaptation import MODES, AdaptationArguments, mode_keys
 from .adaptation import recipe_key as _key
-from .artifacts import check_output_dir, require_model_folder
+from .artifacts import EXPORTS, check_output_dir, require_model_folder
 from .errors import RecipeError, cause
 from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_only_settings
 from .images import MAX_IMAGE_PIXELS
@@ -204,11 +204,14 @@ class RecipeTrainingArguments(TrainingArguments):
     calibrate_temperature: bool = _key(False, "Fold a temperature fitted on validation into the head (calibration).")
     seeds: list[int] | None = _key(None, "Run once per seed into output_dir/seed-<N>, then summarise mean ± std.")
     sweep: str | None = _key(None, "A search-space YAML file: an Optuna sweep, then the best recipe trained once.")
-    export_onnx: bool = _key(False, "At the end of training, export onnx/ (fp32 and int8) as export.py does.")
+    export: list[str] = _key([], "Export formats written at the end of training, as export.py does: [onnx].")
     remove_unused_columns: bool = _key(False, "Always false: the lazy transform consumes the image column.")
 
     def __post_init__(self):
         _check_limits(self)
+        for name in self.export:
+            if name not in EXPORTS:
+                raise RecipeError(f"export: {name!r} is not an export format; the formats are {', '.join(EXPORTS)}.")
         super().__post_init__()
 
 
@@ -361,6 +364,7 @@ _RENAMED_KEYS = {
     "evaluation_strategy": f"{_IN_5} eval_strategy.",
     "no_cuda": f"{_IN_5} use_cpu.",
     "save_safetensors": f"{_IN_5} nothing: weights are always saved as safetensors; remove the key.",
+    "export_onnx": "It became `export: [onnx]` (export formats, a list).",
     **dict.fromkeys(_REMOVED, _GONE),
 }
 
@@ -393,6 +397,8 @@ def parse_recipe(argv: list[str] | None = None):
         recipe_path = Path(argv.pop(0))
         recipe = read_yaml(recipe_path)
     source = f"recipe {recipe_path}" if recipe_path else "the command line"
+    if isinstance(recipe.get("export_onnx"), bool):  # the resolved recipes of runs before `export` replaced it
+        recipe["export"] = ["onnx"] if recipe.pop("export_onnx") else []
     check_keys(recipe, source)
     # The words before the first --key, and {key: [--key, its words...]}; a later --key wins, as in argparse.
     starts = [i for i, word in enumerate(argv) if word.startswith("--")]

@@ -9,7 +9,6 @@ The exporter is torch.onnx.export(dynamo=False), TorchScript-based: on DINOv2-S 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from .artifacts import (
     require_model_folder,
     stale_export,
 )
+from .console import progress
 from .errors import RecipeError, cause
 
 ONNX = EXPORTS["onnx"]
@@ -40,16 +40,6 @@ OPSET = 18
 _ADVICE = (
     "Give the output folder of a training run, e.g. outputs/smoke after `python run_snacks.py recipes/smoke.yaml`."
 )
-
-
-def require_serving(*modules: str) -> None:
-    """RecipeError naming requirements-serve.txt when one of `modules` is not installed."""
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    if missing:
-        raise RecipeError(
-            f"ONNX export and serving need {', '.join(missing)}, which is not installed. Install the serving "
-            "libraries with: pip install -r requirements-serve.txt"
-        )
 
 
 def load_saved(auto_class, folder: Path, trust_remote_code: bool, **options):
@@ -65,14 +55,14 @@ def load_saved(auto_class, folder: Path, trust_remote_code: bool, **options):
 
 def open_session(path: Path, threads: int | None = None):
     """An ONNX Runtime CPU session; a missing or unreadable file is a RecipeError saying how to export again."""
-    require_serving("onnxruntime")
+    ONNX.check_installed()
     import onnxruntime as ort
 
     folder = path.parent.parent
     if not path.is_file():
         raise RecipeError(
             f"--backend onnx: {path} does not exist. Export the model first: python export.py {folder} "
-            "(or set export_onnx: true in the recipe, which exports at the end of training)."
+            "(or set export: [onnx] in the recipe, which exports at the end of training)."
         )
     options = ort.SessionOptions()
     if threads:
@@ -239,7 +229,7 @@ def check_parity(model, processor, sessions, pictures: list, labels: list | None
 
     outputs = {"pytorch": [], "fp32": [], "int8": []}
     with torch.inference_mode():
-        for start in range(0, len(pictures), 32):
+        for start in progress(range(0, len(pictures), 32), "parity check (PyTorch, fp32, int8)"):
             pixels = processor(pictures[start : start + 32], return_tensors="np")["pixel_values"]
             outputs["pytorch"].append(model(pixel_values=torch.from_numpy(pixels)).logits.numpy())
             outputs["fp32"].append(run_session(sessions[0], pixels))
@@ -257,7 +247,7 @@ def export_folder(output_dir: str | Path, split: str | None = None, images: list
     """Write `<output_dir>/onnx/` (both files, then parity.json) and return the parity numbers. An export of the
     folder's current weights, config and image processor is kept unless `overwrite`; one of other files is made
     again. Raises RecipeError when fp32 disagrees with PyTorch."""
-    require_serving("onnx", "onnxruntime")
+    ONNX.check_installed()
     folder = require_model_folder(output_dir, "OUTPUT_DIR", _ADVICE)
     if not trust_remote_code:
         refuse_shipped_code(folder, "OUTPUT_DIR")
@@ -321,3 +311,6 @@ def summary(parity: dict) -> str:
     text = f"fp32 agrees on {fp32['top1_agreement']:.2%} of {parity['images']} images, max logit diff "
     text += f"{fp32['max_abs_logit_diff']:.1e}; int8 agrees on {int8['top1_agreement']:.2%}"
     return text + (f", accuracy drop {int8['accuracy_drop'] * 100:.2f} points" if "accuracy_drop" in int8 else "")
+
+
+Classifier = OnnxClassifier  # what predict.py --backend onnx serves with (artifacts.EXPORTS)

@@ -30,13 +30,13 @@ from .artifacts import (
     RESOLVED_RECIPE_NAME,
     RESULTS,
     SWEEP_STUDY_FILE,
+    export_module,
 )
 from .bad_images import BadImageLog
 from .card import finish_for_hub
 from .config import DEFAULTS
 from .console import show, table
 from .errors import RecipeError
-from .onnx_export import export_folder
 from .report import write_report
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ _RESUMABLE_DIFFERENCES = {
     "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name", "push_to_hub", "hub_model_id",
     "hub_strategy", "hub_private_repo", "hub_always_push", "hub_revision", "dataloader_num_workers",
     "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
-    "per_device_eval_batch_size", "save_total_limit", "max_bad_images", "dataset_name_for_card", "export_onnx",
+    "per_device_eval_batch_size", "save_total_limit", "max_bad_images", "dataset_name_for_card", "export",
 }  # fmt: skip
 
 
@@ -224,8 +224,8 @@ def finish_run(trainer, metrics: dict, predictions: dict, names, model_args, dat
     metrics_path = write_metrics(output_dir, metrics, trained=trained)
     logger.info("Wrote %s: %s", metrics_path, metrics)
     show(*closing_table(output_dir, metrics, reports, metrics_path))
-    if trained and args.export_onnx:
-        export_folder(output_dir, log=show)
+    for name in args.export if trained else []:
+        export_module(name).export_folder(output_dir, log=show, trust_remote_code=model_args.trust_remote_code)
     if trained and (url := finish_for_hub(output_dir, hub, recipe_path, argv)):
         show(f"Pushed to {url}")
     return metrics_path

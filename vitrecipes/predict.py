@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -135,6 +136,9 @@ def run_cli(args, classifier=None) -> int:
     if args.top_k > len(id2label):  # the pipeline gives every class then; the header must say so
         print(f"--top_k {args.top_k}: the model has {top_k} classes, so all {top_k} are shown.", file=sys.stderr)
     items = expand_inputs(args.images)
+    backend = getattr(args, "backend", "torch") + (" int8" if getattr(args, "quantized", False) else "")
+    print(f"Model {args.model}: {len(id2label)} classes, {backend} backend; {len(items)} inputs", file=sys.stderr)
+    started = time.perf_counter()
     width = min(max((len(item) for item in items), default=4), 80)
     label_width = max(len("label"), *(len(str(label)) for label in id2label.values()))
     if not args.json:
@@ -151,6 +155,7 @@ def run_cli(args, classifier=None) -> int:
             row = f"{result['input']:<{width}}  {result['label']:<{label_width}}  {result['score']:>11.4f}"
             top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in result["top_k"])
             print(row + (f"  {top}" if top_k > 1 else ""), flush=True)
-    if failed:
-        print(f"{failed} of {len(items)} inputs could not be classified (see the error lines).", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    print(f"{len(items) - failed} of {len(items)} inputs classified in {seconds:.1f} s"
+          + (f"; {failed} could not be (see their error lines)." if failed else "."), file=sys.stderr)  # fmt: skip
     return 1 if failed else 0
