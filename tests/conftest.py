@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-
-ROOT = Path(__file__).resolve().parent.parent
-SNACKS = (ROOT.parent / "shared" / "data" / "snacks").resolve()
+from helpers import run_cli, write_imagefolder
 
 # Set before transformers / datasets are imported by any test module.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -26,30 +20,6 @@ def _isolated_caches(tmp_path_factory):
     os.environ["VITRECIPES_CACHE"] = str(cache / "vitrecipes")
     os.environ["HF_DATASETS_CACHE"] = str(cache / "datasets")
     yield
-
-
-CLASS_COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-
-
-def class_image(colour, seed: int, size=(40, 30)) -> Image.Image:
-    """A noisy image dominated by one colour: trivially learnable, still real pixels."""
-    rng = np.random.default_rng(seed)
-    base = np.array(colour, dtype=np.float32)
-    pixels = np.clip(base + rng.normal(0, 25, size=(size[1], size[0], 3)), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, mode="RGB")
-
-
-def write_imagefolder(root: Path, splits: dict[str, int], classes=CLASS_COLOURS, fmt="png") -> Path:
-    """root/<split>/<class>/<i>.<fmt>, `splits[split]` images per class."""
-    seed = 0
-    for split, per_class in splits.items():
-        for name, colour in classes.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                seed += 1
-                class_image(colour, seed).save(folder / f"{i}.{fmt}")
-    return root
 
 
 @pytest.fixture
@@ -77,23 +47,6 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-# The timeout only catches a hang: on a loaded 2-core machine one smoke run has taken 10 minutes.
-def run_cli(*args, cwd=ROOT, timeout=1800) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run_snacks.py"), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-    )
-
-
-def evaluate_only(output_dir: Path, *extra) -> subprocess.CompletedProcess:
-    """The documented evaluation-only command for a finished run: its resolved recipe, --do_train false."""
-    return run_cli(output_dir / "resolved_recipe.yaml", "--do_train", "false", *extra)
-
-
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """`python run_snacks.py recipes/smoke.yaml`, run once as a user would, shared by many tests."""
@@ -118,9 +71,6 @@ def digits_validation(tmp_path_factory) -> Path:
     return root
 
 
-DINOV2 = (ROOT.parent / "shared" / "models" / "dinov2-small").resolve()
-
-
 @pytest.fixture(scope="session")
 def tiny_dinov2(tmp_path_factory) -> Path:
     """A random DINOv2 backbone (no head), saved like the shared pretrained one."""
@@ -138,13 +88,11 @@ def tiny_dinov2(tmp_path_factory) -> Path:
 @pytest.fixture
 def jpeg_folder(tmp_path) -> Path:
     """Non-square JPEG photos (the eval resize and centre crop matter), 3 colour classes."""
-    seed = 100
-    for split, per_class in {"train": 10, "validation": 4, "test": 4}.items():
-        for name, colour in CLASS_COLOURS.items():
-            folder = tmp_path / "jpegs" / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                seed += 1
-                size = (72, 48) if i % 2 else (45, 70)  # landscape and portrait
-                class_image(colour, seed, size=size).save(folder / f"{i}.jpg", quality=85)
-    return tmp_path / "jpegs"
+    return write_imagefolder(tmp_path / "jpegs", {"train": 10, "validation": 4, "test": 4}, fmt="jpg",
+                             sizes=[(45, 70), (72, 48)], seed=100, quality=85)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def model_dir(smoke_run) -> Path:
+    """The smoke run's output folder: a trained model with its processor, card and reports."""
+    return smoke_run[0]

@@ -4,7 +4,7 @@ and the libraries' messages in the run's log file."""
 import json
 import re
 
-from conftest import run_cli
+from helpers import run_cli
 
 import run_snacks
 

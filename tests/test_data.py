@@ -4,7 +4,7 @@ from collections import Counter
 
 import datasets
 import pytest
-from conftest import CLASS_COLOURS, class_image, write_imagefolder
+from helpers import CLASS_COLOURS, class_image, write_imagefolder
 
 from vitrecipes import data as data_module
 from vitrecipes.bad_images import BadImageLog

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -84,11 +84,6 @@ def classify_in_browser(url: str, image: Path, screenshot: Path | None = None) -
             return top.inner_text(), outside
         finally:
             browser.close()
-
-
-@pytest.fixture(scope="module")
-def model_dir(smoke_run) -> Path:
-    return smoke_run[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,11 @@
 """Two processes under `accelerate launch` (gloo on CPU): the numbers mean what they mean in one process."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from subprocess import PIPE
 
 import pytest
 import torch
-from conftest import ROOT, evaluate_only, write_imagefolder
+from helpers import evaluate_only, launch, write_imagefolder
 
 EVAL_SAMPLES = 299  # odd: the distributed sampler must pad one split, and the padding must not be counted
 
@@ -17,13 +13,8 @@ EVAL_SAMPLES = 299  # odd: the distributed sampler must pad one split, and the p
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "out"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "run_snacks.py", "recipes/smoke.yaml", "--output_dir", str(out),
-        "--num_train_epochs", "3", "--max_eval_samples", str(EVAL_SAMPLES),
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    result = launch("run_snacks.py", "recipes/smoke.yaml", "--output_dir", out, "--num_train_epochs", "3",
+                    "--max_eval_samples", EVAL_SAMPLES)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     return out, result
 
@@ -65,18 +56,12 @@ def test_files_and_logs_come_from_the_main_process_only(two_process_run):
     assert (out / "run.log").read_text().count("***** Running training *****") == 1  # the main process's log
 
 
-def _launch(*args, timeout=600):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *map(str, args)]  # fmt: skip
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
-
-
 def test_images_are_verified_once_by_the_main_process_and_left_out_by_both(tmp_path):
     data = write_imagefolder(tmp_path / "data", {"train": 8, "validation": 3})
     (data / "train" / "red" / "cut.png").write_bytes((data / "train" / "red" / "0.png").read_bytes()[:60])
     (data / "train" / "blue" / "html.png").write_text("<html>404</html>")
     out = tmp_path / "out"
-    result = _launch("run_snacks.py", "recipes/smoke.yaml", "--dataset_name", data, "--output_dir", out,
+    result = launch("run_snacks.py", "recipes/smoke.yaml", "--dataset_name", data, "--output_dir", out,
                      "--verify_images", "--max_bad_images", "0", "--num_train_epochs", "1")  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     logged = [json.loads(line) for line in (out / "bad_images.jsonl").read_text().splitlines()]
@@ -99,13 +84,12 @@ def test_two_machines_agree_on_the_images_verify_images_leaves_out(tmp_path):
         port = free.getsockname()[1]
 
     def machine(rank):
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-                   "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "run_snacks.py", "recipes/smoke.yaml", "--dataset_name", str(data), "--output_dir", str(out),
-                   "--verify_images", "--max_bad_images", "0", "--num_train_epochs", "1",
-                   "--log_level_replica", "info"]  # fmt: skip
-        return subprocess.Popen(command, cwd=ROOT, stdout=PIPE, stderr=PIPE, text=True, env=dict(os.environ))
+        options = ["--multi_gpu", "--num_processes", "2", "--num_machines", "2", "--machine_rank", str(rank),
+                   "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--mixed_precision", "no",
+                   "--dynamo_backend", "no"]  # fmt: skip
+        return launch("run_snacks.py", "recipes/smoke.yaml", "--dataset_name", data, "--output_dir", out,
+                      "--verify_images", "--max_bad_images", "0", "--num_train_epochs", "1", "--log_level_replica",
+                      "info", options=options, popen=True)  # fmt: skip
 
     out = tmp_path / "out"
     machines = [machine(0), machine(1)]
@@ -121,7 +105,6 @@ NAN_ON_ONE_PROCESS = """
 import os, sys
 import torch
 from transformers import TrainingArguments, ViTConfig, ViTForImageClassification
-sys.path.insert(0, os.getcwd())
 from vitrecipes.training import RecipeTrainer
 
 class Images(torch.utils.data.Dataset):
@@ -148,7 +131,7 @@ RecipeTrainer(model=ViTForImageClassification(config), args=args, train_dataset=
 def test_a_nan_on_one_process_stops_every_process_with_the_message(tmp_path):
     script = tmp_path / "nan_on_one_process.py"
     script.write_text(NAN_ON_ONE_PROCESS)
-    result = _launch(script, tmp_path / "out")
+    result = launch(script, tmp_path / "out")
     assert result.returncode != 0
     # Both processes raise the error themselves (before, only rank 1 did and rank 0 was killed or hung).
     assert result.stderr.count("NonFiniteLossError: The training loss became nan at step 3") == 1, result.stderr[-4000:]
@@ -160,14 +143,12 @@ def test_the_pretrained_recipe_trains_on_two_processes(tmp_path, tiny_dinov2, ad
     # DINOv2's embeddings.mask_token is trainable but unused by classification: DDP failed at step 2 on it.
     data = write_imagefolder(tmp_path / "data", {"train": 8, "validation": 3, "test": 3})  # 9: odd, so padded
     out = tmp_path / "out"
-    # The recipe's probe_regularization acts only in lp_ft; freeze_blocks only in freeze (others are refused).
-    own_keys = {"full": ["--probe_regularization", 0.1], "lp_ft": [], "lora": ["--probe_regularization", 0.1],
-                "freeze": ["--freeze_blocks", 1, "--probe_regularization", 0.1]}  # fmt: skip
-    result = _launch("run_snacks.py", "recipes/dinov2-small/snacks/config_cpu.yaml",
+    # Switching the mode leaves the recipe's other-mode keys out (probe_regularization); freeze needs its own.
+    result = launch("run_snacks.py", "recipes/dinov2-small/snacks/config_cpu.yaml",
                      "--model_name_or_path", tiny_dinov2, "--dataset_name", data, "--output_dir", out,
                      "--adaptation", adaptation, "--image_size", 32, "--max_steps", 3,
                      "--per_device_train_batch_size", 4, "--save_strategy", "no",
-                     *own_keys[adaptation])  # fmt: skip
+                     *(["--freeze_blocks", 1] if adaptation == "freeze" else []))  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 3
@@ -178,12 +159,8 @@ def test_the_pretrained_recipe_trains_on_two_processes(tmp_path, tiny_dinov2, ad
     assert model.config.num_labels == 3 and not hasattr(model, "peft_config")
 
 
-def _fsdp(*args, timeout=600):
-    config = "recipes/accelerate_configs/fsdp.yaml"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes", "2",
-               "--mixed_precision", "no", "--fsdp_transformer_layer_cls_to_wrap", "Dinov2Layer",
-               *map(str, args)]  # fmt: skip
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+FSDP = ("--config_file", "recipes/accelerate_configs/fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no",
+        "--fsdp_transformer_layer_cls_to_wrap", "Dinov2Layer")  # fmt: skip
 
 
 def test_fsdp_loading_on_cpu_with_a_new_head(tmp_path, tiny_dinov2):
@@ -192,10 +169,11 @@ def test_fsdp_loading_on_cpu_with_a_new_head(tmp_path, tiny_dinov2):
     # with plain data parallel: the sharding itself is checked by the fully_shard test below.
     data = write_imagefolder(tmp_path / "data", {"train": 8, "validation": 3, "test": 3})
     out = tmp_path / "out"
-    result = _fsdp("run_snacks.py", "recipes/dinov2-small/snacks/config_cpu.yaml", "--use_cpu", "true",
+    result = launch("run_snacks.py", "recipes/dinov2-small/snacks/config_cpu.yaml", "--use_cpu", "true",
                    "--model_name_or_path", tiny_dinov2, "--dataset_name", data, "--output_dir", out, "--image_size", 32,
                    "--max_steps", 3, "--per_device_train_batch_size", 4, "--save_strategy", "no",
-                   "--adaptation", "lp_ft", "--probe_feature_cache", "false", "--ema_decay", 0.9)  # fmt: skip
+                   "--adaptation", "lp_ft", "--probe_feature_cache", "false", "--ema_decay", 0.9,
+                   options=FSDP)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 3
@@ -217,7 +195,6 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import Dinov2Config, Dinov2ForImageClassification
-sys.path.insert(0, os.getcwd())
 from vitrecipes.training import WeightAverage
 
 dist.init_process_group("gloo")
@@ -246,6 +223,6 @@ def test_the_weight_average_works_on_fsdp2_sharded_parameters(tmp_path):
     # AveragedModel deep-copied the model, which FSDP refuses ("FSDP does not support deepcopy").
     script = tmp_path / "ema_under_fsdp2.py"
     script.write_text(EMA_UNDER_FSDP2)
-    result = _launch(script, timeout=300)
+    result = launch(script, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("averaged") == 2

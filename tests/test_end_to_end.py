@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import SNACKS, evaluate_only, run_cli
+from helpers import SNACKS, class_image, evaluate_only, run_cli, write_imagefolder
 from transformers import AutoModelForImageClassification, pipeline
 
 import run_snacks
@@ -95,7 +95,6 @@ def test_evaluation_only_reproduces_the_metrics_without_touching_the_run(smoke_r
 
 
 def test_fine_tunes_a_checkpoint_with_a_new_head_and_no_test_split(tmp_path, tiny_checkpoint, caplog, monkeypatch):
-    from conftest import write_imagefolder
 
     from vitrecipes import hardware
 
@@ -177,7 +176,6 @@ def test_tiny_vit_on_the_real_snacks_photos(tmp_path):
 
 def test_class_order_of_the_dataset_is_the_models(tmp_path):
     import datasets
-    from conftest import class_image
 
     colours = {"banana": (230, 210, 40), "apple": (220, 30, 30), "hot dog": (30, 40, 220)}  # not sorted
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(colours))})
@@ -206,7 +204,6 @@ def test_bf16_on_a_cpu_trains_and_extracts_probe_features_in_bf16_and_evaluates_
     tmp_path, tiny_checkpoint, caplog, monkeypatch, adaptation
 ):
     import torch
-    from conftest import write_imagefolder
 
     from vitrecipes import hardware
 

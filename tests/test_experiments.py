@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 import run_snacks
 from vitrecipes.config import parse_recipe

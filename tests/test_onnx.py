@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import DINOV2, SNACKS, class_image
+from helpers import DINOV2, SNACKS, class_image
 from PIL import Image
 from transformers import AutoImageProcessor, pipeline
 

@@ -7,15 +7,13 @@ import functools
 import http.server
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from helpers import run_cli
 from PIL import Image
 
 import demo as demo_script
@@ -26,16 +24,6 @@ from vitrecipes.images import MAX_IMAGE_PIXELS, load_rgb
 from vitrecipes.modeling import build_image_processor
 from vitrecipes.predict import load_classifier, predict
 from vitrecipes.transforms import Preprocessing
-
-
-@pytest.fixture(scope="module")
-def model_dir(smoke_run) -> Path:
-    return smoke_run[0]
-
-
-@pytest.fixture(scope="module")
-def validation_dir(digits_validation) -> Path:
-    return digits_validation
 
 
 @pytest.fixture(scope="module")
@@ -52,27 +40,22 @@ def _validation_accuracy(model_dir: Path) -> float:
     return json.loads((model_dir / "metrics.json").read_text())["validation"]["accuracy"]
 
 
-def test_cli_reproduces_the_validation_accuracy_exactly(model_dir, validation_dir):
+def test_cli_reproduces_the_validation_accuracy_exactly(model_dir, digits_validation):
     """Same images, same eval transform as the run's evaluation: the accuracy must be identical."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "predict.py"), "--model", str(model_dir), str(validation_dir), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    result = run_cli("--model", model_dir, digits_validation, "--json", script="predict.py", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     results = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(results) == 300 and not any("error" in r for r in results)
     assert _accuracy(results) == _validation_accuracy(model_dir)
 
 
-def test_predictions_agree_with_the_runs_eval_transform_image_by_image(tmp_path, model_dir, validation_dir, classifier):
+def test_predictions_agree_with_the_runs_eval_transform_image_by_image(tmp_path, model_dir, digits_validation,
+                                                                       classifier):  # fmt: skip
     """predict() runs the saved processor through pipeline(); evaluation ran the recipe's own transform. On
     non-square images (where squashing to a square and resize-then-centre-crop give different pixels) both
     must see the same pixels: scores within float rounding, every label, hence the accuracy, identical."""
     files = []
-    for i, source in enumerate(sorted(validation_dir.rglob("*.png"))[::3]):
+    for i, source in enumerate(sorted(digits_validation.rglob("*.png"))[::3]):
         target = tmp_path / source.parent.name / source.name
         target.parent.mkdir(exist_ok=True)
         size = (48, 32) if i % 2 else (30, 45)  # landscape and portrait
@@ -92,8 +75,8 @@ def test_predictions_agree_with_the_runs_eval_transform_image_by_image(tmp_path,
     assert max(abs(q["score"] - o["score"]) for q, o in zip(squashed, ours)) > 1e-3  # the crop really mattered
 
 
-def test_folders_are_searched_recursively_for_images_only(tmp_path, validation_dir, classifier):
-    sources = sorted(validation_dir.glob("seven/*.png"))[:3]
+def test_folders_are_searched_recursively_for_images_only(tmp_path, digits_validation, classifier):
+    sources = sorted(digits_validation.glob("seven/*.png"))[:3]
     (tmp_path / "a" / "b").mkdir(parents=True)
     shutil.copy(sources[0], tmp_path / "top.png")
     shutil.copy(sources[1], tmp_path / "a" / "middle.png")
@@ -105,8 +88,8 @@ def test_folders_are_searched_recursively_for_images_only(tmp_path, validation_d
     assert all("error" not in r for r in results)
 
 
-def test_top_k_gives_sorted_classes_and_accepts_pil_images(validation_dir, classifier):
-    image = Image.open(sorted(validation_dir.glob("three/*.png"))[0])
+def test_top_k_gives_sorted_classes_and_accepts_pil_images(digits_validation, classifier):
+    image = Image.open(sorted(digits_validation.glob("three/*.png"))[0])
     (result,) = predict(classifier, [image], top_k=3)
     assert result["input"] == "<image 0>"
     scores = [t["score"] for t in result["top_k"]]
@@ -117,8 +100,8 @@ def test_top_k_gives_sorted_classes_and_accepts_pil_images(validation_dir, class
     assert len(everything["top_k"]) == 10 and sum(t["score"] for t in everything["top_k"]) == pytest.approx(1.0)
 
 
-def test_unreadable_files_get_an_error_line_and_exit_status_1(tmp_path, model_dir, validation_dir, capsys):
-    good = sorted(validation_dir.glob("zero/*.png"))[0]
+def test_unreadable_files_get_an_error_line_and_exit_status_1(tmp_path, model_dir, digits_validation, capsys):
+    good = sorted(digits_validation.glob("zero/*.png"))[0]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"this is not a png")
     truncated = tmp_path / "truncated.png"
@@ -137,8 +120,8 @@ def test_unreadable_files_get_an_error_line_and_exit_status_1(tmp_path, model_di
     assert "1 of 4 inputs classified in " in captured.err and "; 3 could not be (see their error" in captured.err
 
 
-def test_table_output_is_readable(model_dir, validation_dir, capsys):
-    images = sorted(validation_dir.glob("five/*.png"))[:2]
+def test_table_output_is_readable(model_dir, digits_validation, capsys):
+    images = sorted(digits_validation.glob("five/*.png"))[:2]
     assert predict_script.main(["--model", str(model_dir), *map(str, images), "--top_k", "2"]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split() == ["file", "label", "probability", "top", "2"]
@@ -149,8 +132,8 @@ def test_table_output_is_readable(model_dir, validation_dir, capsys):
         assert top[0] == label and len(top) == 4  # "label score, label score"
 
 
-def test_top_k_above_the_number_of_classes_is_clamped_with_one_note(model_dir, validation_dir, capsys):
-    image = sorted(validation_dir.glob("five/*.png"))[0]
+def test_top_k_above_the_number_of_classes_is_clamped_with_one_note(model_dir, digits_validation, capsys):
+    image = sorted(digits_validation.glob("five/*.png"))[0]
     assert predict_script.main(["--model", str(model_dir), str(image), "--top_k", "1000"]) == 0
     captured = capsys.readouterr()
     header, row = captured.out.splitlines()
@@ -159,7 +142,7 @@ def test_top_k_above_the_number_of_classes_is_clamped_with_one_note(model_dir, v
     assert captured.err.count("--top_k") == 1
 
 
-def test_http_urls_are_downloaded(model_dir, validation_dir, classifier, monkeypatch):
+def test_http_urls_are_downloaded(model_dir, digits_validation, classifier, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")
 
@@ -168,12 +151,12 @@ def test_http_urls_are_downloaded(model_dir, validation_dir, classifier, monkeyp
             pass
 
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=validation_dir)
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=digits_validation)
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        local = sorted(validation_dir.glob("four/*.png"))[0]
+        local = sorted(digits_validation.glob("four/*.png"))[0]
         base = f"http://127.0.0.1:{server.server_address[1]}"
         results = predict(classifier, [f"{base}/four/{local.name}", f"{base}/four/absent.png"], top_k=2)
     finally:
@@ -216,11 +199,12 @@ def test_asking_for_a_missing_gpu_is_a_usage_error(model_dir, capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
-def test_an_image_above_the_pixel_limit_is_an_error_line_without_a_warning(tmp_path, model_dir, validation_dir, capsys):
+def test_an_image_above_the_pixel_limit_is_an_error_line_without_a_warning(tmp_path, model_dir, digits_validation,
+                                                                          capsys):  # fmt: skip
     """Training's limit (Pillow's threshold, above which Pillow only warns): 10000 x 9000 pixels is read from the
     header and refused, not decoded; the other images are classified."""
     assert DataArguments().max_image_pixels == MAX_IMAGE_PIXELS == 89_478_485  # one limit, training's default
-    big, good = tmp_path / "big.png", sorted(validation_dir.glob("zero/*.png"))[0]
+    big, good = tmp_path / "big.png", sorted(digits_validation.glob("zero/*.png"))[0]
     Image.new("1", (10_000, 9_000)).save(big)  # 1 bit per pixel: a small file, 270 MB once decoded to RGB
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -246,7 +230,7 @@ class EvilModel(ViTForImageClassification):
 """
 
 
-def test_a_model_that_ships_its_own_code_is_refused_unless_trusted(model_dir, validation_dir, tmp_path, monkeypatch,
+def test_a_model_that_ships_its_own_code_is_refused_unless_trusted(model_dir, digits_validation, tmp_path, monkeypatch,
                                                                    capsys):  # fmt: skip
     """predict.py (both backends), demo.py and export.py refuse before transformers is asked, which on a terminal
     offers to run the code (and runs it on a `y`); --trust_remote_code runs it."""
@@ -258,7 +242,7 @@ def test_a_model_that_ships_its_own_code_is_refused_unless_trusted(model_dir, va
     (folder / "custom.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
     asked = []
     monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "y")  # a user answering y
-    image = str(sorted(validation_dir.glob("four/*.png"))[0])
+    image = str(sorted(digits_validation.glob("four/*.png"))[0])
     # Its model_type without the code (no auto_map): transformers' raw ValueError becomes one paragraph.
     unknown = Path(shutil.copytree(folder, tmp_path / "unknown", ignore=shutil.ignore_patterns("custom.py")))
     (unknown / "config.json").write_text(json.dumps({**config, "model_type": "evilnet"}))

@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import write_imagefolder
+from helpers import write_imagefolder
 from PIL import Image
 from transformers import TrainingArguments, ViTImageProcessor
 

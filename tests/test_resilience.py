@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, run_cli, write_imagefolder
+from helpers import ROOT, run_cli, write_imagefolder
 from PIL import Image
 from transformers import TrainingArguments
 
@@ -345,10 +345,6 @@ def test_yaml_is_read_with_the_safe_loader(tmp_path):
     recipe.write_text("seed: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         parse_recipe([str(recipe)])
-
-
-def test_trust_remote_code_is_off_by_default():
-    assert ModelArguments().trust_remote_code is False
 
 
 @pytest.mark.parametrize(

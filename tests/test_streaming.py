@@ -7,8 +7,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -18,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import CLASS_COLOURS, ROOT, class_image, write_imagefolder
+from helpers import CLASS_COLOURS, class_image, launch, run_cli, write_imagefolder
 
 from vitrecipes import shards as shards_module
 from vitrecipes.config import DataArguments
@@ -200,8 +198,7 @@ def _tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
 
 
 def _make_shards(*args):
-    return subprocess.run([sys.executable, str(ROOT / "make_shards.py"), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env=dict(os.environ))  # fmt: skip
+    return run_cli(*args, script="make_shards.py", timeout=600)
 
 
 def test_make_shards_keeps_the_original_bytes_and_counts_them(tmp_path):
@@ -467,7 +464,6 @@ def test_recipe_trainer_trains_and_resumes_from_a_stream_in_one_process(tmp_path
 
 DRIVER = """
 import os, shutil, sys
-sys.path[:0] = [os.path.join(os.getcwd(), "tests"), os.getcwd()]
 import torch.distributed as dist
 from test_streaming import train_from_shards
 
@@ -486,10 +482,7 @@ def test_two_processes_train_from_uneven_shards_and_resume(tmp_path, colour_shar
     # 8 shards for 2 x 2 workers, one of them a single sample, so some worker reads its shards again.
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(script), colour_shards, str(tmp_path)]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    result = launch(script, colour_shards, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("finished at step 6") == 2
     seen = [_lines(tmp_path / f"seen-full-{rank}") for rank in (0, 1)]
@@ -519,14 +512,12 @@ def _digits_shards(root: Path) -> Path:
 
 def test_a_two_process_streamed_run_finishes_and_counts_every_evaluation_image_once(tmp_path):
     shards, out = _digits_shards(tmp_path / "shards"), tmp_path / "out"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "run_snacks.py", "recipes/smoke.yaml",
-        "--train_files", str(shards / "train-*.tar"), "--validation_files", str(shards / "validation-*.tar"),
-        "--test_files", str(shards / "test-*.tar"), "--streaming", "true", "--gradient_accumulation_steps", "2",
-        "--dataloader_num_workers", "1", "--num_train_epochs", "1", "--output_dir", str(out),
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    result = launch(
+        "run_snacks.py", "recipes/smoke.yaml", "--train_files", shards / "train-*.tar", "--validation_files",
+        shards / "validation-*.tar", "--test_files", shards / "test-*.tar", "--streaming", "true",
+        "--gradient_accumulation_steps", "2", "--dataloader_num_workers", "1", "--num_train_epochs", "1",
+        "--output_dir", out,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["validation"]["samples"] == metrics["test"]["samples"] == 300  # each image once, no padding

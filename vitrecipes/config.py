@@ -24,7 +24,7 @@ from transformers.hf_argparser import string_to_bool
 
 from .adaptation import MODES, AdaptationArguments, mode_keys
 from .adaptation import recipe_key as _key
-from .artifacts import EXPORTS, check_output_dir, require_model_folder
+from .artifacts import EXPORTS, check_output_dir, refuse_shipped_code, require_model_folder
 from .errors import RecipeError, cause
 from .hardware import ATTENTION_KERNELS, check_attention_kernel, switch_off_gpu_only_settings
 from .images import MAX_IMAGE_PIXELS
@@ -121,17 +121,8 @@ class ModelArguments(AdaptationArguments, _ModelKeys):  # the model's keys, then
             raise RecipeError(f"adaptation '{self.adaptation}' adapts a checkpoint; from scratch, use 'full'.")
         folder = self.model_name_or_path
         if not self.trust_remote_code and folder and Path(folder).is_dir():
-            # auto_map names shipped code: transformers refuses it with a raw error, or silently builds its own class.
-            try:
-                shipped = PreTrainedConfig.get_config_dict(folder)[0].get("auto_map")
-            except OSError:
-                shipped = None  # no readable config.json: loading the model explains that
-            if shipped:
-                raise RecipeError(
-                    f"model_name_or_path: the checkpoint {folder} ships its own code (the Python files that auto_map "
-                    "in its config.json names), which is not run unless you allow it. Read that code; if you trust "
-                    "it, set trust_remote_code: true."
-                )
+            # transformers would refuse it with a raw error, or silently build its own class instead.
+            refuse_shipped_code(folder, "model_name_or_path", "set trust_remote_code: true")
         super().__post_init__()  # the mode's own keys
 
 
