@@ -4,7 +4,6 @@ import json
 import logging
 import shutil
 import statistics
-import sys
 
 import pytest
 import yaml
@@ -198,8 +197,7 @@ def test_a_sweep_key_must_be_a_recipe_key_that_a_trial_can_set(tmp_path):
 
 
 def test_compare_gives_a_verdict_by_welchs_t_test(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from compare_runs import compare, main
+    from benchmarks.compare_runs import compare, main
 
     def seeds_folder(name, accuracies):
         folder = tmp_path / name
@@ -225,8 +223,7 @@ def test_compare_gives_a_verdict_by_welchs_t_test(tmp_path):
 
 def test_compare_keeps_one_column_per_folder_when_last_names_repeat(tmp_path):
     """`A/seed-1 B/seed-1` (or `*/best`): each folder its own column, labelled by the shortest suffix that differs."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from compare_runs import compare, main
+    from benchmarks.compare_runs import compare, main
 
     folders = {}
     for path, accuracy in [("x/a/seed-1", 0.5), ("x/b/seed-1", 0.6), ("y/b/seed-1", 0.7), ("x/c", 0.8)]:
