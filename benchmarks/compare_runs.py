@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from vitrecipes.errors import RecipeError  # noqa: E402
-from vitrecipes.experiments import FIGURES, check_same_data, run_data, run_folders, summarise_runs  # noqa: E402
+from vitrecipes.errors import RecipeError
+from vitrecipes.experiments import FIGURES, check_same_data, run_data, run_folders, summarise_runs
 
 HIGHER_IS_BETTER = {key: key != "wall_seconds" for key in FIGURES}
 

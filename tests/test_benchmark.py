@@ -1,28 +1,17 @@
-"""The pipeline benchmark runs end to end on a tiny input and reports every field (no timing asserts)."""
+"""The benchmarks run for real on tiny inputs and report what they measured (no timing is asserted)."""
 
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import ROOT
 
-FIELDS = {
-    "limit_ips",
-    "train_ips",
-    "efficiency",
-    "efficiency_first_epoch",
-    "efficiency_later_epochs",
-    "train_ips_per_epoch",
-    "baseline_ips",
-    "baseline_efficiency",
-    "speedup_vs_baseline",
-    "eval_ips",
-    "predict_ips",
-    "input_size",
-}
+from benchmarks.bench_pipeline import main as bench_pipeline
+from benchmarks.bench_time_to_accuracy import main as bench_time_to_accuracy
 
 
 def _within_rounding(ratio, numerator, denominator, half_units=(0.05, 0.05, 0.0005)):
@@ -43,180 +32,113 @@ def test_rounding_bound_covers_a_large_ratio_from_a_loaded_machine():
     assert not _within_rounding(11.5, 85.2, 7.3)
 
 
-def _run_benchmark(*args):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_pipeline.py"), "recipes/smoke.yaml",
-         "--warmup_steps", "1", "--eval_samples", "16", "--predict_samples", "8", "--max_train_samples", "400",
-         *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = result.stdout.strip().splitlines()
-    return json.loads(lines[-1]), "\n".join(lines[:-1])
+def test_pipeline_benchmark_measures_the_recipe_as_it_trains(tmp_path, tiny_dinov2, jpeg_folder, capsys):
+    """The run is built as run_snacks builds it: the recipe's training and evaluation sides, its adaptation."""
+    from transformers import Dinov2ForImageClassification
 
-
-def test_benchmark_repeats_and_reports_median_and_range(tmp_path):
-    import statistics
-
-    report, table = _run_benchmark("--steps", "3", "--epochs", "2", "--repeats", "3", "--out", str(tmp_path / "b.json"))
-    assert json.loads((tmp_path / "b.json").read_text()) == report
-    assert report["batch_size"] == 8 and report["input_size"] == [32, 32] and report["epochs"] == 2
-    assert len(report["repeats"]) == 3
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: {tiny_dinov2}\ndataset_name: {jpeg_folder}\nadaptation: freeze\n"
+                      "freeze_blocks: 2\nimage_size: 48\neval_image_size: 64\nper_device_train_batch_size: 8\n"
+                      "use_cpu: true\n")  # fmt: skip
+    out = tmp_path / "bench.json"
+    report = bench_pipeline([str(recipe), "--warmup_steps", "1", "--steps", "3", "--epochs", "2", "--repeats", "2",
+                             "--eval_samples", "8", "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == report
+    assert report["input_size"] == [48, 48] and report["eval_input_size"] == [64, 64]
+    assert "training side 48x48, evaluation side 64x64" in capsys.readouterr().out
+    # adapt() ran: the embeddings and the first 2 of 3 blocks are frozen.
+    model = Dinov2ForImageClassification.from_pretrained(tiny_dinov2, num_labels=3)
+    frozen = ("dinov2.embeddings", "dinov2.encoder.layer.0.", "dinov2.encoder.layer.1.")
+    assert report["trainable_parameters"] == sum(p.numel() for n, p in model.named_parameters()
+                                                 if not n.startswith(frozen))  # fmt: skip
+    assert len(report["repeats"]) == 2 and report["batch_size"] == 8
     for repeat in report["repeats"]:
-        assert FIELDS <= set(repeat), FIELDS - set(repeat)
-        assert all(repeat[k] > 0 for k in ("limit_ips", "train_ips", "baseline_ips", "eval_ips", "predict_ips"))
-        # The JSON's images/s are rounded to 0.1 and its ratios to 0.001; the speed-up is computed from the
-        # rounded efficiencies, so only its own rounding remains.
+        assert min(repeat[k] for k in ("limit_ips", "train_ips", "baseline_ips", "eval_ips")) > 0
+        # The JSON's images/s are rounded to 0.1 and its ratios to 0.001.
         assert _within_rounding(repeat["efficiency"], repeat["train_ips"], repeat["limit_ips"]), repeat
-        speedup = repeat["speedup_vs_baseline"]
-        assert _within_rounding(speedup, repeat["efficiency"], repeat["baseline_efficiency"], (0, 0, 5e-4)), repeat
-    # Every figure is the median of the repeats, with their range.
-    for key in ("efficiency", "efficiency_first_epoch", "efficiency_later_epochs", "speedup_vs_baseline"):
+        assert _within_rounding(repeat["baseline_efficiency"], repeat["baseline_ips"], repeat["limit_ips"]), repeat
+        assert _within_rounding(repeat["speedup_vs_baseline"], repeat["train_ips"], repeat["baseline_ips"]), repeat
+    for key in ("efficiency", "speedup_vs_baseline", "eval_ips"):  # the median of the repeats, with their range
         values = [r[key] for r in report["repeats"]]
-        figure = report["figures"][key]
-        assert figure["median"] == pytest.approx(statistics.median(values), abs=1e-3)
-        assert (figure["min"], figure["max"]) == (min(values), max(values))
-    for row in ("project ", "baseline (naive PIL)", "median [range] over 3 repeat(s)"):
-        assert row in table
+        assert report["figures"][key] == {"median": round(statistics.median(values), 3), "min": min(values),
+                                          "max": max(values)}  # fmt: skip
+    assert "peak_gpu_mib" not in report["figures"] and report["peak_rss_mib"] > 0
 
 
-def test_benchmark_can_run_one_after_the_other():
-    """--interleave_steps 0 (the default with DataLoader workers): limit, project, limit, each timed alone."""
-    report, table = _run_benchmark("--steps", "4", "--epochs", "1", "--repeats", "1", "--interleave_steps", "0",
-                                   "--skip_baseline")  # fmt: skip
-    assert report["interleave_steps"] == 0 and len(report["repeats"]) == 1
-    assert "baseline_ips" not in report["repeats"][0] and "baseline" not in table.lower()
-    repeat = report["repeats"][0]
-    assert _within_rounding(repeat["efficiency"], repeat["train_ips"], repeat["limit_ips"]), repeat
-
-
-def test_each_repeat_reports_its_own_peak_gpu_memory(monkeypatch, capsys):
-    """No GPU here: torch.cuda's memory counters are stood in for, the runs themselves stay on the CPU."""
-    import torch
-
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import bench_pipeline
-
-    real_setup = bench_pipeline.Setup.__post_init__
-
-    def on_a_gpu(setup):
-        real_setup(setup)
-        setup.device = "cuda"
-
-    counter = {"resets": 0}  # the fake peak is 100 MiB x the resets so far: each repeat must read its own
-    monkeypatch.setattr(bench_pipeline.Setup, "__post_init__", on_a_gpu)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: counter.update(resets=counter["resets"] + 1))
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: counter["resets"] * 100 * 2**20)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a stand-in GPU")
-    report = bench_pipeline.main(
-        ["recipes/smoke.yaml", "--warmup_steps", "1", "--eval_samples", "8", "--predict_samples", "4",
-         "--max_train_samples", "120", "--steps", "2", "--epochs", "1", "--repeats", "2", "--interleave_steps", "0",
-         "--skip_baseline"]
-    )  # fmt: skip
-    assert counter["resets"] == 2
-    assert [r["peak_gpu_mib"] for r in report["repeats"]] == [100, 200]
-
-
-def test_runs_take_turns_one_at_a_time():
-    """Turns (the benchmark's scheduler) runs one thread at a time, in rotation, until each retires."""
-    import threading
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_pipeline import Turns
-
-    turns, log, running, most_running = Turns(), [], set(), []
-
-    def work(name, chunks):
-        turns.wait(name)
-        for chunk in range(chunks):
-            running.add(name)
-            time.sleep(0.01)  # room for another thread to run now, if the scheduler let it
-            most_running.append(len(running))
-            log.append((name, chunk))
-            running.discard(name)
-            if chunk < chunks - 1:
-                turns.pass_on(name)
-                turns.wait(name)
-        turns.pass_on(name, retire=True)
-
-    threads = [threading.Thread(target=work, args=args) for args in (("a", 3), ("b", 1), ("c", 2))]
-    for thread in threads:
-        thread.start()
-    turns.begin(["a", "b", "c"])
-    for thread in threads:
-        thread.join(timeout=30)
-    assert log == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("c", 1), ("a", 2)]
-    assert max(most_running) == 1
-    assert turns.turn is None and turns.order == []
-
-
-@pytest.mark.parametrize("args, message", [(["--epochs", "0"], "--epochs must be 1 or more"),
-                                           (["--repeats", "0"], "--repeats must be 1 or more"),
-                                           (["--interleave_steps", "-5"], "--interleave_steps must be 0")])  # fmt: skip
-def test_benchmark_rejects_bad_options_before_any_work(args, message, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from bench_pipeline import main
-
+@pytest.mark.parametrize("args, message", [(["--epochs", "0"], "must be 1 or more"),
+                                           (["--warmup_steps", "500"], "not more than --warmup_steps")])  # fmt: skip
+def test_pipeline_benchmark_rejects_bad_options_before_any_run(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["recipes/smoke.yaml", *args])
+        bench_pipeline(["recipes/smoke.yaml", "--max_train_samples", "64", *args])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_time_to_accuracy_benchmark_summarises_seeds_and_resumes(tmp_path, tiny_dinov2, jpeg_folder):
-    """Real runs of two pipelines on a tiny DINOv2: per-run records, mean and std over seeds, table, plot."""
-    import statistics
+def test_pipeline_benchmark_names_a_bad_recipe_key_in_one_paragraph():
+    command = [sys.executable, "-m", "benchmarks.bench_pipeline", "recipes/smoke.yaml", "--learning_rat", "1e-3"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Unknown key 'learning_rat'" in result.stderr and "Traceback" not in result.stderr
 
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"model_name_or_path: {tiny_dinov2}\ndataset_name: {jpeg_folder}\nadaptation: lp_ft\nmax_steps: 3\n"
-        "per_device_train_batch_size: 8\neval_strategy: 'no'\nsave_strategy: 'no'\n"
-        "load_best_model_at_end: false\nuse_cpu: true\n"
-    )
-    fast = tmp_path / "fast.yaml"
-    fast.write_text(f"model_name_or_path: {tiny_dinov2}\ndataset_name: {jpeg_folder}\nadaptation: linear_probe\n")
-    out = tmp_path / "bench"
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench_time_to_accuracy.py"), "--recipe", str(recipe),
-               "--fast_recipe", str(fast), "--out", str(out), "--pipelines", "recipe", "linear_probe", "fast_warm:1",
-               "--seeds", "1", "2", "--reuse_features", "--max_steps", "3"]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
-    assert result.returncode == 0, result.stderr[-4000:]
+
+def test_time_to_accuracy_runs_rounds_through_run_seeds_and_resumes(tmp_path, tiny_dinov2, jpeg_folder, capsys):
+    """Real runs of 4 pipelines on a tiny DINOv2, seed by seed in rounds: the same commands a user types."""
+    recipe, fast = tmp_path / "recipe.yaml", tmp_path / "fast.yaml"
+    common = f"model_name_or_path: {tiny_dinov2}\ndataset_name: {jpeg_folder}\nuse_cpu: true\n"
+    # Like config_cpu.yaml: LP-FT with a probe key, which the example's `--adaptation full` leaves out by itself.
+    recipe.write_text(common + "adaptation: lp_ft\nprobe_regularization: 0.01\nmax_steps: 3\n"
+                      "per_device_train_batch_size: 8\neval_strategy: 'no'\nsave_strategy: 'no'\n"
+                      "load_best_model_at_end: false\n")  # fmt: skip
+    fast.write_text(common + "adaptation: linear_probe\n")
+    out = tmp_path / "tta"
+    argv = ["--recipe", str(recipe), "--fast_recipe", str(fast), "--out", str(out), "--pipelines", "example",
+            "recipe", "linear_probe:1", "fast_warm:1", "--seeds", "1", "2"]  # fmt: skip
+    assert bench_time_to_accuracy(argv) == 0
     report = json.loads((out / "time_to_accuracy.json").read_text())
-    assert [(r["pipeline"], r["seed"]) for r in report["runs"]] == [
-        ("recipe", 1), ("recipe", 2), ("linear_probe", 1), ("linear_probe", 2), ("fast_warm", 1)
-    ]  # fmt: skip
-    # The fast variant's warm run reads what its own untimed first run computed.
-    assert [r["features_cached"] for r in report["runs"]] == [False, True, True, True, True]
-    assert "fast_warm-seed1 " in report["runs"][-1]["command"] and (out / "fast_warm-seed1-first").is_dir()
-    for row in report["summary"]:
-        runs = [r for r in report["runs"] if r["pipeline"] == row["pipeline"]]
-        metrics = [json.loads((out / f"{row['pipeline']}-seed{r['seed']}" / "metrics.json").read_text()) for r in runs]
-        tests = [m["test"]["accuracy"] for m in metrics]
+    runs = report["runs"]
+    # Round by round, pipelines alternating; each run the command a user types, with the seeds so far.
+    assert [(r["pipeline"], r["seed"]) for r in runs] == [("example", 1), ("recipe", 1), ("linear_probe", 1),
+                                                          ("fast_warm", 1), ("example", 2), ("recipe", 2)]  # fmt: skip
+    assert runs[5]["command"].endswith("--seeds 1 2 --output_dir " + os.path.relpath(out / "recipe", ROOT))
+    assert "--probe_regularization" not in runs[0]["command"] and "--adaptation full" in runs[0]["command"]
+    # Cold runs compute their own probe features; only fast_warm reads the cache its untimed first run filled.
+    assert [r["features_cached"] for r in runs] == [False, False, False, True, False, False]
+    assert (out / "fast_warm-first" / "seed-1" / "metrics.json").is_file()
+    for r in runs:
+        metrics = json.loads((out / r["pipeline"] / f"seed-{r['seed']}" / "metrics.json").read_text())
+        assert r["test_accuracy"] == metrics["test"]["accuracy"] and r["wall_s"] > 0
+        assert len(r["load_average_start"]) == len(r["load_average_end"]) == 3
+    for row in report["summary"]:  # mean ± std from run_seeds' summary.json; the time from the benchmark's records
+        own = [r for r in runs if r["pipeline"] == row["pipeline"]]
+        tests = [r["test_accuracy"] for r in own]
         assert row["test_accuracy_mean"] == pytest.approx(statistics.mean(tests))
         assert row["test_accuracy_std"] == pytest.approx(statistics.stdev(tests) if len(tests) > 1 else 0.0)
-        assert row["wall_s_mean"] == pytest.approx(statistics.mean(r["wall_s"] for r in runs))
+        assert row["wall_s_mean"] == pytest.approx(statistics.mean(r["wall_s"] for r in own))
+    # compare_runs' verdicts against the first pipeline.
+    assert report["verdicts"]["baseline"] == "example"
+    test_row = next(row for row in report["verdicts"]["rows"] if row["key"] == "test_accuracy")["recipes"]
+    assert test_row["recipe"]["n"] == 2 and "verdict" in test_row["recipe"]
+    assert test_row["linear_probe"]["verdict"].startswith("no test")
     table = (out / "time_to_accuracy.md").read_text()
-    assert table.count("\n") == 5 + 3 + 5 and "| linear_probe | 2 |" in table and "| recipe | 2 | " in table
-    assert (out / "time_to_accuracy.png").stat().st_size > 10_000
-    # Finished runs are read back, not rerun.
-    before = (out / "recipe-seed1" / "benchmark_run.json").read_text()
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
-    assert again.returncode == 0 and "seed 1: test" not in again.stdout
-    assert (out / "recipe-seed1" / "benchmark_run.json").read_text() == before
+    assert "| example | 2 | " in table and "| fast_warm | 1 | " in table and "read from cache" in table
+    assert "Baseline: `example`" in table and (out / "time_to_accuracy.png").stat().st_size > 10_000
 
-
-def test_cpu_bf16_benchmark_times_both_precisions_and_writes_json(tmp_path, tiny_dinov2, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from bench_cpu_bf16 import main
-
-    out = tmp_path / "bf16.json"
-    assert main(["--model", str(tiny_dinov2), "--size", "32", "--steps", "1", "--repeats", "1", "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
-    for mode in ("train", "inference"):
-        figures = report[mode]
-        assert figures["fp32_images_per_s"] > 0 and figures["bf16_images_per_s"] > 0
-        assert figures["bf16_over_fp32"] == pytest.approx(
-            figures["bf16_images_per_s"] / figures["fp32_images_per_s"], abs=0.01
-        )
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--model", str(tiny_dinov2), "--repeats", "0"])
-    assert exit_info.value.code == 2
+    # A rerun runs nothing; a seed cut off (its folder kept, no time recorded) starts afresh, not resumed.
+    records_file = out / "recipe" / "benchmark_runs.json"
+    records = json.loads(records_file.read_text())
+    records_file.write_text(json.dumps({"1": records["1"]}))
+    before = (out / "recipe" / "seed-2" / "metrics.json").stat().st_mtime_ns
+    kept = (out / "example" / "seed-2" / "metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert bench_time_to_accuracy(argv) == 0
+    printed = capsys.readouterr().out
+    assert "recipe seed 2 has no recorded time (cut off): starting it afresh" in printed
+    assert [line.split(":")[0].strip() for line in printed.splitlines() if " s, test " in line] == ["recipe seed 2"]
+    assert (out / "recipe" / "seed-2" / "metrics.json").stat().st_mtime_ns != before
+    assert (out / "example" / "seed-2" / "metrics.json").stat().st_mtime_ns == kept
+    # A seed timed before but no longer finished would run inside the next seed's timed command: refused.
+    shutil.rmtree(out / "example" / "seed-1")
+    with pytest.raises(SystemExit, match=r"seeds \[1\] were timed but are not finished"):
+        bench_time_to_accuracy([*argv[:-3], "--seeds", "1", "2", "3"])
+    # A table of other seeds than a pipeline's summary.json holds would mix them: refused.
+    with pytest.raises(SystemExit, match=r"summary.json is not of seeds \[1\]"):
+        bench_time_to_accuracy([*argv[:6], "--pipelines", "recipe:1"])

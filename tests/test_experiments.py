@@ -4,7 +4,6 @@ import json
 import logging
 import shutil
 import statistics
-import sys
 
 import pytest
 import yaml
@@ -224,8 +223,7 @@ def _seeds(folder, accuracies, data=DIGITS):
 
 
 def _compare_runs():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import compare_runs
+    from benchmarks import compare_runs
 
     return compare_runs
 

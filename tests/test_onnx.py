@@ -324,3 +324,20 @@ def test_transformers_js_reads_the_export_and_agrees(onnx_run, images, transform
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=transformers_js)
         assert result.returncode == 0, result.stderr[-2000:]
         assert json.loads(result.stdout) == [r["label"] for r in ours]
+
+
+def test_onnx_benchmark_times_the_three_variants_and_names_the_run_relative_to_the_repository(onnx_run, tmp_path):
+    from benchmarks.bench_onnx import main as bench_onnx
+
+    out = tmp_path / "bench.json"
+    result = bench_onnx([str(onnx_run), "--runs", "3", "--warmup", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert not Path(result["output_dir"]).is_absolute()
+    assert (ROOT / result["output_dir"]).resolve() == onnx_run.resolve()
+    parity = json.loads((onnx_run / "onnx" / "parity.json").read_text())  # the same test split, the same pixels
+    assert result["images"] == parity["images"] == 300
+    for name, key in (("pytorch eager", "pytorch"), ("onnx fp32", "fp32"), ("onnx int8", "int8")):
+        row = result["variants"][name]
+        assert row["accuracy"] == pytest.approx(parity[key]["accuracy"], abs=0.01)  # thread counts may flip a tie
+        assert row["batch1_median_ms"] > 0 and row["batch32_images_per_s"] > 0
+    assert result["variants"]["pytorch eager"]["speedup_vs_eager_batch1"] == 1.0
