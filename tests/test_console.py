@@ -64,16 +64,18 @@ def test_the_logged_learning_rate_is_the_recipes_at_the_end_of_warm_up(tmp_path,
 
 
 def test_the_probe_shows_its_progress_and_says_when_features_come_from_the_cache(tmp_path, tiny_dinov2, jpeg_folder,
-                                                                                 capsys, monkeypatch):  # fmt: skip
+                                                                                 capfd, monkeypatch):  # fmt: skip
     monkeypatch.setenv("VITRECIPES_CACHE", str(tmp_path / "cache"))
     argv = ["--model_name_or_path", str(tiny_dinov2), "--dataset_name", str(jpeg_folder), "--use_cpu",
             "--report_to", "none", "--adaptation", "linear_probe", "--per_device_eval_batch_size", "8"]  # fmt: skip
     run_snacks.main([*argv, "--output_dir", str(tmp_path / "first")])
-    first = capsys.readouterr()
+    first = capfd.readouterr()
     assert re.search(r"probe features:\s+0%\|\s+\| 0/4 ", first.err), first.err  # 30 images, 8 a batch
     assert "read from the cache" not in first.out
+    assert "Found cached dataset" not in first.err + first.out  # datasets' INFO lines: the log file only
     run_snacks.main([*argv, "--output_dir", str(tmp_path / "second")])
-    second = capsys.readouterr()
+    second = capfd.readouterr()
+    assert "Found cached dataset" not in second.err + second.out
     assert "probe features: read from the cache" in second.out and "probe features:" not in second.err
     assert "Batch   none: no Trainer loop" in second.out
 

@@ -42,6 +42,7 @@ def setup(level: str = "warning", main_process: bool = True) -> None:
     root.addHandler(_handlers.setdefault("console", console))
     root.setLevel(min(console.level, logging.INFO))
     transformers.utils.logging.disable_default_handler()
+    logging.getLogger("datasets").handlers.clear()  # datasets' own stderr handler (datasets 5.2.0): ours print it
     transformers.utils.logging.disable_progress_bar()  # loading and saving weights: seconds, not stages
     keep_library_messages()
     logging.captureWarnings(True)  # warnings.warn too: on the console, and in the file
@@ -98,8 +99,12 @@ def header(recipe_path, model_args, data_args, training_args, data, prep, eval_p
     sizes = ", ".join(f"{name} {n}" for name, n in data.record(data_args)["splits"].items())
     model = model_args.model_name_or_path or f"{model_args.model_type} from scratch"
     sides = f"{prep.size[0]} px" + (f", evaluated at {eval_prep.size[0]} px" if eval_prep.size != prep.size else "")
-    notes = [note for note in getattr(args, "gpu_settings_switched_off", []) if note.startswith(("bf16", "fp16"))]
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    notes = getattr(args, "gpu_settings_switched_off", [])
+    precision = f"bf16 training, {'bf16' if args.bf16_full_eval else 'fp32'} evaluation" if args.bf16 else (
+        "fp16" if args.fp16 else "fp32")  # fmt: skip
+    if any(note.startswith(("bf16: kept", "bf16_full_eval: kept")) for note in notes):
+        precision += " (this CPU computes bf16 natively)"
+    precision += "".join(f" ({note.rstrip('.')})" for note in notes if note.startswith("bf16") and "switched" in note)
     processes = f"{args.world_size} process{'es' if args.world_size > 1 else ''}"
     if args.max_steps > 0:
         length = f"{args.max_steps} steps"
@@ -111,7 +116,7 @@ def header(recipe_path, model_args, data_args, training_args, data, prep, eval_p
     rows = [["Recipe", f"{recipe_path or '(command line)'} -> {args.output_dir}"],
             ["Data", f"{data_args.dataset_name}: {len(data.names)} classes; {sizes}"],
             ["Model", f"{model}, adaptation {model_args.adaptation}; {sides}"],
-            ["Device", f"{args.device}, {processes}; {precision}" + (f" ({notes[0]})" if notes else "")]]  # fmt: skip
+            ["Device", f"{args.device}, {processes}; {precision}"]]  # fmt: skip
     if args.do_train:
         loop = "learning_rate" not in getattr(args, "inactive_keys", ())
         rows.append(["Batch", batch if loop else "none: no Trainer loop"])
