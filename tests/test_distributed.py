@@ -88,15 +88,15 @@ def test_two_machines_agree_on_the_images_verify_images_leaves_out(tmp_path):
                    "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--mixed_precision", "no",
                    "--dynamo_backend", "no"]  # fmt: skip
         return launch("run_snacks.py", "recipes/smoke.yaml", "--dataset_name", data, "--output_dir", out,
-                      "--verify_images", "--max_bad_images", "0", "--num_train_epochs", "1", "--log_level_replica",
-                      "info", options=options, popen=True)  # fmt: skip
+                      "--verify_images", "--max_bad_images", "0", "--num_train_epochs", "1", "--log_level", "info",
+                      "--log_level_replica", "info", options=options, popen=True)  # fmt: skip
 
     out = tmp_path / "out"
     machines = [machine(0), machine(1)]
     results = [machine.communicate(timeout=600) for machine in machines]
     assert [machine.returncode for machine in machines] == [0, 0], results[1][1][-3000:]
     for _, stderr in results:
-        loaded = [line.split("Data: ")[1] for line in stderr.splitlines() if "run_snacks: Data: " in line]
+        loaded = [line.split("Data: ")[1] for line in stderr.splitlines() if "vitrecipes.data: Data: " in line]
         assert loaded and all(line.endswith("; train 24, validation 9") for line in loaded), loaded
     assert json.loads((out / "metrics.json").read_text())["train"]["samples"] == 24
 

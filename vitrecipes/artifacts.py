@@ -173,9 +173,10 @@ def require_fresh_exports(folder: Path, then: str = "") -> None:
     pushed) as if it were the model."""
     for name, export in EXPORTS.items():
         if reason := current_export(folder, export)[1]:
+            again = f"python export.py {folder}" + ("" if name == next(iter(EXPORTS)) else f" --format {name}")
             raise RecipeError(
-                f"The {name} export in {folder / export.folder} is stale: {reason}, so it may not answer as the model "
-                f"does. Export it again: python export.py {folder} --format {name} --overwrite{then}."
+                f"The {name.upper()} export in {folder / export.folder} is stale: {reason}, so it may not answer as the "
+                f"model does. Export it again: {again} --overwrite{then}."
             )
 
 
