@@ -4,8 +4,8 @@ on one tiny digits run trained with export: [onnx]."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
