@@ -175,8 +175,8 @@ def require_fresh_exports(folder: Path, then: str = "") -> None:
         if reason := current_export(folder, export)[1]:
             again = f"python export.py {folder}" + ("" if name == next(iter(EXPORTS)) else f" --format {name}")
             raise RecipeError(
-                f"The {name.upper()} export in {folder / export.folder} is stale: {reason}, so it may not answer as the "
-                f"model does. Export it again: {again} --overwrite{then}."
+                f"The {name.upper()} export in {folder / export.folder} is stale: {reason}, so it may not answer as "
+                f"the model does. Export it again: {again} --overwrite{then}."
             )
 
 
