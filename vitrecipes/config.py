@@ -603,11 +603,10 @@ def load_search_space(path: str | Path) -> tuple[int, dict[str, dict]]:
     unknown = sorted(set(space) - {"n_trials", "params"})
     params = space.get("params") or {}
     if unknown or not isinstance(params, dict) or not params:
-        raise RecipeError(
-            f"Search space {path} must hold `n_trials: N` and `params:` with one entry per key, e.g. "
-            "`learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}` or `lr_scheduler_type: {choices: [cosine, "
-            "linear]}`" + (f"; it has unknown entries {unknown}." if unknown else ".")
-        )
+        end = f"; it has unknown entries {unknown}." if unknown else "."
+        raise RecipeError(f"Search space {path} must hold `n_trials: N` and `params:` with one entry per key, "
+                          "e.g. `learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}` or "
+                          f"`lr_scheduler_type: {{choices: [cosine, linear]}}`{end}")  # fmt: skip
     n_trials = space.get("n_trials", 10)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise RecipeError(f"Search space {path}: 'n_trials' must be a whole number, 1 or more; got {n_trials!r}.")
