@@ -307,13 +307,10 @@ def fit_linear_head(model: nn.Module, train_loader, regularization: float, cache
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weight))
         head.bias.copy_(torch.from_numpy(bias))
-    summary = {
-        "probe_features_cached": cached,
-        "probe_samples": int(len(labels)),
-        "probe_feature_seconds": round(extracted - start, 2),
-        "probe_fit_seconds": round(time.perf_counter() - extracted, 2),
-        "probe_train_accuracy": float(probe.score(features, labels)),
-    }
+    summary = {"probe_features_cached": cached, "probe_samples": int(len(labels)),
+               "probe_feature_seconds": round(extracted - start, 2),
+               "probe_fit_seconds": round(time.perf_counter() - extracted, 2),
+               "probe_train_accuracy": float(probe.score(features, labels))}  # fmt: skip
     logger.info("Linear probe on %d features: %s", features.shape[1], summary)
     return summary
 
