@@ -256,8 +256,7 @@ class WeightAverage(TrainerCallback):
     validation during training sees the raw weights. Not an `AveragedModel`: FSDP refuses its deep copy."""
 
     def __init__(self, decay: float):
-        self.decay = decay
-        self.average = None
+        self.decay, self.average = decay, None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         current = [p.detach() for p in model.parameters() if p.requires_grad]
