@@ -209,8 +209,7 @@ def drop_unreadable(splits: DatasetDict, data_args: DataArguments, bad_images: B
             fn_kwargs={"split": name, "log": bad_images.path, "max_pixels": data_args.max_image_pixels},
             load_from_cache_file=not fresh, desc=f"verify_images: decoding {name}",
         )  # fmt: skip
-        left_out = len(dataset) - len(kept[name])
-        if left_out:
+        if left_out := len(dataset) - len(kept[name]):
             listed = "\n  ".join(f"{file}  ({cause})" for file, cause in bad_images.read().get(name, {}).items())
             logger.warning("verify_images: %d unreadable image(s) left out of %s:\n  %s", left_out, name, listed)
         else:
