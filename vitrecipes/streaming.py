@@ -136,8 +136,7 @@ def open_shards(patterns, classes=None, image_column: str = "image", label_colum
 
 
 def _parquet_classes(url: str, schema, image_column: str, label_column: str) -> tuple:
-    missing = [c for c in (image_column, label_column) if c not in schema.names]
-    if missing:
+    if missing := [c for c in (image_column, label_column) if c not in schema.names]:
         raise RecipeError(f"{url} has no column {', '.join(missing)}; its columns are "
                           f"{', '.join(schema.names)}. Set image_column_name / label_column_name.")  # fmt: skip
     feature = Features.from_arrow_schema(schema).get(label_column)  # datasets' 'huggingface' schema metadata
