@@ -18,20 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import (
-    EXPORTS,
-    RESOLVED_RECIPE_NAME,
-    export_inputs,
-    read_record,
-    refuse_shipped_code,
-    require_fresh_exports,
-    require_model_folder,
-    stale_export,
-)
+from . import artifacts
 from .console import progress
 from .errors import RecipeError, cause
 
-ONNX = EXPORTS["onnx"]
+ONNX = artifacts.EXPORTS["onnx"]
 ONNX_DIR, (FP32_FILE, INT8_FILE, PARITY_FILE) = ONNX.folder, ONNX.files
 
 MAX_LOGIT_DIFF = 1e-3
@@ -82,10 +73,8 @@ class OnnxClassifier:
 
         from transformers import AutoConfig, AutoImageProcessor
 
-        folder = require_model_folder(folder, "--model", _ADVICE)
-        if not trust_remote_code:
-            refuse_shipped_code(folder, "--model")
-        require_fresh_exports(folder)
+        folder = artifacts.require_model_folder(folder, "--model", _ADVICE, refuse_code=not trust_remote_code)
+        artifacts.require_fresh_exports(folder)
         self.session = open_session(folder / ONNX_DIR / (INT8_FILE if quantized else FP32_FILE))
         self.processor = load_saved(AutoImageProcessor, folder, trust_remote_code)
         self.model = SimpleNamespace(config=load_saved(AutoConfig, folder, trust_remote_code))
@@ -115,9 +104,9 @@ def parity_images(folder: Path, split: str | None = None, images: list | None = 
                 raise RecipeError(f"--images: {item} could not be read as an image ({cause(error)}). Give image "
                                   "files or folders of images only (leave this one out).") from None  # fmt: skip
         return pictures, None, f"{len(pictures)} given images"
-    recipe = folder / RESOLVED_RECIPE_NAME
+    recipe = folder / artifacts.RESOLVED_RECIPE_NAME
     if not recipe.is_file():
-        raise RecipeError(f"{folder} has no {RESOLVED_RECIPE_NAME}, so its dataset is unknown: give --images.")
+        raise RecipeError(f"{folder} has no {recipe.name}, so its dataset is unknown: give --images.")
     from transformers import AutoConfig
 
     from .config import parse_recipe
@@ -224,15 +213,13 @@ def export_folder(output_dir: str | Path, split: str | None = None, images: list
     folder's current weights, config and image processor is kept unless `overwrite`; one of other files is made
     again. Raises RecipeError when fp32 disagrees with PyTorch."""
     ONNX.check_installed()
-    folder = require_model_folder(output_dir, "OUTPUT_DIR", _ADVICE)
-    if not trust_remote_code:
-        refuse_shipped_code(folder, "OUTPUT_DIR")
-    onnx_dir, stale = folder / ONNX_DIR, stale_export(folder, ONNX)
+    folder = artifacts.require_model_folder(output_dir, "OUTPUT_DIR", _ADVICE, refuse_code=not trust_remote_code)
+    onnx_dir, stale = folder / ONNX_DIR, artifacts.stale_export(folder, ONNX)
     files = [onnx_dir / FP32_FILE, onnx_dir / INT8_FILE]
     if not overwrite and not stale:
         log(f"Kept the ONNX export in {onnx_dir}: it is of these weights, config and image processor "
             "(--overwrite exports again).")  # fmt: skip
-        return read_record(folder, ONNX)
+        return artifacts.read_record(folder, ONNX)
     if stale and onnx_dir.is_dir():
         log(f"Exporting again: {stale}.")
     for target in (folder, onnx_dir) if onnx_dir.is_dir() else (folder,):
@@ -247,7 +234,7 @@ def export_folder(output_dir: str | Path, split: str | None = None, images: list
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bar
-    inputs = export_inputs(folder)  # the files as they are read next
+    inputs = artifacts.export_inputs(folder)  # the files as they are read next
     model = load_saved(AutoModelForImageClassification, folder, trust_remote_code, use_safetensors=True).eval()
     processor = load_saved(AutoImageProcessor, folder, trust_remote_code)
     pictures, labels, source = parity_images(folder, split, images)
