@@ -329,7 +329,8 @@ def adapt(model: nn.Module, args, training_args, prep, data, resume_from=None) -
     # the main process computes the features and the others read them. On the accelerator: the model is still on the
     # CPU here, where accelerate launch allows one thread.
     images = torch.utils.data.DataLoader(data.probe, batch_size=training_args.per_device_eval_batch_size,
-                                         collate_fn=prep.collate, num_workers=training_args.dataloader_num_workers)
+                                         num_workers=training_args.dataloader_num_workers,
+                                         collate_fn=prep.collate)  # fmt: skip
     bf16 = training_args.bf16
     cache = feature_cache_file(cache_root(), args, prep, data.probe_key, bf16) if args.probe_feature_cache else None
     with training_args.main_process_first(desc="linear probe"):

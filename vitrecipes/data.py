@@ -75,7 +75,8 @@ def _load_shards(data_args: DataArguments, streamed: bool = False) -> DatasetDic
     columns = data_args.image_column_name, data_args.label_column_name
     files = {"train": data_args.train_files, "validation": data_args.validation_files, "test": data_args.test_files}
     return DatasetDict({split: local_dataset(open_shards(shard_urls(found, split, data_args), None, *columns))
-                        for split, found in files.items() if found and not (streamed and split == "train")})
+                        for split, found in files.items()
+                        if found and not (streamed and split == "train")})  # fmt: skip
 
 
 def shard_urls(files: list[str], split: str, data_args: DataArguments) -> list[str]:
@@ -228,7 +229,7 @@ class Data:
         """metrics.json's `data`: what the run trained and evaluated on, so that runs on other data are not compared."""
         dataset = shareable_dataset(data_args.dataset_name, data_args.dataset_name_for_card)
         return {"dataset": dataset, "splits": {name: size(split) for name, split in self.splits.items()},
-                "classes": self.names}
+                "classes": self.names}  # fmt: skip
 
 
 def load_data(data_args: DataArguments, training_args, prep, eval_prep, bad_images: BadImageLog) -> Data:

@@ -97,7 +97,7 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
                 use_safetensors=True,  # never unpickle weights
                 output_loading_info=True,  # its report goes to the log file; report_new_weights says it in one line
                 **_hub_kwargs(model_args),
-            )
+            )  # fmt: skip
             report_new_weights(model, loading)
     except OSError as error:
         raise _missing_checkpoint_error(name, error) from None

@@ -75,7 +75,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None, trust_r
     try:
         return pipeline("image-classification", model=name, model_kwargs={"use_safetensors": True},  # never unpickle
                         device=None if device == "auto" else device,  # None: the GPU when there is one
-                        trust_remote_code=trust_remote_code)  # False, not None: transformers would ask on a terminal
+                        trust_remote_code=trust_remote_code)  # False, not None: transformers would ask  # fmt: skip
     except Exception as error:  # noqa: BLE001 - any loading or download failure gets the same advice
         if not is_hub_id(name):
             raise RecipeError("--model: could not load an image classifier and its image "

@@ -279,8 +279,8 @@ def build_trainer(model, processor, args, splits: DatasetDict, prep, data_args=N
         mixing = BatchMixing(model.config.num_labels, data_args.mixup_alpha, data_args.cutmix_alpha)
     trainer = RecipeTrainer(model=model, args=args, train_dataset=splits["train"] if args.do_train else None,
                             eval_dataset=splits["validation"], data_collator=prep.collate, processing_class=processor,
-                            compute_metrics=compute_metrics, batch_mixing=mixing,
-                            callbacks=[WeightAverage(args.ema_decay)] if getattr(args, "ema_decay", 0.0) else None)
+                            callbacks=[WeightAverage(args.ema_decay)] if getattr(args, "ema_decay", 0.0) else None,
+                            compute_metrics=compute_metrics, batch_mixing=mixing)  # fmt: skip
     compact_progress(trainer)
     keep_library_messages()  # Trainer set the libraries' level from log_level; the log file wants their INFO
     return trainer
