@@ -43,12 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported: no telemetry, no update check
     try:
-        from vitrecipes.artifacts import refuse_shipped_code, require_model_folder
+        from vitrecipes.artifacts import require_model_folder
 
         advice = "Give the output folder of a training run, e.g. outputs/smoke (from recipes/smoke.yaml)."
-        folder = require_model_folder(args.output_dir, "OUTPUT_DIR", advice)
-        if not args.trust_remote_code:
-            refuse_shipped_code(folder, "OUTPUT_DIR")
+        folder = require_model_folder(args.output_dir, "OUTPUT_DIR", advice, refuse_code=not args.trust_remote_code)
         try:
             import gradio  # noqa: F401
         except ImportError as error:

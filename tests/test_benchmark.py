@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from benchmarks.bench_pipeline import main as bench_pipeline
 from benchmarks.bench_time_to_accuracy import main as bench_time_to_accuracy

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 

@@ -63,31 +63,22 @@ MODES = {
     "full": Mode(needs_checkpoint=False),
     "linear_probe": Mode(_PROBE_KEYS, probe=True, trainer_loop=False, prepare=_train_head_only),
     "lp_ft": Mode(_PROBE_KEYS, probe=True),
-    "freeze": Mode(
-        {
-            "freeze_blocks": (
-                lambda v: v >= 1,
-                "be 1 or more, up to the model's number of encoder blocks (checked when the model loads)",
-            )
-        },
-        prepare=lambda model, args: freeze_first_blocks(model, args.freeze_blocks),
-    ),  # fmt: skip
+    "freeze": Mode({"freeze_blocks": (lambda v: v >= 1, "be 1 or more, up to the model's number of encoder blocks "
+                                      "(checked when the model loads)")},
+                   prepare=lambda model, args: freeze_first_blocks(model, args.freeze_blocks)),
     "lora": Mode(
-        {
-            "lora_rank": (lambda v: v >= 1, "be 1 or more"),
-            "lora_alpha": (lambda v: v > 0, "be positive (the adapters' scale is alpha / rank)"),
-            "lora_dropout": (lambda v: 0 <= v < 1, "lie in [0, 1) (a probability)"),
-            "lora_target_modules": (lambda v: bool(v), "name at least one layer"),
-        },
-        prepare=lambda model, args: add_lora(
-            model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_target_modules
-        ),
+        {"lora_rank": (lambda v: v >= 1, "be 1 or more"),
+         "lora_alpha": (lambda v: v > 0, "be positive (the adapters' scale is alpha / rank)"),
+         "lora_dropout": (lambda v: 0 <= v < 1, "lie in [0, 1) (a probability)"),
+         "lora_target_modules": (lambda v: bool(v), "name at least one layer")},
+        prepare=lambda model, args: add_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout,
+                                             args.lora_target_modules),
         finish=lambda model: model.merge_and_unload(),
         no_fsdp="folding the adapters into sharded weights (merge_and_unload) leaves a model that FSDP can no longer "
         "run for the final evaluation. LoRA trains a small fraction of the weights, so plain data parallel fits the "
         "models FSDP would: launch with recipes/accelerate_configs/ddp.yaml, or use adaptation: full under FSDP",
-    ),  # fmt: skip
-}
+    ),
+}  # fmt: skip
 ADAPTATIONS = tuple(MODES)
 
 
@@ -119,11 +110,8 @@ class AdaptationArguments:
 
 def mode_keys() -> dict[str, tuple[str, ...]]:
     """{key: the modes it acts in} for every mode key."""
-    found: dict[str, tuple[str, ...]] = {}
-    for name, mode in MODES.items():
-        for key in mode.keys:
-            found[key] = (*found.get(key, ()), name)
-    return found
+    keys = dict.fromkeys(key for mode in MODES.values() for key in mode.keys)
+    return {key: tuple(name for name, mode in MODES.items() if key in mode.keys) for key in keys}
 
 
 def cache_root() -> Path:
@@ -142,19 +130,17 @@ def feature_cache_file(root: Path, model_args, prep, images_key: str, bf16: bool
         "transform": [list(prep.size), prep.resize_to, list(prep.mean), list(prep.std)],
         **({"jpeg_draft": True} if getattr(prep, "jpeg_draft", False) else {}),  # drafted pixels differ a little
         "images": images_key,
+        **({"bf16": True} if bf16 else {}),  # features computed under bf16 autocast differ a little from fp32 ones
     }
-    if bf16:  # features computed under bf16 autocast differ a little from fp32 ones
-        identity["bf16"] = True
     return root / "probe-features" / f"{Hasher.hash(identity)}.npz"
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:
     head = getattr(model, "classifier", None)
     if not isinstance(head, nn.Linear):
-        raise RecipeError(
-            f"{type(model).__name__} has no single linear `classifier` head, which the adaptation modes "
-            "linear_probe and lp_ft fit. Use adaptation: full, freeze or lora with this model."
-        )
+        raise RecipeError(f"{type(model).__name__} has no single linear `classifier` head, "
+                          "which the adaptation modes linear_probe and lp_ft fit. Use "
+                          "adaptation: full, freeze or lora with this model.")  # fmt: skip
     return head
 
 
@@ -163,10 +149,9 @@ def encoder_blocks(model: nn.Module) -> nn.ModuleList:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and name.endswith(("layer", "layers", "blocks")):
             return module
-    raise RecipeError(
-        f"{type(model).__name__}: no list of encoder blocks (`layers`, `encoder.layer`) was found, so "
-        "freeze_blocks and layer_decay cannot tell the depth of a parameter. Use adaptation: full and layer_decay: 1.0."
-    )
+    raise RecipeError(f"{type(model).__name__}: no list of encoder blocks (`layers`, "
+                      "`encoder.layer`) was found, so freeze_blocks and layer_decay cannot tell the "
+                      "depth of a parameter. Use adaptation: full and layer_decay: 1.0.")  # fmt: skip
 
 
 def block_depth(name: str, num_blocks: int) -> int:
@@ -227,10 +212,9 @@ def add_patch_dropout(model: nn.Module, rate: float) -> None:
     (the class and register tokens always stay), so a step costs about that much less. Evaluation sees every patch."""
     embeddings = getattr(getattr(model, model.base_model_prefix, None), "embeddings", None)
     if embeddings is None or model.config.model_type not in ("vit", "dinov2", "dinov2_with_registers"):
-        raise RecipeError(
-            f"patch_dropout: {type(model).__name__} is not a ViT or DINOv2 model, whose token sequence (a class token, "
-            "registers, then one token per patch) it knows. Set patch_dropout: 0 for this model."
-        )
+        raise RecipeError(f"patch_dropout: {type(model).__name__} is not a ViT or DINOv2 model, "
+                          "whose token sequence (a class token, registers, then one token per "
+                          "patch) it knows. Set patch_dropout: 0 for this model.")  # fmt: skip
     first = 1 + getattr(model.config, "num_register_tokens", 0)
 
     def drop(module, inputs, tokens: torch.Tensor) -> torch.Tensor:
@@ -249,16 +233,14 @@ def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target_m
     """Wrap `model` with peft LoRA adapters; the classification head trains in full."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, modules_to_save=["classifier"]
-    )
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        modules_to_save=["classifier"])  # fmt: skip
     try:
         wrapped = get_peft_model(model, config)
     except ValueError as error:
-        raise RecipeError(
-            f"lora_target_modules: {target_modules} do not match {type(model).__name__}'s layers ({error}). "
-            "ViT and DINOv2 name their attention projections q_proj, k_proj, v_proj and o_proj."
-        ) from None
+        raise RecipeError(f"lora_target_modules: {target_modules} do not match {type(model).__name__}'s "
+                          f"layers ({error}). ViT and DINOv2 name their attention projections q_proj, "
+                          "k_proj, v_proj and o_proj.") from None  # fmt: skip
     trainable, total = wrapped.get_nb_trainable_parameters()
     logger.info("LoRA rank %d on %s: %d of %d parameters train.", rank, target_modules, trainable, total)
     return wrapped
@@ -289,10 +271,8 @@ def head_features(model: nn.Module, loader, device=None, bf16=False, shown=False
     return features[keep], labels[keep]
 
 
-def fit_linear_head(
-    model: nn.Module, train_loader, regularization: float, cache_file: Path | None = None, device=None, bf16=False,
-    shown=False,
-):  # fmt: skip
+def fit_linear_head(model: nn.Module, train_loader, regularization: float, cache_file: Path | None = None,
+                    device=None, bf16=False, shown=False):  # fmt: skip
     """Fit the head, in place, as scikit-learn's logistic regression on standardised frozen features (the
     standardisation folded into its weights). `cache_file` keeps the features for later runs."""
     head = classifier_head(model)
@@ -327,13 +307,10 @@ def fit_linear_head(
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weight))
         head.bias.copy_(torch.from_numpy(bias))
-    summary = {
-        "probe_features_cached": cached,
-        "probe_samples": int(len(labels)),
-        "probe_feature_seconds": round(extracted - start, 2),
-        "probe_fit_seconds": round(time.perf_counter() - extracted, 2),
-        "probe_train_accuracy": float(probe.score(features, labels)),
-    }
+    summary = {"probe_features_cached": cached, "probe_samples": int(len(labels)),
+               "probe_feature_seconds": round(extracted - start, 2),
+               "probe_fit_seconds": round(time.perf_counter() - extracted, 2),
+               "probe_train_accuracy": float(probe.score(features, labels))}  # fmt: skip
     logger.info("Linear probe on %d features: %s", features.shape[1], summary)
     return summary
 
@@ -351,12 +328,9 @@ def adapt(model: nn.Module, args, training_args, prep, data, resume_from=None) -
     # Every process fits the same head on all the images (not on its shard), so replicas agree; with the cache on,
     # the main process computes the features and the others read them. On the accelerator: the model is still on the
     # CPU here, where accelerate launch allows one thread.
-    images = torch.utils.data.DataLoader(
-        data.probe,
-        batch_size=training_args.per_device_eval_batch_size,
-        collate_fn=prep.collate,
-        num_workers=training_args.dataloader_num_workers,
-    )
+    images = torch.utils.data.DataLoader(data.probe, batch_size=training_args.per_device_eval_batch_size,
+                                         num_workers=training_args.dataloader_num_workers,
+                                         collate_fn=prep.collate)  # fmt: skip
     bf16 = training_args.bf16
     cache = feature_cache_file(cache_root(), args, prep, data.probe_key, bf16) if args.probe_feature_cache else None
     with training_args.main_process_first(desc="linear probe"):

@@ -42,12 +42,9 @@ class Export:
     needs: tuple[str, ...] = ()  # the packages it imports (requirements-serve.txt): checked before training
 
     def check_installed(self) -> None:
-        missing = [name for name in self.needs if importlib.util.find_spec(name) is None]
-        if missing:
-            raise RecipeError(
-                f"The {self.folder} export needs {', '.join(missing)}, which is not installed. Install the serving "
-                "libraries with: pip install -r requirements-serve.txt"
-            )
+        if missing := [name for name in self.needs if importlib.util.find_spec(name) is None]:
+            raise RecipeError(f"The {self.folder} export needs {', '.join(missing)}, which is not installed. Install "
+                              "the serving libraries with: pip install -r requirements-serve.txt")  # fmt: skip
 
     def paths(self, output_dir) -> list[Path]:
         return [Path(output_dir) / self.folder / name for name in self.files]
@@ -78,8 +75,9 @@ UPLOADED = [artifact.pattern for artifact in ARTIFACTS if artifact.upload]
 RESULTS = [artifact.pattern for artifact in ARTIFACTS if artifact.result]
 
 
-def require_model_folder(folder: str | Path, what: str, advice: str, weights: bool = True) -> Path:
-    """`folder` if save_pretrained wrote a model there (config.json, and safetensors weights when `weights`)."""
+def require_model_folder(folder: str | Path, what: str, advice: str, weights: bool = True, refuse_code=False) -> Path:
+    """`folder` if save_pretrained wrote a model there (config.json, and safetensors weights when `weights`), and,
+    with `refuse_code` (no trust_remote_code), if it ships no code of its own (`refuse_shipped_code`)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise RecipeError(f"{what}: the folder {folder} does not exist. {advice}")
@@ -88,11 +86,12 @@ def require_model_folder(folder: str | Path, what: str, advice: str, weights: bo
     if weights and not any(folder.glob("*.safetensors")):
         if not any(folder.glob("pytorch_model*.bin")):
             raise RecipeError(f"{what}: {folder} holds no model weights (model.safetensors). {advice}")
-        raise RecipeError(
-            f"{what}: {folder} holds no model.safetensors. Only safetensors weights are loaded, because pickled "
-            "weights (pytorch_model.bin) can run code when loaded. Convert it once, in a trusted environment: load "
-            "it with from_pretrained and call save_pretrained (which writes safetensors)."
-        )
+        raise RecipeError(f"{what}: {folder} holds no model.safetensors. Only safetensors weights are "
+                          "loaded, because pickled weights (pytorch_model.bin) can run code when loaded. "
+                          "Convert it once, in a trusted environment: load it with from_pretrained and "
+                          "call save_pretrained (which writes safetensors).")  # fmt: skip
+    if refuse_code:
+        refuse_shipped_code(folder, what)
     return folder
 
 
@@ -101,17 +100,14 @@ def check_output_dir(output_dir: str, dataset_name: str) -> None:
     path = Path(output_dir).expanduser().absolute()
     blocking = next(p for p in (path, *path.parents) if p.exists())
     if not blocking.is_dir():
-        raise RecipeError(
-            f"output_dir: {blocking} is a file, so {output_dir} cannot be the run's folder. Choose another "
-            "output_dir (e.g. --output_dir outputs/my-run), or move the file away."
-        )
+        raise RecipeError(f"output_dir: {blocking} is a file, so {output_dir} cannot be the run's folder. Choose "
+                          "another output_dir (e.g. --output_dir outputs/my-run), or move the file away.")  # fmt: skip
     data = Path(dataset_name).expanduser()
     if data.is_dir() and path.resolve().is_relative_to(data.resolve()):
-        raise RecipeError(
-            f"output_dir {output_dir} is inside the dataset folder {dataset_name}: the run's files (its eval_<split>/ "
-            "reports, checkpoints) would be read as images and classes the next time that folder is loaded. "
-            "Choose an output_dir outside it, e.g. --output_dir outputs/my-run."
-        )
+        raise RecipeError(f"output_dir {output_dir} is inside the dataset folder {dataset_name}: the "
+                          "run's files (its eval_<split>/ reports, checkpoints) would be read as "
+                          "images and classes the next time that folder is loaded. Choose an "
+                          "output_dir outside it, e.g. --output_dir outputs/my-run.")  # fmt: skip
 
 
 def refuse_shipped_code(folder: str | Path, what: str, allow: str = "add --trust_remote_code") -> None:
@@ -123,10 +119,9 @@ def refuse_shipped_code(folder: str | Path, what: str, allow: str = "add --trust
         except (OSError, ValueError, AttributeError):  # no such file, or not a JSON object: loading explains that
             shipped = None
         if shipped:
-            raise RecipeError(
-                f"{what}: {folder} ships its own code (the Python files that auto_map in its {name} names), which "
-                f"is not run unless you allow it. Read that code; if you trust it, {allow}."
-            )
+            raise RecipeError(f"{what}: {folder} ships its own code (the Python files that "
+                              f"auto_map in its {name} names), which is not run unless you allow "
+                              f"it. Read that code; if you trust it, {allow}.")  # fmt: skip
 
 
 def export_inputs(folder: Path) -> dict[str, str]:
@@ -174,10 +169,8 @@ def require_fresh_exports(folder: Path, then: str = "") -> None:
     for name, export in EXPORTS.items():
         if reason := current_export(folder, export)[1]:
             again = f"python export.py {folder}" + ("" if name == next(iter(EXPORTS)) else f" --format {name}")
-            raise RecipeError(
-                f"The {name.upper()} export in {folder / export.folder} is stale: {reason}, so it may not answer as "
-                f"the model does. Export it again: {again} --overwrite{then}."
-            )
+            raise RecipeError(f"The {name.upper()} export in {folder / export.folder} is stale: {reason}, so it may not "
+                              f"answer as the model does. Export it again: {again} --overwrite{then}.")  # fmt: skip
 
 
 def export_module(name: str):

@@ -39,11 +39,10 @@ class BadImageLog:
         limit = self.limits.get(split)
         if enforce_limit and limit is not None and len(bad) > limit:
             examples = "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:5])
-            raise BadImagesError(
-                f"Too many unreadable images in the {split} split: {len(bad)}, more than max_bad_images allows "
-                f"({limit}). First ones: {examples}. Run with --verify_images true to list and leave out every "
-                "bad file before training, fix or delete the files, or raise max_bad_images."
-            )
+            raise BadImagesError(f"Too many unreadable images in the {split} split: {len(bad)}, more than "
+                                 f"max_bad_images allows ({limit}). First ones: {examples}. Run with "
+                                 "--verify_images true to list and leave out every bad file before "
+                                 "training, fix or delete the files, or raise max_bad_images.")  # fmt: skip
 
     def read(self) -> dict[str, dict[str, str]]:
         """{split: {file: cause}} from the shared file (or from memory when there is none)."""

@@ -29,10 +29,8 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray) ->
     """Top-label ECE over 15 equal-width confidence bins (torchmetrics)."""
     from torchmetrics.functional.classification import multiclass_calibration_error
 
-    value = multiclass_calibration_error(
-        torch.as_tensor(probabilities, dtype=torch.float64), torch.as_tensor(labels), probabilities.shape[1], BINS
-    )
-    return float(value)
+    return float(multiclass_calibration_error(torch.as_tensor(probabilities, dtype=torch.float64),
+                                              torch.as_tensor(labels), probabilities.shape[1], BINS))  # fmt: skip
 
 
 def nll(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -44,34 +42,26 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T in [0.05, 20] that minimises the NLL of softmax(logits / T); searched on log T."""
     result = minimize_scalar(lambda log_t: nll(logits / np.exp(log_t), labels), bounds=LOG_T_BOUNDS, method="bounded")
     if min(abs(result.x - bound) for bound in LOG_T_BOUNDS) < 1e-3:
-        logger.warning(
-            "calibrate_temperature: T = %.3g is at its bound: the validation split (%d images) is too small or too "
-            "well separated to calibrate on, so the probabilities become extreme. Consider calibrate_temperature: "
-            "false.", np.exp(result.x), len(labels),
-        )  # fmt: skip
+        logger.warning("calibrate_temperature: T = %.3g is at its bound: the validation split (%d images) is too "
+                       "small or too well separated to calibrate on, so the probabilities become extreme. Consider "
+                       "calibrate_temperature: false.", np.exp(result.x), len(labels))  # fmt: skip
     return float(np.exp(result.x))
 
 
 def calibration_numbers(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
     """ECE and NLL of the raw logits and of logits / T."""
     after = logits / temperature
-    return {
-        "temperature": temperature,
-        "ece_before": expected_calibration_error(softmax(logits.astype(np.float64), axis=1), labels),
-        "ece_after": expected_calibration_error(softmax(after.astype(np.float64), axis=1), labels),
-        "nll_before": nll(logits, labels),
-        "nll_after": nll(after, labels),
-    }
+    ece = [expected_calibration_error(softmax(z.astype(np.float64), axis=1), labels) for z in (logits, after)]
+    return {"temperature": temperature, "ece_before": ece[0], "ece_after": ece[1], "nll_before": nll(logits, labels),
+            "nll_after": nll(after, labels)}  # fmt: skip
 
 
 def fold_temperature(model: nn.Module, temperature: float) -> None:
     """Divide the classifier head's weight and bias by T: its logits become logits / T."""
     head = getattr(model, "classifier", None)
     if not isinstance(head, nn.Linear):
-        raise RecipeError(
-            f"calibrate_temperature: {type(model).__name__} has no single linear `classifier` head to fold the "
-            "temperature into. Set calibrate_temperature: false for this model."
-        )
+        raise RecipeError(f"calibrate_temperature: {type(model).__name__} has no single linear `classifier` head to "
+                          "fold the temperature into. Set calibrate_temperature: false for this model.")  # fmt: skip
     with torch.no_grad():  # in place, so a sharded (FSDP) head divides each of its shards
         head.weight.div_(temperature)
         if head.bias is not None:
@@ -102,10 +92,9 @@ def folded_calibration(model_folder, predictions: dict) -> dict | None:
     try:
         temperature = (json.loads(path.read_text(encoding="utf-8")).get("calibration") or {}).get("temperature")
     except (ValueError, AttributeError) as error:
-        raise RecipeError(
-            f"{path} cannot be read ({cause(error)}), so whether the model holds a folded temperature is unknown. "
-            "Restore it from a copy, or retrain the model (the reports need to know)."
-        ) from None
+        raise RecipeError(f"{path} cannot be read ({cause(error)}), so whether the model holds "
+                          "a folded temperature is unknown. Restore it from a copy, or retrain "
+                          "the model (the reports need to know).") from None  # fmt: skip
     if temperature is None:
         return None
     record = {"temperature": temperature, "fitted_on": "validation", "source": f"{METRICS_FILE}: folded in training"}

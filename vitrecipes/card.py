@@ -87,39 +87,27 @@ class RunFiles:
         return dict(sorted(names.items(), key=lambda item: -len(item[0])))
 
 
-def build_model_card(
-    output_dir, *, repo_id=None, command=None, recipe_path=None, license=None, token=None
-) -> ModelCard:
+def build_model_card(output_dir, *, repo_id=None, command=None, recipe_path=None, license=None,
+                     token=None) -> ModelCard:  # fmt: skip
     """The card of an output folder; `repo_id` names it in the usage snippet; tokens are scrubbed (`hub.scrub`)."""
     run = RunFiles.read(output_dir)
     model_name = (repo_id or "").split("/")[-1] or run.output_dir.resolve().name
     model_type = run.config.get("model_type")
     results = [
-        EvalResult(
-            task_type="image-classification",
-            task_name="Image Classification",
-            dataset_type=run.hub_dataset or "imagefolder",
-            dataset_name=run.dataset,
-            dataset_split=str(run.recipe.get(f"{split}_split") or split),
-            metric_type="accuracy",
-            metric_name="Accuracy",
-            metric_value=float(run.metrics[split]["accuracy"]),
-        )
+        EvalResult(task_type="image-classification", task_name="Image Classification", metric_type="accuracy",
+                   dataset_type=run.hub_dataset or "imagefolder", dataset_name=run.dataset, metric_name="Accuracy",
+                   dataset_split=str(run.recipe.get(f"{split}_split") or split),
+                   metric_value=float(run.metrics[split]["accuracy"]))
         for split in _SPLITS  # a dataset without a test split reports validation only
         if (run.metrics.get(split) or {}).get("accuracy") is not None
-    ]
+    ]  # fmt: skip
     # ModelCardData checks the model-index as it is built: a malformed result fails here, not on the Hub.
-    data = ModelCardData(
-        model_name=model_name,
-        base_model=run.base_model,
-        datasets=[run.hub_dataset] if run.hub_dataset else None,
-        license=license or run.recipe.get("hub_license") or DEFAULT_LICENSE,
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        tags=list(dict.fromkeys(BASE_TAGS + ([model_type] if model_type else []))),
-        metrics=["accuracy"],
-        eval_results=results or None,
-    )
+    data = ModelCardData(model_name=model_name, base_model=run.base_model, metrics=["accuracy"],
+                         datasets=[run.hub_dataset] if run.hub_dataset else None,
+                         license=license or run.recipe.get("hub_license") or DEFAULT_LICENSE,
+                         library_name="transformers", pipeline_tag="image-classification",
+                         tags=list(dict.fromkeys(BASE_TAGS + ([model_type] if model_type else []))),
+                         eval_results=results or None)  # fmt: skip
     checkpoint = run.recipe.get("model_name_or_path")
     onnx, stale = current_export(run.output_dir, EXPORTS["onnx"])
     if stale:
@@ -132,22 +120,13 @@ def build_model_card(
         recipe_text = "\n".join(line for line in lines if "token" not in line.split(":", 1)[0])
     card = ModelCard.from_template(
         data,  # its fields (base_model, license...) reach the template too
-        template_path=str(TEMPLATE),
-        run=run,
+        template_path=str(TEMPLATE), run=run, defaults=DEFAULTS, command=command, recipe_path=recipe_path,
         model_name=model_name,  # not among them when there are results: it moves into the model-index
         checkpoint=folder_name(checkpoint) if checkpoint and not run.base_model else None,
         results={split: run.metrics[split] for split in _SPLITS if run.metrics.get(split)},
-        calibration=run.metrics.get("calibration"),
-        model_ref=repo_id or str(run.output_dir),
-        defaults=DEFAULTS,
-        command=command,
-        recipe_path=recipe_path,
-        recipe_text=recipe_text,
-        resolved_recipe=RESOLVED_RECIPE_NAME,
-        onnx=onnx,
-        hub_ref=bool(repo_id),
-        version=importlib.metadata.version,
-    )
+        calibration=run.metrics.get("calibration"), model_ref=repo_id or str(run.output_dir), recipe_text=recipe_text,
+        resolved_recipe=RESOLVED_RECIPE_NAME, onnx=onnx, hub_ref=bool(repo_id), version=importlib.metadata.version,
+    )  # fmt: skip
     text = scrub(str(card), token)
     for path, name in run.local_paths(recipe_path).items():
         text = text.replace(path, name)
@@ -169,10 +148,9 @@ def refresh_onnx_section(output_dir: str | Path) -> str | None:
         return None
     card = path.read_text(encoding="utf-8")
     if not (old := _ONNX_SECTION.search(card)):
-        return (
-            f"{path} has no ONNX section to bring up to date (an older or hand-written card), so it does not describe "
-            f"onnx/. Write a new card with: python push_to_hub.py {output_dir} --hub_model_id ID --new_card"
-        )
+        return (f"{path} has no ONNX section to bring up to date (an older or hand-written card), so it does not "
+                f"describe onnx/. Write a new card with: python push_to_hub.py {output_dir} --hub_model_id ID "
+                "--new_card")  # fmt: skip
     new = _ONNX_SECTION.search(str(build_model_card(output_dir, repo_id=old.group(1))))
     if new.group(0) == old.group(0):
         return None
@@ -192,8 +170,7 @@ def take_hub_settings(args) -> HubSettings:
     """Move the Hub settings out of the TrainingArguments `args`: Trainer would create the repository before
     training (failing the run when offline), overwrite README.md with its own card and pickle the token."""
     settings = HubSettings(args.push_to_hub, args.hub_model_id, args.hub_private_repo, args.hub_token)
-    args.push_to_hub = False
-    args.hub_token = None
+    args.push_to_hub, args.hub_token = False, None
     return settings
 
 
@@ -201,9 +178,8 @@ def finish_for_hub(output_dir, hub: HubSettings, recipe_path=None, argv: list[st
     """Write the model card (after metrics.json); push when `hub.push_to_hub` and return the URL, or raise PushError."""
     # The card is scrubbed of the token, so a --hub_token value on the command line shows as ***.
     command = shlex.join(["python", "run_snacks.py", *argv]) if argv is not None else None
-    card = write_model_card(
-        output_dir, repo_id=hub.hub_model_id, command=command, recipe_path=recipe_path, token=hub.hub_token
-    )
+    card = write_model_card(output_dir, repo_id=hub.hub_model_id, command=command, recipe_path=recipe_path,
+                            token=hub.hub_token)  # fmt: skip
     logger.info("Model card: %s", card)
     if not hub.push_to_hub:
         return None

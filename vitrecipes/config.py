@@ -151,9 +151,8 @@ class DataArguments:
     cutmix_alpha: float = _key(0.0, "CutMix on training batches with this alpha; 0: off.")
     max_bad_images: float = _key(0.01, "Unreadable images tolerated per split: a fraction below 1, else a count.")
     verify_images: bool = _key(False, "Decode every image once before training and leave the bad ones out.")
-    max_image_pixels: int = _key(
-        MAX_IMAGE_PIXELS, "Images with more pixels are bad (Pillow's decompression-bomb limit)."
-    )
+    max_image_pixels: int = _key(MAX_IMAGE_PIXELS,
+                                 "Images with more pixels are bad (Pillow's decompression-bomb limit).")  # fmt: skip
     eval_crop_pct: float = _key(1.0, "Eval: resize the shorter side to size / eval_crop_pct, centre-crop to size.")
     jpeg_draft: bool = _key(False, "Decode training JPEGs at 1/2-1/8 scale where that still covers the input side.")
     train_files: list[str] | None = _key(None, "Train on these shards (.tar / .parquet globs, or a Hub id).")
@@ -200,9 +199,8 @@ class RecipeTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         _check_limits(self)
-        for name in self.export:
-            if name not in EXPORTS:
-                raise RecipeError(f"export: {name!r} is not an export format; the formats are {', '.join(EXPORTS)}.")
+        if unknown := [name for name in self.export if name not in EXPORTS]:
+            raise RecipeError(f"export: {unknown[0]!r} is not an export format; the formats are {', '.join(EXPORTS)}.")
         super().__post_init__()
 
 
@@ -250,28 +248,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         content = load_yaml(path.read_text(encoding="utf-8"))
     except _DuplicateKey as error:
         key, first, second = error.args
-        raise RecipeError(
-            f"{path} sets '{key}' twice (lines {first} and {second}); YAML would silently keep the last value. "
-            "Delete the one you do not mean."
-        ) from None
+        raise RecipeError(f"{path} sets '{key}' twice (lines {first} and {second}); YAML would silently "
+                          "keep the last value. Delete the one you do not mean.") from None  # fmt: skip
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(
-            f"Recipe {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}. "
-            "Check the indentation and that every key is followed by ': '."
-        ) from None
+        raise RecipeError(f"Recipe {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}. "
+                          "Check the indentation and that every key is followed by ': '.") from None  # fmt: skip
     if not isinstance(content or {}, dict):
         raise RecipeError(f"Recipe {path} must be a mapping of keys to values, not a {type(content).__name__}.")
     return content or {}
 
 
 # The types each key takes: `int | None` -> (int, NoneType).
-_OPTIONS = {
-    key: typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for cls in ARGUMENT_CLASSES
-    for key, hint in typing.get_type_hints(cls).items()
-}
+_OPTIONS = {key: typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+            for cls in ARGUMENT_CLASSES for key, hint in typing.get_type_hints(cls).items()}  # fmt: skip
 
 
 def _is_enum(option) -> bool:
@@ -365,21 +356,17 @@ def check_keys(keys, source: str) -> None:
         if key not in _OPTIONS:
             close = difflib.get_close_matches(key, sorted(_OPTIONS), n=1, cutoff=0.6)
             hint = _RENAMED_KEYS.get(key) or (f"Did you mean '{close[0]}'?" if close else "")
-            raise RecipeError(
-                f"Unknown key '{key}' in {source}.{' ' + hint if hint else ''} "
-                "Run `python run_snacks.py --help` to list every key."
-            )
+            raise RecipeError(f"Unknown key '{key}' in {source}.{' ' + hint if hint else ''} Run "
+                              "`python run_snacks.py --help` to list every key.")  # fmt: skip
 
 
 def parse_recipe(argv: list[str] | None = None):
     """`RECIPE.yaml [--key value ...]` as (model_args, data_args, training_args, recipe_path)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = RecipeParser(
-        ARGUMENT_CLASSES,
-        usage="python run_snacks.py RECIPE.yaml [--key value ...]",
-        description="Train an image classifier from a YAML recipe. Set any key below in the recipe or on the command "
-        "line (--key value, --key=value, --flag, --mapping.key value, null), which wins; docs/recipes.md says more.",
-    )
+    parser = RecipeParser(ARGUMENT_CLASSES, usage="python run_snacks.py RECIPE.yaml [--key value ...]",
+                          description="Train an image classifier from a YAML recipe. Set any key below in the recipe "
+                          "or on the command line (--key value, --key=value, --flag, --mapping.key value, null), "
+                          "which wins; docs/recipes.md says more.")  # fmt: skip
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
         raise SystemExit(0)
@@ -419,10 +406,8 @@ def parse_recipe(argv: list[str] | None = None):
     parser.set_defaults(**defaults)
     values = vars(parser.parse_args(rest))
     if values["output_dir"] is not None and not values["output_dir"].strip():
-        raise RecipeError(
-            "output_dir is empty (''). Give a folder (e.g. --output_dir outputs/my-run), or leave the key out "
-            "for the default, outputs/<recipe name>."
-        )
+        raise RecipeError("output_dir is empty (''). Give a folder (e.g. --output_dir outputs/my-run), "
+                          "or leave the key out for the default, outputs/<recipe name>.")  # fmt: skip
     if not values["output_dir"]:
         if recipe_path is None:
             raise RecipeError("No output_dir: give a recipe file or pass --output_dir PATH.")
@@ -437,12 +422,10 @@ def parse_recipe(argv: list[str] | None = None):
             values["model_name_or_path"] = str(require_model_folder(values["output_dir"], what, advice))
         values["model_type"] = values["config_overrides"] = None
         if "calibrate_temperature" in given and values["calibrate_temperature"]:  # the recipe's value: a record
-            raise RecipeError(
-                "calibrate_temperature: an evaluation-only run (--do_train false) fits no temperature. It is fitted "
-                "on validation during training and folded into the saved head, so a model trained with "
-                "calibrate_temperature: true already holds it (its reports give T). Remove --calibrate_temperature "
-                "here, or train with it."
-            )
+            raise RecipeError("calibrate_temperature: an evaluation-only run (--do_train false) fits no "
+                              "temperature. It is fitted on validation during training and folded into the saved "
+                              "head, so a model trained with calibrate_temperature: true already holds it (its "
+                              "reports give T). Remove --calibrate_temperature here, or train with it.")  # fmt: skip
     notes += switch_off_gpu_only_settings(values)
     inactive = inactive_keys(values)
     if values["do_train"]:
@@ -455,26 +438,22 @@ def parse_recipe(argv: list[str] | None = None):
     training_args.inactive_keys = sorted(inactive)  # left out of the resolved recipe and the card
     check_consistency(model_args, training_args)
     if training_args.remove_unused_columns:
-        logging.getLogger(__name__).warning(
-            "remove_unused_columns: forced to false; the lazy transform needs the image and label columns."
-        )
+        logging.getLogger(__name__).warning("remove_unused_columns: forced to false; the lazy "
+                                            "transform needs the image and label columns.")  # fmt: skip
         training_args.remove_unused_columns = False
     return model_args, data_args, training_args, recipe_path
 
 
 def check_consistency(model_args: ModelArguments, training_args: TrainingArguments) -> None:
     if model_args.model_name_or_path and model_args.model_type:
-        raise RecipeError(
-            "Both model_name_or_path and model_type are set. Give model_name_or_path to fine-tune a checkpoint, "
-            "or set model_name_or_path: null and give model_type (with config_overrides) to train from scratch."
-        )
+        raise RecipeError("Both model_name_or_path and model_type are set. Give model_name_or_path to "
+                          "fine-tune a checkpoint, or set model_name_or_path: null and give "
+                          "model_type (with config_overrides) to train from scratch.")  # fmt: skip
     if not model_args.model_name_or_path and not model_args.model_type:
         raise RecipeError("Neither model_name_or_path nor model_type is set: the recipe must name a model.")
     if training_args.ema_decay and training_args.load_best_model_at_end and training_args.do_train:
-        raise RecipeError(
-            "ema_decay: the averaged weights become the final model, so the best checkpoint cannot be reloaded "
-            "over them. Set load_best_model_at_end: false (or ema_decay: 0)."
-        )
+        raise RecipeError("ema_decay: the averaged weights become the final model, so the best checkpoint cannot be "
+                          "reloaded over them. Set load_best_model_at_end: false (or ema_decay: 0).")  # fmt: skip
     # accelerate launch sets ACCELERATE_USE_FSDP for an FSDP config; TrainingArguments.fsdp is the other way in.
     fsdp = training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     mode = MODES[model_args.adaptation]
@@ -487,8 +466,7 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
             raise RecipeError(f"sweep: the search-space file {training_args.sweep} does not exist.")
         load_search_space(training_args.sweep)  # its mistakes, before any data is loaded
     seeds = training_args.seeds or []
-    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    if twice:
+    if twice := sorted({seed for seed in seeds if seeds.count(seed) > 1}):
         raise RecipeError(f"seeds: {twice[0]} is given twice; each seed runs once, into output_dir/seed-{twice[0]}.")
     # Trainer imports a tracker only when it builds its callbacks, after the data has loaded.
     for name in [tracker for tracker in training_args.report_to if tracker in _TRACKERS]:  # "all" is a list by now
@@ -497,15 +475,13 @@ def check_consistency(model_args: ModelArguments, training_args: TrainingArgumen
         except Exception as error:  # noqa: BLE001 - installed but broken (a missing shared library, a bad version)
             missing = isinstance(error, ModuleNotFoundError) and error.name == name
             problem = "is not installed" if missing else f"fails to import ({cause(error)})"
-            raise RecipeError(
-                f"report_to: {name} {problem}, and Trainer needs it to log there. Run `pip install {name}` (or "
-                f"`pip install --upgrade {name}`), or remove {name} from report_to."
-            ) from None
+            raise RecipeError(f"report_to: {name} {problem}, and Trainer needs it to log there. "
+                              f"Run `pip install {name}` (or `pip install --upgrade {name}`), "
+                              f"or remove {name} from report_to.") from None  # fmt: skip
     if model_args.config_overrides and model_args.model_name_or_path:
-        raise RecipeError(
-            "config_overrides only applies to from-scratch models (model_type). To change a checkpoint's "
-            "architecture, train from scratch or save a modified config next to the checkpoint."
-        )
+        raise RecipeError("config_overrides only applies to from-scratch models (model_type). "
+                          "To change a checkpoint's architecture, train from scratch or save "
+                          "a modified config next to the checkpoint.")  # fmt: skip
     check_eval_image_size(model_args)
 
 
@@ -514,11 +490,9 @@ INTERPOLATING = ("dinov2", "dinov2_with_registers")
 
 
 def eval_size_error(model: str, side, eval_image_size: int) -> RecipeError:
-    return RecipeError(
-        f"eval_image_size: {model} runs at one input size ({side} px), and pipeline() cannot ask it to interpolate "
-        f"its position embeddings to {eval_image_size} px. Remove eval_image_size, or use a model that interpolates "
-        f"at every size ({', '.join(INTERPOLATING)})."
-    )
+    return RecipeError(f"eval_image_size: {model} runs at one input size ({side} px), and pipeline() cannot ask it "
+                       f"to interpolate its position embeddings to {eval_image_size} px. Remove eval_image_size, "
+                       f"or use a model that interpolates at every size ({', '.join(INTERPOLATING)}).")  # fmt: skip
 
 
 def check_eval_image_size(model_args) -> None:
@@ -601,32 +575,22 @@ def drop_keys_that_cannot_act(values: dict, inactive: dict, from_recipe: set, sw
     the adaptation or the model: then it is reset to its default, with one note naming it."""
     dropped = []
     for key, reason in inactive.items():
-        if values[key] == DEFAULTS[key]:
+        if values[key] == (default := DEFAULTS[key]):
             continue
         if key in from_recipe and {"adaptation", "model_name_or_path", "model_type"} & set(switched):
-            values[key] = DEFAULTS[key]
+            values[key] = default
             dropped.append(key)
             continue
-        default = DEFAULTS[key]
-        raise RecipeError(
-            f"{key}: {values[key]} cannot act in this run, because {reason}. Remove the key or set it back to its "
-            f"default ({'null' if default is None else default}), or choose the adaptation or model it belongs to."
-        )
+        raise RecipeError(f"{key}: {values[key]} cannot act in this run, because {reason}. Remove the key "
+                          f"or set it back to its default ({'null' if default is None else default}), or "
+                          "choose the adaptation or model it belongs to.")  # fmt: skip
     if MODES[values["adaptation"]].trainer_loop and values["max_steps"] <= 0 and values["num_train_epochs"] <= 0:
-        raise RecipeError(
-            f"num_train_epochs: {values['num_train_epochs']:g} (with max_steps {values['max_steps']}) trains 0 steps, "
-            f"so adaptation {values['adaptation']} would save an untrained model. Set num_train_epochs or max_steps "
-            "above 0."
-        )
+        raise RecipeError(f"num_train_epochs: {values['num_train_epochs']:g} (with max_steps "
+                          f"{values['max_steps']}) trains 0 steps, so adaptation {values['adaptation']} would "
+                          "save an untrained model. Set num_train_epochs or max_steps above 0.")  # fmt: skip
     model = "a from-scratch model" if values["model_name_or_path"] is None else "a checkpoint"
-    return (
-        [
-            f"{', '.join(dropped)}: the recipe's values are left out, as they cannot act with adaptation "
-            f"{values['adaptation']} and {model}, chosen on the command line."
-        ]
-        if dropped
-        else []
-    )
+    return [f"{', '.join(dropped)}: the recipe's values are left out, as they cannot act with adaptation "
+            f"{values['adaptation']} and {model}, chosen on the command line."] if dropped else []  # fmt: skip
 
 
 # Trackers whose Python package (and `pip install` name) is the report_to name.
@@ -639,22 +603,19 @@ def load_search_space(path: str | Path) -> tuple[int, dict[str, dict]]:
     unknown = sorted(set(space) - {"n_trials", "params"})
     params = space.get("params") or {}
     if unknown or not isinstance(params, dict) or not params:
-        raise RecipeError(
-            f"Search space {path} must hold `n_trials: N` and `params:` with one entry per key, e.g. "
-            "`learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}` or `lr_scheduler_type: {choices: [cosine, "
-            "linear]}`" + (f"; it has unknown entries {unknown}." if unknown else ".")
-        )
+        end = f"; it has unknown entries {unknown}." if unknown else "."
+        raise RecipeError(f"Search space {path} must hold `n_trials: N` and `params:` with one entry per key, "
+                          "e.g. `learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}` or "
+                          f"`lr_scheduler_type: {{choices: [cosine, linear]}}`{end}")  # fmt: skip
     n_trials = space.get("n_trials", 10)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise RecipeError(f"Search space {path}: 'n_trials' must be a whole number, 1 or more; got {n_trials!r}.")
     for key, spec in params.items():
         where = f"Search space {path}: '{key}'"
         if key not in _OPTIONS or key in ("output_dir", "seeds", "sweep", "do_train", "test_split"):
-            raise RecipeError(
-                f"{where} is not a recipe key that a trial can set. Each trial is a run of the recipe with the trial's "
-                "values, so any key that `python run_snacks.py --help` lists works, except output_dir, seeds, sweep, "
-                "do_train and test_split."
-            )
+            raise RecipeError(f"{where} is not a recipe key that a trial can set. Each trial is a run of the "
+                              "recipe with the trial's values, so any key that `python run_snacks.py --help` lists "
+                              "works, except output_dir, seeds, sweep, do_train and test_split.")  # fmt: skip
         if not isinstance(spec, dict) or not ({"choices"} <= set(spec) or {"low", "high"} <= set(spec)):
             raise RecipeError(f"{where} needs either `choices: [...]` or `low` and `high`.")
         if "choices" in spec:

@@ -68,8 +68,7 @@ def log_to(path: Path) -> Path:
 
 def close_log() -> None:
     """Stop writing to the run's log file (the next run, in this process, writes its own)."""
-    if "file" in _handlers:
-        handler = _handlers.pop("file")
+    if handler := _handlers.pop("file", None):
         logging.getLogger().removeHandler(handler)
         handler.close()
 
@@ -106,10 +105,8 @@ def header(recipe_path, model_args, data_args, training_args, data, prep, eval_p
         precision += " (this CPU computes bf16 natively)"
     precision += "".join(f" ({note.rstrip('.')})" for note in notes if note.startswith("bf16") and "switched" in note)
     processes = f"{args.world_size} process{'es' if args.world_size > 1 else ''}"
-    if args.max_steps > 0:
-        length = f"{args.max_steps} steps"
-    else:
-        length = f"{args.num_train_epochs:g} epoch{'s' if args.num_train_epochs != 1 else ''}"
+    epochs = f"{args.num_train_epochs:g} epoch{'s' if args.num_train_epochs != 1 else ''}"
+    length = f"{args.max_steps} steps" if args.max_steps > 0 else epochs
     batch = (f"{args.per_device_train_batch_size} per device x {processes} x {args.gradient_accumulation_steps} "
              f"accumulation = {args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps}"
              f"; {length}")  # fmt: skip

@@ -58,27 +58,25 @@ def load_raw_dataset(data_args: DataArguments) -> DatasetDict:
         return builtin_digits()
     path = Path(name).expanduser()
     if path.is_dir():
-        saved = (path / "dataset_dict.json").exists() or (path / "state.json").exists()
-        return _load_saved(path) if saved else _load_imagefolder(path)
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():  # written by save_to_disk
+            loaded = datasets.load_from_disk(str(path))
+            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+        return _load_imagefolder(path)
     if path.exists() or name.startswith("~") or ("/" in name and not is_hub_id(name)):
         problem = f"{path} is a file" if path.exists() else f"the folder {name} does not exist"
-        raise RecipeError(
-            f"dataset_name: {problem}. Check the path: give a folder (an imagefolder, <split>/<class>/<image>, or one "
-            "written by Dataset.save_to_disk) or a Hub id such as 'Matthijs/snacks'."
-        )
+        raise RecipeError(f"dataset_name: {problem}. Check the path: give a folder (an imagefolder, "
+                          "<split>/<class>/<image>, or one written by Dataset.save_to_disk) or a "
+                          "Hub id such as 'Matthijs/snacks'.")  # fmt: skip
     return _load_from_hub(data_args)
 
 
-def _load_shards(data_args: DataArguments) -> DatasetDict:
-    """Shards of each split read once into local datasets (for a stream of the training split: `load_data`)."""
+def _load_shards(data_args: DataArguments, streamed: bool = False) -> DatasetDict:
+    """Shards of each split read once into local datasets; all but train's where train is `streamed` (`_stream`)."""
     columns = data_args.image_column_name, data_args.label_column_name
-    return DatasetDict({split: local_dataset(open_shards(shard_urls(files, split, data_args), None, *columns))
-                        for split, files in _shard_files(data_args).items()})  # fmt: skip
-
-
-def _shard_files(data_args: DataArguments) -> dict[str, list[str]]:
     files = {"train": data_args.train_files, "validation": data_args.validation_files, "test": data_args.test_files}
-    return {split: found for split, found in files.items() if found}
+    return DatasetDict({split: local_dataset(open_shards(shard_urls(found, split, data_args), None, *columns))
+                        for split, found in files.items()
+                        if found and not (streamed and split == "train")})  # fmt: skip
 
 
 def shard_urls(files: list[str], split: str, data_args: DataArguments) -> list[str]:
@@ -88,21 +86,14 @@ def shard_urls(files: list[str], split: str, data_args: DataArguments) -> list[s
             "default", revision) if is_hub_id(entry) else [entry])]  # fmt: skip
 
 
-def _load_saved(path: Path) -> DatasetDict:
-    loaded = datasets.load_from_disk(str(path))
-    return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-
-
 def _load_imagefolder(path: Path) -> DatasetDict:
     extensions = Image.registered_extensions()
     class_folders = {file.parent for file in path.rglob("*") if file.suffix.lower() in extensions}
     # Checked first: the builder fails on a folder without images with an error that depends on what else is there.
     if not class_folders:
-        raise RecipeError(
-            f"dataset_name: the folder {path} holds no image files. Lay it out as an imagefolder, "
-            "<split>/<class name>/<image> (e.g. train/cat/1.jpg and validation/cat/2.jpg; validation/ and test/ "
-            "are optional), or give a folder written by save_to_disk."
-        )
+        raise RecipeError(f"dataset_name: the folder {path} holds no image files. Lay it out as an imagefolder, "
+                          "<split>/<class name>/<image> (e.g. train/cat/1.jpg and validation/cat/2.jpg; validation/ "
+                          "and test/ are optional), or give a folder written by save_to_disk.")  # fmt: skip
     for split_folder in sorted({folder.parent for folder in class_folders}):
         for folder in sorted(split_folder.iterdir()):
             if folder.is_dir() and folder not in class_folders and not folder.name.startswith("."):
@@ -123,11 +114,10 @@ def _load_from_hub(data_args: DataArguments) -> DatasetDict:
             logger.warning("%s did not load (%s); loaded its Parquet export, revision %s.", name, failures[0], revision)
         return loaded
     hint = hub_unreachable("The Hub may be unreachable, or the id may be misspelt")
-    raise RecipeError(
-        f"Could not load dataset '{name}' from the Hugging Face Hub. {hint}. To use a local copy, set "
-        "dataset_name to a folder: an imagefolder laid out as <split>/<class name>/<image> (e.g. "
-        f"../shared/data/snacks) or a folder written by save_to_disk. Cause: {'; then '.join(failures)}"
-    ) from None
+    raise RecipeError(f"Could not load dataset '{name}' from the Hugging Face Hub. {hint}. To use a "
+                      "local copy, set dataset_name to a folder: an imagefolder laid out as "
+                      "<split>/<class name>/<image> (e.g. ../shared/data/snacks) or a folder written "
+                      f"by save_to_disk. Cause: {'; then '.join(failures)}") from None  # fmt: skip
 
 
 def _encode_labels(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
@@ -136,10 +126,8 @@ def _encode_labels(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
     feature = raw[train_split].features[label]
     for split_name, dataset in raw.items():
         if getattr(dataset.features[label], "names", None) != getattr(feature, "names", None):
-            raise RecipeError(
-                f"The '{split_name}' split's labels are {dataset.features[label]}, but train's are {feature}. "
-                "All splits must share one class list."
-            )
+            raise RecipeError(f"The '{split_name}' split's labels are {dataset.features[label]}, but "
+                              f"train's are {feature}. All splits must share one class list.")  # fmt: skip
     if not isinstance(feature, ClassLabel):
         # The labels of every split, so that one that train lacks is named below rather than failing the cast.
         values = set().union(*(dataset.unique(label) for dataset in raw.values()))
@@ -148,10 +136,8 @@ def _encode_labels(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
         elif all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             raw = raw.cast_column(label, ClassLabel(num_classes=max(values) + 1))
         else:
-            raise RecipeError(
-                f"label_column_name: column '{label}' holds {feature}, which is not a label. Use a column of "
-                "ClassLabel, strings or non-negative integers."
-            )
+            raise RecipeError(f"label_column_name: column '{label}' holds {feature}, which is not a label. "
+                              "Use a column of ClassLabel, strings or non-negative integers.")  # fmt: skip
     names, in_train = raw[train_split].features[label].names, set(raw[train_split].unique(label))
     missing: dict[str, list[str]] = {}
     for split_name, dataset in raw.items():
@@ -160,27 +146,23 @@ def _encode_labels(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
     if missing:
         # The imagefolder builder takes its class list from every split: a folder only in validation/ would be a class.
         listed = ", ".join(f"'{name}' (in {', '.join(splits)})" for name, splits in sorted(missing.items()))
-        raise RecipeError(
-            f"{data_args.dataset_name}: the classes {listed} have no train images (split '{train_split}'), so the "
-            "model would get classes it never learns. Add their images to train, or remove them from those splits."
-        )
+        raise RecipeError(f"{data_args.dataset_name}: the classes {listed} have no train images "
+                          f"(split '{train_split}'), so the model would get classes it never learns. "
+                          "Add their images to train, or remove them from those splits.")  # fmt: skip
     return raw
 
 
 def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
     raw, name = load_raw_dataset(data_args), data_args.dataset_name
     if data_args.train_split not in raw:
-        raise RecipeError(
-            f"train_split: {name} has no split '{data_args.train_split}'. "
-            f"Its splits are: {', '.join(raw)}. Set train_split in the recipe."
-        )
+        raise RecipeError(f"train_split: {name} has no split '{data_args.train_split}'. Its splits "
+                          f"are: {', '.join(raw)}. Set train_split in the recipe.")  # fmt: skip
     for split_name, dataset in raw.items():
         for key in ("image_column_name", "label_column_name"):
             if getattr(data_args, key) not in dataset.column_names:
-                raise RecipeError(
-                    f"{key}: column '{getattr(data_args, key)}' is not in the '{split_name}' split of {name}. "
-                    f"Its columns are: {', '.join(dataset.column_names)}. Set {key} in the recipe."
-                )
+                raise RecipeError(f"{key}: column '{getattr(data_args, key)}' is not in the '{split_name}' "
+                                  f"split of {name}. Its columns are: {', '.join(dataset.column_names)}. "
+                                  f"Set {key} in the recipe.")  # fmt: skip
     # Images are decoded in the lazy transform, which logs an unreadable file instead of failing the batch.
     image = data_args.image_column_name
     if isinstance(raw[data_args.train_split].features[image], datasets.Image):
@@ -191,12 +173,10 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
         splits["validation"] = raw[data_args.validation_split]
     else:
         held_out = f"{data_args.validation_split_size:.0%} of train (stratified, seed {seed})"
-        logger.warning(
-            "No '%s' split in %s: holding out %s for validation.", data_args.validation_split, name, held_out
-        )
-        parts = splits["train"].train_test_split(
-            test_size=data_args.validation_split_size, stratify_by_column=data_args.label_column_name, seed=seed
-        )
+        logger.warning("No '%s' split in %s: holding out %s for validation.", data_args.validation_split, name,
+                       held_out)  # fmt: skip
+        parts = splits["train"].train_test_split(test_size=data_args.validation_split_size, seed=seed,
+                                                 stratify_by_column=data_args.label_column_name)  # fmt: skip
         splits["train"], splits["validation"] = parts["train"], parts["test"]
     if data_args.test_split in raw:
         splits["test"] = raw[data_args.test_split]
@@ -220,27 +200,17 @@ def shareable_dataset(name: str, name_for_card: str | None = None) -> str:
     return Path(os.path.abspath(os.path.expanduser(name))).name  # never the training machine's path
 
 
-def data_record(splits: dict, names: list[str], data_args: DataArguments) -> dict:
-    """metrics.json's `data`: what the run trained and evaluated on, so that runs on other data are never compared."""
-    dataset = shareable_dataset(data_args.dataset_name, data_args.dataset_name_for_card)
-    return {"dataset": dataset, "splits": {name: size(split) for name, split in splits.items()}, "classes": names}
-
-
 def drop_unreadable(splits: DatasetDict, data_args: DataArguments, bad_images: BadImageLog, fresh: bool) -> DatasetDict:
     """`verify_images`: decode every image once, record and leave out the ones that fail. Inside `main_process_first`
     the main process decodes afresh (`fresh`); the datasets cache hands its result to the others."""
     kept = {}
     for name, dataset in splits.items():
         kept[name] = dataset.filter(
-            readable,
-            input_columns=data_args.image_column_name,
+            readable, input_columns=data_args.image_column_name, num_proc=min(os.cpu_count() or 1, len(dataset)),
             fn_kwargs={"split": name, "log": bad_images.path, "max_pixels": data_args.max_image_pixels},
-            num_proc=min(os.cpu_count() or 1, len(dataset)),
-            load_from_cache_file=not fresh,
-            desc=f"verify_images: decoding {name}",
-        )
-        left_out = len(dataset) - len(kept[name])
-        if left_out:
+            load_from_cache_file=not fresh, desc=f"verify_images: decoding {name}",
+        )  # fmt: skip
+        if left_out := len(dataset) - len(kept[name]):
             listed = "\n  ".join(f"{file}  ({cause})" for file, cause in bad_images.read().get(name, {}).items())
             logger.warning("verify_images: %d unreadable image(s) left out of %s:\n  %s", left_out, name, listed)
         else:
@@ -256,7 +226,10 @@ class Data:
     probe_key: str  # names exactly those images, for the probe's feature cache
 
     def record(self, data_args: DataArguments) -> dict:
-        return data_record(self.splits, self.names, data_args)
+        """metrics.json's `data`: what the run trained and evaluated on, so that runs on other data are not compared."""
+        dataset = shareable_dataset(data_args.dataset_name, data_args.dataset_name_for_card)
+        return {"dataset": dataset, "splits": {name: size(split) for name, split in self.splits.items()},
+                "classes": self.names}  # fmt: skip
 
 
 def load_data(data_args: DataArguments, training_args, prep, eval_prep, bad_images: BadImageLog) -> Data:
@@ -308,8 +281,7 @@ def _stream(data_args: DataArguments, training_args, prep, eval_prep, bad_images
     columns = data_args.image_column_name, data_args.label_column_name
     shards = open_shards(shard_urls(data_args.train_files, "train", data_args), None, *columns)
     with training_args.main_process_first(desc="reading the evaluation shards"):
-        local = DatasetDict({split: local_dataset(open_shards(shard_urls(files, split, data_args), None, *columns))
-                             for split, files in _shard_files(data_args).items() if split != "train"})  # fmt: skip
+        local = _load_shards(data_args, streamed=True)
     names = list(shards.classes)
     for split, dataset in local.items():
         if dataset.features[columns[1]].names != names:

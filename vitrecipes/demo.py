@@ -54,19 +54,17 @@ def build_demo(folder: Path, examples: list[str] = (), trust_remote_code: bool =
             raise gr.Error("No image yet: upload one (or pick an example), then press Classify.")
         result, name = predict(classifier, upload["path"], top_k=TOP_K)[0], upload.get("orig_name") or "The upload"
         if "error" in result:
-            raise gr.Error(
-                f"{name} could not be read as an image ({result['error'].replace(upload['path'], name)}). "
-                "Upload a photo file (JPEG, PNG, WebP, BMP, GIF or TIFF) and press Classify again."
-            )
+            raise gr.Error(f"{name} could not be read as an image "
+                           f"({result['error'].replace(upload['path'], name)}). Upload a photo file "
+                           "(JPEG, PNG, WebP, BMP, GIF or TIFF) and press Classify again.")  # fmt: skip
         return {top["label"]: top["score"] for top in result["top_k"]}
 
     classes = len(classifier.model.config.id2label)
     with gr.Blocks(title=f"{folder.name}: image classifier") as demo:
         gr.Markdown(f"## {folder.name}\nUpload an image and press **Classify**: the top {TOP_K} of {classes} classes.")
         with gr.Row():
-            image = gr.Image(
-                label="Image", type="filepath", sources=["upload", "clipboard"], height=300, elem_id="image"
-            )
+            image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], height=300,
+                             elem_id="image")  # fmt: skip
             label = gr.Label(num_top_classes=TOP_K, label="Prediction", elem_id="prediction")
         button = gr.Button("Classify", variant="primary")
         if examples:

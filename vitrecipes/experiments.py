@@ -11,15 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import (
-    BEST_RECIPE_NAME,
-    METRICS_FILE,
-    REPORT_DIR,
-    RESOLVED_RECIPE_NAME,
-    SUMMARY_NAME,
-    SWEEP_STUDY_FILE,
-    SWEEP_TRIALS_NAME,
-)
+from . import artifacts
 from .config import load_search_space, parse_recipe
 from .console import show
 from .data import shareable_dataset
@@ -45,15 +37,14 @@ def _read(path: Path, *keys: str):
             raise TypeError(f"a JSON {type(value).__name__}, not an object")
         return value
     except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
-        raise RecipeError(
-            f"{path} cannot be read as a run's results ({cause(error)}{'; looked for ' if keys else ''}"
-            f"{'.'.join(map(str, keys))}). Rerun that run, or leave its folder out."
-        ) from None
+        raise RecipeError(f"{path} cannot be read as a run's results "
+                          f"({cause(error)}{'; looked for ' if keys else ''}{'.'.join(map(str, keys))}). "
+                          "Rerun that run, or leave its folder out.") from None  # fmt: skip
 
 
 def run_folders(folder: Path) -> list[Path]:
     """The runs of an output folder: the seeds its summary.json lists (`--seeds`), or the folder itself."""
-    summary = folder / f"{SUMMARY_NAME}.json"
+    summary = folder / f"{artifacts.SUMMARY_NAME}.json"
     if not summary.is_file():
         return [folder]
     runs = _read(summary, "runs")
@@ -66,18 +57,17 @@ def summarise_runs(folders: list[str | Path]) -> dict:
     """Per-run figures (from each run's metrics.json and reports), and their mean and sample std (n - 1)."""
     runs = []
     for folder in map(Path, folders):
-        if not (folder / METRICS_FILE).is_file():
-            raise RecipeError(f"{folder} holds no {METRICS_FILE}: give the output folder of a finished run.")
-        metrics = _read(folder / METRICS_FILE)
+        if not (folder / artifacts.METRICS_FILE).is_file():
+            raise RecipeError(f"{folder} holds no {artifacts.METRICS_FILE}: give the output folder of a finished run.")
+        metrics = _read(folder / artifacts.METRICS_FILE)
         runs.append({"run": folder.name, "wall_seconds": metrics.get("wall_seconds")})
         for split in (split for split in ("validation", "test") if split in metrics):
-            runs[-1][f"{split}_accuracy"] = _read(folder / METRICS_FILE, split, "accuracy")
-            report = folder / REPORT_DIR.format(split=split) / METRICS_FILE
+            runs[-1][f"{split}_accuracy"] = _read(folder / artifacts.METRICS_FILE, split, "accuracy")
+            report = folder / artifacts.REPORT_DIR.format(split=split) / artifacts.METRICS_FILE
             runs[-1][f"{split}_macro_f1"] = _read(report, "macro", "f1") if report.is_file() else None
     summary = {}
     for key in FIGURES:
-        values = [run[key] for run in runs if run.get(key) is not None]
-        if values:
+        if values := [run[key] for run in runs if run.get(key) is not None]:
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             summary[key] = {"mean": statistics.mean(values), "std": std, "n": len(values), "values": values}
     return {"runs": runs, "summary": summary}
@@ -86,12 +76,12 @@ def summarise_runs(folders: list[str | Path]) -> dict:
 def run_data(folder: Path) -> dict:
     """What a run trained and evaluated on: metrics.json's `data`; for a run from before it, what the run records
     (resolved_recipe.yaml's dataset, metrics' sample counts, config.json's classes), each part where it is there."""
-    metrics = _read(folder / METRICS_FILE)
+    metrics = _read(folder / artifacts.METRICS_FILE)
     if "data" in metrics:
         return metrics["data"]
     splits = {s: m["samples"] + m.get("unreadable_images", 0) for s in SPLITS if "samples" in (m := metrics.get(s, {}))}
     record = {"splits": splits}
-    recipe_path, config_path = folder / RESOLVED_RECIPE_NAME, folder / "config.json"
+    recipe_path, config_path = folder / artifacts.RESOLVED_RECIPE_NAME, folder / "config.json"
     try:
         recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) if recipe_path.is_file() else {}
     except yaml.YAMLError as error:
@@ -119,11 +109,10 @@ def check_same_data(records: dict[str, dict]) -> None:
             i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
             differ.append(f"{len(a)} vs {len(b)} classes, the first difference at #{i}: {a[i:i + 1]} vs {b[i:i + 1]}")
         if differ:
-            raise RecipeError(
-                f"{first} and {name} were run on different data ({'; '.join(differ)}), so comparing their figures "
-                "would measure the data, not the recipe. Compare runs of one dataset with the same splits and classes "
-                "(the same dataset_name, max_train_samples and max_eval_samples)."
-            )
+            raise RecipeError(f"{first} and {name} were run on different data ({'; '.join(differ)}), so "
+                              "comparing their figures would measure the data, not the recipe. Compare "
+                              "runs of one dataset with the same splits and classes (the same "
+                              "dataset_name, max_train_samples and max_eval_samples).")  # fmt: skip
 
 
 def _table(rows: list[dict], columns: dict[str, str]) -> list[str]:
@@ -138,13 +127,13 @@ def finished_run(argv: list[str]) -> dict | None:
     """The metrics of the finished run of this same recipe in `argv`'s output_dir; else None (`main(argv)` decides)."""
     model_args, data_args, training_args, _ = parse_recipe(argv)
     folder = Path(training_args.output_dir)
-    finished = (folder / RESOLVED_RECIPE_NAME).is_file() and (folder / METRICS_FILE).is_file()
+    finished = (folder / artifacts.RESOLVED_RECIPE_NAME).is_file() and (folder / artifacts.METRICS_FILE).is_file()
     if not finished or training_args.overwrite_output_dir:
         return None
     if recipe_differences(folder, resolved_recipe(model_args, data_args, training_args)):
         return None
-    logger.warning("%s finished: kept (its results are in %s).", folder.name, folder / METRICS_FILE)
-    return json.loads((folder / METRICS_FILE).read_text())
+    logger.warning("%s finished: kept (its results are in %s).", folder.name, folder / artifacts.METRICS_FILE)
+    return json.loads((folder / artifacts.METRICS_FILE).read_text())
 
 
 def run_seeds(main: Callable, argv: list[str], training_args) -> dict:
@@ -160,13 +149,13 @@ def run_seeds(main: Callable, argv: list[str], training_args) -> dict:
         folders.append(folder)
     summary = summarise_runs(folders)
     if training_args.process_index == 0:  # summary.json and summary.md: a row per run, then mean ± std
-        (output_dir / f"{SUMMARY_NAME}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (output_dir / f"{artifacts.SUMMARY_NAME}.json").write_text(json.dumps(summary, indent=2) + "\n")
         columns = {"run": "run", **{k: v for k, v in FIGURES.items() if k in summary["summary"]}}
         mean_row = {key: f"{stats['mean']:.4f} ± {stats['std']:.4f}" for key, stats in summary["summary"].items()}
         mean_row["run"] = f"**mean ± std** (n={len(folders)})"
         title = f"# {output_dir.name}: seeds {', '.join(map(str, training_args.seeds))}"
         text = "\n".join([title, "", *_table([*summary["runs"], mean_row], columns), ""])
-        (output_dir / f"{SUMMARY_NAME}.md").write_text(text, encoding="utf-8")
+        (output_dir / f"{artifacts.SUMMARY_NAME}.md").write_text(text, encoding="utf-8")
         show(text)
     return summary
 
@@ -198,14 +187,13 @@ def run_sweep(main: Callable, argv: list[str], training_args) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     # The study stays in its storage, so a rerun continues it (overwrite_output_dir removes it). Its sampler is
     # seeded from the recipe, offset by the trials done, so a continued sweep does not repeat its first values.
-    storage = f"sqlite:///{out.resolve() / SWEEP_STUDY_FILE}"
+    storage = f"sqlite:///{out.resolve() / artifacts.SWEEP_STUDY_FILE}"
     with training_args.main_process_first(desc="opening the sweep's study"):
         study = optuna.create_study(study_name="sweep", storage=storage, direction="maximize", load_if_exists=True)
         if study.user_attrs.get("params", params) != params:
-            raise RecipeError(
-                f"output_dir {out} holds a sweep of another search space than {space_path}. Choose another "
-                "output_dir, or add --overwrite_output_dir true to start the sweep afresh."
-            )
+            raise RecipeError(f"output_dir {out} holds a sweep of another search space than "
+                              f"{space_path}. Choose another output_dir, or add "
+                              "--overwrite_output_dir true to start the sweep afresh.")  # fmt: skip
         if training_args.process_index == 0:
             study.set_user_attr("params", params)
             # Only one command runs a study, so a trial still RUNNING at its start was cut off by a crash.
@@ -229,20 +217,20 @@ def run_sweep(main: Callable, argv: list[str], training_args) -> Path:
             study.tell(trial_number, metrics["validation"]["accuracy"])
     study = optuna.load_study(study_name="sweep", storage=storage)
     best = study.best_trial
-    path = out / BEST_RECIPE_NAME
+    path = out / artifacts.BEST_RECIPE_NAME
     if done >= n_trials and path.is_file():
         logger.warning("Sweep %s finished earlier (%d trials; the best: %d): kept %s.", out, done, best.number, path)
         return path
     rows = [{"trial": t.number, **t.params, "validation_accuracy": t.value, "best": t.number == best.number}
             for t in study.get_trials(states=(TrialState.COMPLETE,))]  # fmt: skip
     # The best trial's recipe, which reproduces its validation accuracy, with test back and its own folder.
-    recipe = yaml.safe_load((out / f"trial-{best.number}" / RESOLVED_RECIPE_NAME).read_text(encoding="utf-8"))
+    recipe = yaml.safe_load((out / f"trial-{best.number}" / artifacts.RESOLVED_RECIPE_NAME).read_text(encoding="utf-8"))
     recipe.update(test_split=parse_recipe(argv)[1].test_split, output_dir=str(out / "best"))
     if training_args.process_index == 0:
-        (out / f"{SWEEP_TRIALS_NAME}.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (out / f"{artifacts.SWEEP_TRIALS_NAME}.json").write_text(json.dumps(rows, indent=2) + "\n")
         columns = {"trial": "trial", **{k: k for k in params}, "validation_accuracy": "validation accuracy"}
         table = _table([{**r, "trial": f"**{r['trial']}** (best)" if r["best"] else r["trial"]} for r in rows], columns)
-        (out / f"{SWEEP_TRIALS_NAME}.md").write_text(f"# Sweep of {space_path}\n\n" + "\n".join(table) + "\n")
+        (out / f"{artifacts.SWEEP_TRIALS_NAME}.md").write_text(f"# Sweep of {space_path}\n\n" + "\n".join(table) + "\n")
         show(f"Sweep of {space_path}: {len(rows)} trials, the best {best.number}", *table)
         header = f"# The best trial ({best.number}, validation accuracy {best.value:.4f}) of {space_path}.\n"
         path.write_text(header + yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")

@@ -68,11 +68,9 @@ def native_cpu_bf16() -> bool:
 
 def check_attention_kernel(name: str) -> None:
     if name.startswith("flash_attention") and not torch.cuda.is_available():
-        raise RecipeError(
-            f"attn_implementation: {name} needs a CUDA GPU and the flash-attn package; this machine has no "
-            "CUDA GPU. Use attn_implementation: sdpa (the default), which picks the fastest kernel PyTorch "
-            "has for this machine, flash attention included on a GPU."
-        )
+        raise RecipeError(f"attn_implementation: {name} needs a CUDA GPU and the flash-attn package; this machine "
+                          "has no CUDA GPU. Use attn_implementation: sdpa (the default), which picks the fastest "
+                          "kernel PyTorch has for this machine, flash attention included on a GPU.")  # fmt: skip
 
 
 # The oldest versions the code is known to work with (keep in step with requirements.txt).
@@ -86,7 +84,6 @@ def check_requirements() -> None:
         try:
             require_version(requirement)
         except ImportError as error:
-            raise RecipeError(
-                f"{error}. This code needs {requirement}: run `pip install -r requirements.txt` "
-                "(in a fresh virtual environment if other projects pin the older version)."
-            ) from None
+            raise RecipeError(f"{error}. This code needs {requirement}: run `pip install -r "
+                              "requirements.txt` (in a fresh virtual environment if other "
+                              "projects pin the older version).") from None  # fmt: skip

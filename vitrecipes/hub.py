@@ -63,25 +63,18 @@ def push_output_dir(output_dir: str | Path, repo_id: str, private: bool = False,
     try:
         repo = api.create_repo(repo_id, token=token, private=private, exist_ok=True)
         api.upload_folder(
-            repo_id=repo.repo_id,
-            folder_path=str(output_dir),
+            repo_id=repo.repo_id, folder_path=str(output_dir), token=token,
             commit_message="Upload model, image processor, metrics and recipe",
-            token=token,
             # Copies: upload_folder extends ignore_patterns in place.
-            allow_patterns=list(UPLOAD_PATTERNS),
-            ignore_patterns=list(NEVER_UPLOAD),
-        )
+            allow_patterns=list(UPLOAD_PATTERNS), ignore_patterns=list(NEVER_UPLOAD),
+        )  # fmt: skip
     except Exception as error:  # noqa: BLE001 - network, auth and Hub errors all get the same advice
-        hint = hub_unreachable(
-            "Check the network and that your token may write to this repository (`hf auth login`, or the "
-            "HF_TOKEN environment variable)"
-        )
-        failure = PushError(
-            f"Could not push to the Hugging Face Hub repository {repo_id} ({scrub(cause(error), token)}). Nothing "
-            "is lost: the model, its image processor, metrics and model card are safe on disk at "
-            f"{Path(output_dir).resolve()}. {hint}. "
-            f"Push them later with: {later}"
-        )
+        hint = hub_unreachable("Check the network and that your token may write to this repository "
+                               "(`hf auth login`, or the HF_TOKEN environment variable)")  # fmt: skip
+        failure = PushError(f"Could not push to the Hugging Face Hub repository {repo_id} "
+                            f"({scrub(cause(error), token)}). Nothing is lost: the model, its image processor, "
+                            f"metrics and model card are safe on disk at {Path(output_dir).resolve()}. {hint}. "
+                            f"Push them later with: {later}")  # fmt: skip
     # Raised outside the except block so the original exception (which may quote the token) is not chained.
     if failure is not None:
         raise failure

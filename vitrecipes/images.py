@@ -30,9 +30,8 @@ def load_rgb(value: Any, max_pixels: int | None = MAX_IMAGE_PIXELS, draft: tuple
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         image = value if isinstance(value, Image.Image) else Image.open(value)
     if max_pixels and image.width * image.height > max_pixels:
-        raise Image.DecompressionBombError(
-            f"{image.width}x{image.height} pixels is more than the limit of {max_pixels} (max_image_pixels)"
-        )
+        raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels is more than the "
+                                           f"limit of {max_pixels} (max_image_pixels)")  # fmt: skip
     if draft and image.format == "JPEG":
         image.draft("RGB", draft)  # the JPEG's own DCT scaling: a fraction of the decoding work
     image = ImageOps.exif_transpose(image)

@@ -32,12 +32,10 @@ def _missing_checkpoint_error(name: str, error: Exception) -> RecipeError:
         advice = "Give a folder written by save_pretrained (config.json + model.safetensors) or a Hub id."
         require_model_folder(name, "model_name_or_path", advice)
         return RecipeError(f"model_name_or_path: could not load {name} ({cause(error)}). {advice}")
-    return RecipeError(
-        f"model_name_or_path: could not load '{name}' ({hub_unreachable('the Hub could not be reached')}, or "
-        f"the id is misspelt, or it is not in the local cache). Download it once with `hf download {name}` on a "
-        "machine with network, or point model_name_or_path at a local folder. "
-        f"Cause: {cause(error)}"
-    )
+    return RecipeError(f"model_name_or_path: could not load '{name}' "
+                       f"({hub_unreachable('the Hub could not be reached')}, or the id is misspelt, or it is not in "
+                       f"the local cache). Download it once with `hf download {name}` on a machine with network, or "
+                       f"point model_name_or_path at a local folder. Cause: {cause(error)}")  # fmt: skip
 
 
 def scratch_config(model_args: ModelArguments, **extra):
@@ -48,13 +46,11 @@ def scratch_config(model_args: ModelArguments, **extra):
     except ValueError as error:
         raise RecipeError(f"model_type: {error}") from None
     # Configs accept any keyword silently, so a typo would otherwise train the default size.
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
+    if unknown := sorted(set(overrides) - set(defaults)):
         hints = [difflib.get_close_matches(k, list(defaults), n=1) for k in unknown]
         hint = "; ".join(f"'{k}' -> did you mean '{h[0]}'?" for k, h in zip(unknown, hints) if h)
-        raise RecipeError(
-            f"config_overrides: {unknown} are not fields of a {model_args.model_type} config. {hint}".rstrip()
-        )
+        raise RecipeError(f"config_overrides: {unknown} are not fields of a {model_args.model_type} config. "
+                          f"{hint}".rstrip())  # fmt: skip
     return AutoConfig.for_model(model_args.model_type, **extra, **overrides)
 
 
@@ -72,10 +68,9 @@ def build_image_processor(model_args: ModelArguments):
 
 def build_model(model_args: ModelArguments, class_names: list[str]):
     """An image classifier with one output per class and the class names in its config."""
-    id2label = dict(enumerate(class_names))
-    label2id = {label: i for i, label in id2label.items()}
     # The classes, and the attention kernel (None: the library's choice, sdpa where the architecture has it).
-    labels = {"label2id": label2id, "id2label": id2label, "attn_implementation": model_args.attn_implementation}
+    labels = {"label2id": {label: i for i, label in enumerate(class_names)}, "id2label": dict(enumerate(class_names)),
+              "attn_implementation": model_args.attn_implementation}  # fmt: skip
     name = model_args.model_name_or_path
     what = name or model_args.model_type
     try:
@@ -85,29 +80,24 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
             config = AutoConfig.from_pretrained(name, **labels, **_hub_kwargs(model_args))
         if model_args.drop_path_rate is not None:
             if not hasattr(config, "drop_path_rate"):
-                raise RecipeError(
-                    f"drop_path_rate: {config.model_type} models have no stochastic depth (their config has no "
-                    "drop_path_rate). Remove the key."
-                )
+                raise RecipeError(f"drop_path_rate: {config.model_type} models have no stochastic depth "
+                                  "(their config has no drop_path_rate). Remove the key.")  # fmt: skip
             config.drop_path_rate = model_args.drop_path_rate
         # Checked before building: for another architecture AutoModelForImageClassification raises a bare ValueError.
         remote = "AutoModelForImageClassification" in (getattr(config, "auto_map", None) or {})
         if type(config) not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING and not remote:
-            raise RecipeError(
-                f"{what} is not an image-classification architecture: AutoModelForImageClassification has no "
-                "class for it. Use a vision checkpoint such as google/vit-base-patch16-224-in21k."
-            )
+            raise RecipeError(f"{what} is not an image-classification architecture: "
+                              "AutoModelForImageClassification has no class for it. Use a vision "
+                              "checkpoint such as google/vit-base-patch16-224-in21k.")  # fmt: skip
         if name is None:  # from scratch: on to the checks below too
             model = AutoModelForImageClassification.from_config(config)
         else:
             model, loading = AutoModelForImageClassification.from_pretrained(
-                name,
-                config=config,
-                ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+                name, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
                 use_safetensors=True,  # never unpickle weights
                 output_loading_info=True,  # its report goes to the log file; report_new_weights says it in one line
                 **_hub_kwargs(model_args),
-            )
+            )  # fmt: skip
             report_new_weights(model, loading)
     except OSError as error:
         raise _missing_checkpoint_error(name, error) from None
@@ -115,10 +105,9 @@ def build_model(model_args: ModelArguments, class_names: list[str]):
         # Message text: transformers 5.24.0 refuses a kernel by a ValueError naming attention (test_attention_kernel_*).
         if "attention" not in str(error).lower():
             raise
-        raise RecipeError(
-            f"attn_implementation: {what} cannot use this attention kernel ({str(error).splitlines()[0]}). "
-            "Set attn_implementation: eager, which every architecture supports."
-        ) from None
+        raise RecipeError(f"attn_implementation: {what} cannot use this attention kernel "
+                          f"({str(error).splitlines()[0]}). Set attn_implementation: eager, "
+                          "which every architecture supports.") from None  # fmt: skip
     if model_args.image_size:
         model = resize_position_embeddings(model, model_args.image_size)
     side = getattr(model.config, "image_size", None)
@@ -160,10 +149,9 @@ def resize_position_embeddings(model, image_size: int):
     if native == image_size or embeddings is None or model.config.model_type == "dinov2":
         return model
     if not (hasattr(embeddings, "interpolate_pos_encoding") and hasattr(embeddings, "position_embeddings")):
-        raise RecipeError(
-            f"image_size: {type(model).__name__} cannot change its input size from {native}. Remove image_size, "
-            "or use a checkpoint that interpolates position embeddings (ViT, DeiT, DINOv2)."
-        )
+        raise RecipeError(f"image_size: {type(model).__name__} cannot change its input size "
+                          f"from {native}. Remove image_size, or use a checkpoint that "
+                          "interpolates position embeddings (ViT, DeiT, DINOv2).")  # fmt: skip
     tokens = torch.zeros(1, 1 + (image_size // model.config.patch_size) ** 2, model.config.hidden_size)
     state = model.state_dict()
     with torch.no_grad():

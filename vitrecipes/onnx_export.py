@@ -18,28 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import (
-    EXPORTS,
-    RESOLVED_RECIPE_NAME,
-    export_inputs,
-    read_record,
-    refuse_shipped_code,
-    require_fresh_exports,
-    require_model_folder,
-    stale_export,
-)
+from . import artifacts
 from .console import progress
 from .errors import RecipeError, cause
 
-ONNX = EXPORTS["onnx"]
+ONNX = artifacts.EXPORTS["onnx"]
 ONNX_DIR, (FP32_FILE, INT8_FILE, PARITY_FILE) = ONNX.folder, ONNX.files
-
 
 MAX_LOGIT_DIFF = 1e-3
 OPSET = 18
-_ADVICE = (
-    "Give the output folder of a training run, e.g. outputs/smoke after `python run_snacks.py recipes/smoke.yaml`."
-)
+_ADVICE = ("Give the output folder of a training run, e.g. outputs/smoke after "
+           "`python run_snacks.py recipes/smoke.yaml`.")  # fmt: skip
 
 
 def load_saved(auto_class, folder: Path, trust_remote_code: bool, **options):
@@ -47,10 +36,8 @@ def load_saved(auto_class, folder: Path, trust_remote_code: bool, **options):
     try:
         return auto_class.from_pretrained(folder, trust_remote_code=trust_remote_code, **options)
     except Exception as error:  # noqa: BLE001 - any loading failure gets the same paragraph
-        raise RecipeError(
-            f"{folder}: transformers could not load its {auto_class.__name__.removeprefix('Auto')} ({cause(error)}). "
-            f"{_ADVICE}"
-        ) from None
+        raise RecipeError(f"{folder}: transformers could not load its {auto_class.__name__.removeprefix('Auto')} "
+                          f"({cause(error)}). {_ADVICE}") from None  # fmt: skip
 
 
 def open_session(path: Path, threads: int | None = None):
@@ -60,20 +47,16 @@ def open_session(path: Path, threads: int | None = None):
 
     folder = path.parent.parent
     if not path.is_file():
-        raise RecipeError(
-            f"--backend onnx: {path} does not exist. Export the model first: python export.py {folder} "
-            "(or set export: [onnx] in the recipe, which exports at the end of training)."
-        )
+        raise RecipeError(f"--backend onnx: {path} does not exist. Export the model first: python export.py {folder} "
+                          "(or set export: [onnx] in the recipe, which exports at the end of training).")  # fmt: skip
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - any ONNX Runtime load failure means the file is unusable
-        raise RecipeError(
-            f"{path} is not a readable ONNX model ({cause(error)}). Export it again: "
-            f"python export.py {folder} --overwrite"
-        ) from None
+        raise RecipeError(f"{path} is not a readable ONNX model ({cause(error)}). Export it "
+                          f"again: python export.py {folder} --overwrite") from None  # fmt: skip
 
 
 def run_session(session, pixels: np.ndarray) -> np.ndarray:
@@ -90,10 +73,8 @@ class OnnxClassifier:
 
         from transformers import AutoConfig, AutoImageProcessor
 
-        folder = require_model_folder(folder, "--model", _ADVICE)
-        if not trust_remote_code:
-            refuse_shipped_code(folder, "--model")
-        require_fresh_exports(folder)
+        folder = artifacts.require_model_folder(folder, "--model", _ADVICE, refuse_code=not trust_remote_code)
+        artifacts.require_fresh_exports(folder)
         self.session = open_session(folder / ONNX_DIR / (INT8_FILE if quantized else FP32_FILE))
         self.processor = load_saved(AutoImageProcessor, folder, trust_remote_code)
         self.model = SimpleNamespace(config=load_saved(AutoConfig, folder, trust_remote_code))
@@ -120,14 +101,12 @@ def parity_images(folder: Path, split: str | None = None, images: list | None = 
             try:
                 pictures.append(read_image(item))
             except Exception as error:  # noqa: BLE001 - parity needs every given image
-                raise RecipeError(
-                    f"--images: {item} could not be read as an image ({cause(error)}). Give image files or folders "
-                    "of images only (leave this one out)."
-                ) from None
+                raise RecipeError(f"--images: {item} could not be read as an image ({cause(error)}). Give image "
+                                  "files or folders of images only (leave this one out).") from None  # fmt: skip
         return pictures, None, f"{len(pictures)} given images"
-    recipe = folder / RESOLVED_RECIPE_NAME
+    recipe = folder / artifacts.RESOLVED_RECIPE_NAME
     if not recipe.is_file():
-        raise RecipeError(f"{folder} has no {RESOLVED_RECIPE_NAME}, so its dataset is unknown: give --images.")
+        raise RecipeError(f"{folder} has no {recipe.name}, so its dataset is unknown: give --images.")
     from transformers import AutoConfig
 
     from .config import parse_recipe
@@ -166,18 +145,15 @@ def export_model(model, path: Path, pixels: np.ndarray) -> None:
         # The tracer warns about Python conditions on the input size: fixed here, as only the batch is dynamic.
         with warnings.catch_warnings(), _stdout_to_devnull():
             warnings.simplefilter("ignore")
-            batch = {0: "batch"}
-            torch.onnx.export(
-                Logits().eval(), (example,), str(path), input_names=["pixel_values"], output_names=["logits"],
-                dynamic_axes={"pixel_values": batch, "logits": batch}, opset_version=OPSET, dynamo=False,
-            )  # fmt: skip
+            torch.onnx.export(Logits().eval(), (example,), str(path), input_names=["pixel_values"],
+                              output_names=["logits"], opset_version=OPSET, dynamo=False,
+                              dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
     except Exception as error:  # noqa: BLE001 - every exporter failure gets the same paragraph
         path.unlink(missing_ok=True)
-        raise RecipeError(
-            f"The model could not be exported to ONNX: {cause(error)}{_failing_layer(Logits(), example, error)}. "
-            "Nothing else in the folder was changed. Such an operator needs a newer ONNX opset or torch, or a "
-            "model without that layer; the model itself still works with predict.py (the torch backend)."
-        ) from None
+        raise RecipeError("The model could not be exported to ONNX: "
+                          f"{cause(error)}{_failing_layer(Logits(), example, error)}. Nothing else in the folder was "
+                          "changed. Such an operator needs a newer ONNX opset or torch, or a model without that layer; "
+                          "the model itself still works with predict.py (the torch backend).") from None  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -209,20 +185,6 @@ def _failing_layer(module, example, error) -> str:
     return ""
 
 
-def quantize(fp32: Path, int8: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8)
-
-
-def _compare(reference: np.ndarray, logits: np.ndarray, labels) -> dict:
-    result = {
-        "top1_agreement": float((reference.argmax(1) == logits.argmax(1)).mean()),
-        "max_abs_logit_diff": float(np.abs(reference - logits).max()),
-    }
-    return result | ({"accuracy": float((logits.argmax(1) == np.asarray(labels)).mean())} if labels else {})
-
-
 def check_parity(model, processor, sessions, pictures: list, labels: list | None) -> dict:
     """PyTorch against the fp32 and int8 sessions on the same pixels: agreement, logit difference, accuracy."""
     import torch
@@ -235,9 +197,12 @@ def check_parity(model, processor, sessions, pictures: list, labels: list | None
             outputs["fp32"].append(run_session(sessions[0], pixels))
             outputs["int8"].append(run_session(sessions[1], pixels))
     logits = {name: np.concatenate(parts) for name, parts in outputs.items()}
-    parity = {name: _compare(logits["pytorch"], logits[name], labels) for name in ("fp32", "int8")}
+    accuracy = {name: float((x.argmax(1) == np.asarray(labels)).mean()) for name, x in logits.items()} if labels else {}
+    parity = {name: {"top1_agreement": float((logits["pytorch"].argmax(1) == logits[name].argmax(1)).mean()),
+                     "max_abs_logit_diff": float(np.abs(logits["pytorch"] - logits[name]).max()),
+                     **({"accuracy": accuracy[name]} if labels else {})} for name in ("fp32", "int8")}  # fmt: skip
     if labels:
-        parity["pytorch"] = {"accuracy": float((logits["pytorch"].argmax(1) == np.asarray(labels)).mean())}
+        parity["pytorch"] = {"accuracy": accuracy["pytorch"]}
         parity["int8"]["accuracy_drop"] = parity["pytorch"]["accuracy"] - parity["int8"]["accuracy"]
     return parity
 
@@ -248,30 +213,28 @@ def export_folder(output_dir: str | Path, split: str | None = None, images: list
     folder's current weights, config and image processor is kept unless `overwrite`; one of other files is made
     again. Raises RecipeError when fp32 disagrees with PyTorch."""
     ONNX.check_installed()
-    folder = require_model_folder(output_dir, "OUTPUT_DIR", _ADVICE)
-    if not trust_remote_code:
-        refuse_shipped_code(folder, "OUTPUT_DIR")
-    onnx_dir, stale = folder / ONNX_DIR, stale_export(folder, ONNX)
+    folder = artifacts.require_model_folder(output_dir, "OUTPUT_DIR", _ADVICE, refuse_code=not trust_remote_code)
+    onnx_dir, stale = folder / ONNX_DIR, artifacts.stale_export(folder, ONNX)
     files = [onnx_dir / FP32_FILE, onnx_dir / INT8_FILE]
     if not overwrite and not stale:
         log(f"Kept the ONNX export in {onnx_dir}: it is of these weights, config and image processor "
             "(--overwrite exports again).")  # fmt: skip
-        return read_record(folder, ONNX)
+        return artifacts.read_record(folder, ONNX)
     if stale and onnx_dir.is_dir():
         log(f"Exporting again: {stale}.")
     for target in (folder, onnx_dir) if onnx_dir.is_dir() else (folder,):
         try:  # before any heavy work: a folder that cannot be written fails now, not after loading everything
             tempfile.TemporaryFile(dir=target).close()
         except OSError as error:
-            raise RecipeError(
-                f"OUTPUT_DIR: the export cannot be written into {target} ({cause(error)}). Make it writable, or copy "
-                f"the folder somewhere you can write (cp -r {folder} my-copy) and export the copy."
-            ) from None
+            raise RecipeError(f"OUTPUT_DIR: the export cannot be written into {target} ({cause(error)}). "
+                              "Make it writable, or copy the folder somewhere you can write (cp -r "
+                              f"{folder} my-copy) and export the copy.") from None  # fmt: skip
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoImageProcessor, AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bar
-    inputs = export_inputs(folder)  # the files as they are read next
+    inputs = artifacts.export_inputs(folder)  # the files as they are read next
     model = load_saved(AutoModelForImageClassification, folder, trust_remote_code, use_safetensors=True).eval()
     processor = load_saved(AutoImageProcessor, folder, trust_remote_code)
     pictures, labels, source = parity_images(folder, split, images)
@@ -282,16 +245,15 @@ def export_folder(output_dir: str | Path, split: str | None = None, images: list
     partial = [path.with_suffix(".partial") for path in files]
     try:
         export_model(model, partial[0], processor(pictures[:2], return_tensors="np")["pixel_values"])
-        quantize(*partial)
+        quantize_dynamic(str(partial[0]), str(partial[1]), per_channel=True, weight_type=QuantType.QInt8)
         numbers = check_parity(model, processor, [open_session(path) for path in partial], pictures, labels)
         fp32 = numbers["fp32"]
         if fp32["top1_agreement"] < 1.0 or fp32["max_abs_logit_diff"] > MAX_LOGIT_DIFF:
-            raise RecipeError(
-                f"The fp32 ONNX model does not match PyTorch on {source}: top-1 agreement "
-                f"{fp32['top1_agreement']:.4f}, largest logit difference {fp32['max_abs_logit_diff']:.2e} (at most "
-                f"{MAX_LOGIT_DIFF:g} is accepted), so it was not written; nothing in {folder} was changed. An "
-                "operator the exporter translates differently is the likely cause: try a newer torch or onnxruntime."
-            )
+            raise RecipeError(f"The fp32 ONNX model does not match PyTorch on {source}: top-1 agreement "
+                              f"{fp32['top1_agreement']:.4f}, largest logit difference "
+                              f"{fp32['max_abs_logit_diff']:.2e} (at most {MAX_LOGIT_DIFF:g} is accepted), so it was "
+                              f"not written; nothing in {folder} was changed. An operator the exporter translates "
+                              "differently is the likely cause: try a newer torch or onnxruntime.")  # fmt: skip
         for source_path, path in zip(partial, files):
             os.replace(source_path, path)
     finally:

@@ -19,19 +19,7 @@ from safetensors import SafetensorError, safe_open
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import sort_checkpoints
 
-from .artifacts import (
-    BAD_IMAGES_FILE,
-    EVAL_ONLY_BAD_IMAGES_FILE,
-    EVAL_ONLY_METRICS_FILE,
-    EVAL_ONLY_RECIPE_NAME,
-    LOG_FILE,
-    METRICS_FILE,
-    REPORT_DIR,
-    RESOLVED_RECIPE_NAME,
-    RESULTS,
-    SWEEP_STUDY_FILE,
-    export_module,
-)
+from . import artifacts
 from .bad_images import BadImageLog
 from .card import finish_for_hub
 from .config import DEFAULTS
@@ -67,7 +55,7 @@ def resolved_recipe(model_args, data_args, training_args, hub=None) -> dict[str,
 
 def save_resolved_recipe(output_dir: str | Path, model_args, data_args, training_args, hub=None) -> Path:
     """Write every key the run used, so `python run_snacks.py <this file>` repeats the run."""
-    name = RESOLVED_RECIPE_NAME if training_args.do_train else EVAL_ONLY_RECIPE_NAME
+    name = artifacts.RESOLVED_RECIPE_NAME if training_args.do_train else artifacts.EVAL_ONLY_RECIPE_NAME
     path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = ["# Every setting this run used. Repeat it with: python run_snacks.py " + str(path)]
@@ -76,18 +64,6 @@ def save_resolved_recipe(output_dir: str | Path, model_args, data_args, training
         parts += [f"\n# --- {group} ---", yaml.safe_dump(values, sort_keys=False, default_flow_style=False).rstrip()]
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return path
-
-
-def write_metrics(output_dir: str | Path, metrics: dict, trained: bool = True) -> Path:
-    path = Path(output_dir) / (METRICS_FILE if trained else EVAL_ONLY_METRICS_FILE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
-
-
-def bad_images_path(output_dir: str | Path, trained: bool) -> Path:
-    """The run's log of unreadable images; an evaluation-only run keeps its own."""
-    return Path(output_dir) / (BAD_IMAGES_FILE if trained else EVAL_ONLY_BAD_IMAGES_FILE)
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -123,7 +99,7 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
 
 def recipe_differences(output_dir: Path, current: dict[str, dict[str, Any]]) -> list[str]:
     """Keys whose values differ from the recipe saved in output_dir (ignoring harmless ones)."""
-    saved_path = output_dir / RESOLVED_RECIPE_NAME
+    saved_path = output_dir / artifacts.RESOLVED_RECIPE_NAME
     if not saved_path.exists():
         return []
     saved = yaml.safe_load(saved_path.read_text()) or {}
@@ -140,7 +116,9 @@ def prepare_output_dir(model_args, data_args, training_args) -> tuple[str | None
     with training_args.main_process_first(desc="checking the output folder"):
         if training_args.do_train:
             resume_from = plan_output_dir(training_args, resolved_recipe(model_args, data_args, training_args))
-        bad_images = BadImageLog(bad_images_path(training_args.output_dir, training_args.do_train))
+        # The run's log of unreadable images; an evaluation-only run keeps its own.
+        name = artifacts.BAD_IMAGES_FILE if training_args.do_train else artifacts.EVAL_ONLY_BAD_IMAGES_FILE
+        bad_images = BadImageLog(Path(training_args.output_dir) / name)
         if training_args.process_index == 0:
             if not training_args.do_train:
                 bad_images.path.unlink(missing_ok=True)  # an evaluation-only run lists its own, from empty
@@ -158,44 +136,37 @@ def plan_output_dir(training_args, current_recipe: dict[str, dict[str, Any]]) ->
     if requested not in (None, "", "true", "auto", "false"):
         path = Path(requested)
         if not is_complete_checkpoint(path):
-            raise RecipeError(
-                f"resume_from_checkpoint: {path} is not a complete checkpoint (it needs trainer_state.json and "
-                "the model weights). Point it at a checkpoint-N folder, or set it to true to pick the last "
-                "complete one in output_dir."
-            )
+            raise RecipeError(f"resume_from_checkpoint: {path} is not a complete checkpoint (it needs "
+                              "trainer_state.json and the model weights). Point it at a checkpoint-N folder, "
+                              "or set it to true to pick the last complete one in output_dir.")  # fmt: skip
         return str(path)
     if not output_dir.exists():
         return None
     if training_args.overwrite_output_dir:
         if training_args.process_index == 0:
-            for pattern in RESULTS:
-                for path in output_dir.glob(pattern):
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for path in (path for pattern in artifacts.RESULTS for path in output_dir.glob(pattern)):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
             logger.warning("overwrite_output_dir: starting afresh in %s (the old run's outputs removed).", output_dir)
         return None
-    if (output_dir / METRICS_FILE).exists():
-        raise RecipeError(
-            f"output_dir {output_dir} already holds a finished run ({METRICS_FILE} is there). To keep it, "
-            "choose another output_dir (e.g. --output_dir outputs/my-run-2); to replace it, add "
-            "--overwrite_output_dir true."
-        )
+    if (output_dir / artifacts.METRICS_FILE).exists():
+        raise RecipeError(f"output_dir {output_dir} already holds a finished run ({artifacts.METRICS_FILE} is "
+                          "there). To keep it, choose another output_dir (e.g. --output_dir "
+                          "outputs/my-run-2); to replace it, add --overwrite_output_dir true.")  # fmt: skip
     existing = sort_checkpoints(str(output_dir))
-    sweep = (output_dir / SWEEP_STUDY_FILE).exists()  # a sweep's trials, which a rerun continues
+    sweep = (output_dir / artifacts.SWEEP_STUDY_FILE).exists()  # a sweep's trials, which a rerun continues
     if not existing and not sweep:
         return None
     if different := recipe_differences(output_dir, current_recipe):
-        raise RecipeError(
-            f"output_dir {output_dir} holds {'a sweep' if sweep else 'checkpoints of a run'} with a different "
-            f"recipe (keys that differ: {', '.join(different[:12])}). Resuming would mix two runs. Choose another "
-            "output_dir, or add --overwrite_output_dir true to discard the old checkpoints."
-        )
+        raise RecipeError(f"output_dir {output_dir} holds {'a sweep' if sweep else 'checkpoints of a run'} "
+                          f"with a different recipe (keys that differ: {', '.join(different[:12])}). "
+                          "Resuming would mix two runs. Choose another output_dir, or add "
+                          "--overwrite_output_dir true to discard the old checkpoints.")  # fmt: skip
     if sweep and not existing:
         return None
     if requested == "false":
-        raise RecipeError(
-            f"output_dir {output_dir} holds checkpoints of an unfinished run and resume_from_checkpoint is false. "
-            "Remove false to resume it, or add --overwrite_output_dir true to start afresh."
-        )
+        raise RecipeError(f"output_dir {output_dir} holds checkpoints of an unfinished run "
+                          "and resume_from_checkpoint is false. Remove false to resume it, "
+                          "or add --overwrite_output_dir true to start afresh.")  # fmt: skip
     checkpoint = last_complete_checkpoint(output_dir)
     if checkpoint is None:
         logger.warning("No complete checkpoint in %s: starting from the beginning.", output_dir)
@@ -214,18 +185,20 @@ def finish_run(trainer, metrics: dict, predictions: dict, names, model_args, dat
     reports = {}
     for name, split in predictions.items():
         reports[name] = write_report(
-            output_dir / REPORT_DIR.format(split=name), split, names, data_args.image_column_name, checkpoint,
+            output_dir / artifacts.REPORT_DIR.format(split=name), split, names, data_args.image_column_name, checkpoint,
             log_history=trainer.state.log_history if trained else None, final_validation=metrics.get("validation"),
             calibration=metrics.get("calibration", {}).get(name),
         )  # fmt: skip
         metrics[name]["report"] = str(reports[name].relative_to(output_dir))
     if trained:
         log_report_images(trainer, reports)
-    metrics_path = write_metrics(output_dir, metrics, trained=trained)
+    metrics_path = output_dir / (artifacts.METRICS_FILE if trained else artifacts.EVAL_ONLY_METRICS_FILE)
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     logger.info("Wrote %s: %s", metrics_path, metrics)
     show(*closing_table(output_dir, metrics, reports, metrics_path))
     for name in args.export if trained else []:
-        export_module(name).export_folder(output_dir, log=show, trust_remote_code=model_args.trust_remote_code)
+        export = artifacts.export_module(name)
+        export.export_folder(output_dir, log=show, trust_remote_code=model_args.trust_remote_code)
     if trained and (url := finish_for_hub(output_dir, hub, recipe_path, argv)):
         show(f"Pushed to {url}")
     return metrics_path
@@ -234,18 +207,17 @@ def finish_run(trainer, metrics: dict, predictions: dict, names, model_args, dat
 def closing_table(output_dir: Path, metrics: dict, reports: dict[str, Path], metrics_path: Path) -> list[str]:
     """Each split's accuracy, top-5, ECE and images; the wall time, the unreadable images left out, and where the
     model, reports, metrics and log are."""
-    rows = []
-    for split, report in reports.items():
-        numbers = json.loads((report.parent / METRICS_FILE).read_text(encoding="utf-8"))
-        rows.append([split, numbers["accuracy"], numbers["top_k_accuracy"], numbers["ece"], numbers["samples"]])
-    top_k = json.loads((next(iter(reports.values())).parent / METRICS_FILE).read_text())["top_k"] if reports else 5
+    numbers = {split: json.loads((report.parent / artifacts.METRICS_FILE).read_text(encoding="utf-8"))
+               for split, report in reports.items()}  # fmt: skip
+    rows = [[split, n["accuracy"], n["top_k_accuracy"], n["ece"], n["samples"]] for split, n in numbers.items()]
+    top_k = next(iter(numbers.values()))["top_k"] if numbers else 5
     bad = {split: len(files) for split, files in metrics["bad_images"].items() if files}
     left_out = ", ".join(f"{n} in {split}" for split, n in bad.items()) + f" (see {metrics_path})" if bad else "none"
     return [
         *table(rows, ["", "accuracy", f"top-{top_k}", "ECE", "images"]),
         f"Wall time {metrics['wall_seconds']:.0f} s; unreadable images left out: {left_out}",
         f"Model, image processor and card: {output_dir}; metrics: {metrics_path}",
-        f"Reports: {', '.join(str(report) for report in reports.values())}; log: {output_dir / LOG_FILE}",
+        f"Reports: {', '.join(str(report) for report in reports.values())}; log: {output_dir / artifacts.LOG_FILE}",
     ]
 
 

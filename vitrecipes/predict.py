@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import ImageClassificationPipeline, pipeline
 from transformers.utils.logging import disable_progress_bar
 
-from .artifacts import refuse_shipped_code, require_model_folder
+from .artifacts import require_model_folder
 from .errors import RecipeError, cause
 from .hub import is_hub_id
 from .images import load_rgb
@@ -69,29 +69,20 @@ def load_classifier(model: str | os.PathLike, device: str | None = None, trust_r
     name = str(model)
     if not is_hub_id(name):
         advice = "Give the output folder of a training run (e.g. outputs/smoke, from recipes/smoke.yaml) or a Hub id."
-        name = str(require_model_folder(name, "--model", advice))
-        if not trust_remote_code:
-            refuse_shipped_code(name, "--model")
+        name = str(require_model_folder(name, "--model", advice, refuse_code=not trust_remote_code))
     if device and device.startswith("cuda") and not torch.cuda.is_available():
         raise RecipeError(f"--device {device}: no CUDA GPU is available here. Use --device cpu (or leave it out).")
     try:
-        return pipeline(
-            "image-classification",
-            model=name,
-            device=None if device == "auto" else device,  # None: the pipeline takes the GPU when there is one
-            trust_remote_code=trust_remote_code,  # False, not None: transformers would ask on a terminal
-            model_kwargs={"use_safetensors": True},  # never unpickle weights
-        )
+        return pipeline("image-classification", model=name, model_kwargs={"use_safetensors": True},  # never unpickle
+                        device=None if device == "auto" else device,  # None: the GPU when there is one
+                        trust_remote_code=trust_remote_code)  # False, not None: transformers would ask  # fmt: skip
     except Exception as error:  # noqa: BLE001 - any loading or download failure gets the same advice
         if not is_hub_id(name):
-            raise RecipeError(
-                f"--model: could not load an image classifier and its image processor from {name} ({cause(error)})."
-            ) from None
-        raise RecipeError(
-            f"--model: {name} is not a local folder and could not be fetched from the Hugging Face Hub "
-            f"({cause(error)}). Check the id and your network (HF_HUB_OFFLINE must not be set), or download the "
-            "repository and give its folder."
-        ) from None
+            raise RecipeError("--model: could not load an image classifier and its image "
+                              f"processor from {name} ({cause(error)}).") from None  # fmt: skip
+        raise RecipeError(f"--model: {name} is not a local folder and could not be fetched from the Hugging "
+                          f"Face Hub ({cause(error)}). Check the id and your network (HF_HUB_OFFLINE must not "
+                          "be set), or download the repository and give its folder.") from None  # fmt: skip
 
 
 def check_counts(top_k: int, batch_size: int) -> None:

@@ -35,16 +35,8 @@ MAX_CONFUSED_PAIRS = 10
 MAX_ANNOTATED_CLASSES = 40
 
 
-def write_report(
-    out_dir,
-    predictions,
-    class_names,
-    image_column,
-    checkpoint,
-    log_history=None,
-    final_validation=None,
-    calibration=None,
-) -> Path:
+def write_report(out_dir, predictions, class_names, image_column, checkpoint, log_history=None, final_validation=None,
+                 calibration=None) -> Path:  # fmt: skip
     """Write the report of one split's SplitPredictions (from `evaluate_splits`); return its report.md. `log_history`
     (Trainer's) gives the curves, `final_validation` their point when nothing was evaluated during training;
     `calibration`: the split's numbers before and after the temperature, whose logits `predictions` holds."""
@@ -77,9 +69,8 @@ def write_report(
     curves = plot_curves(log_history, final_validation) if log_history else None
     if curves is not None:
         curves.savefig(out / outputs.CURVES_PNG)
-    page = _PAGE.render(
-        m=metrics, n_mistakes=len(wrong), max_mistakes=MAX_MISTAKES, curves=curves is not None, files=outputs
-    )
+    page = _PAGE.render(m=metrics, n_mistakes=len(wrong), max_mistakes=MAX_MISTAKES, curves=curves is not None,
+                        files=outputs)  # fmt: skip
     report = out / outputs.REPORT_FILE
     report.write_text(page.rstrip() + "\n", encoding="utf-8")
     return report
@@ -94,17 +85,11 @@ def compute_report_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
     top_k_accuracy = top_k_accuracy_score(labels, probabilities, k=k, labels=classes) if k < len(classes) else 1.0
     table = classification_report(labels, logits.argmax(axis=1), labels=classes, output_dict=True, zero_division=0)
     # Rows by class id, not name: a class called "accuracy" or "macro avg" would clash with the summary rows.
-    per_class = {name: table[str(i)] for i, name in enumerate(class_names)}
-    return probabilities, {
-        "samples": len(labels),
-        "num_classes": len(classes),
-        **headline,
-        "top_k": k,
-        "top_k_accuracy": float(top_k_accuracy),
-        "macro": _prf(table["macro avg"]),
-        "weighted": _prf(table["weighted avg"]),
-        "per_class": {name: {**_prf(row), "support": int(row["support"])} for name, row in per_class.items()},
-    }
+    per_class = {name: {**_prf(table[str(i)]), "support": int(table[str(i)]["support"])}
+                 for i, name in enumerate(class_names)}  # fmt: skip
+    return probabilities, {"samples": len(labels), "num_classes": len(classes), **headline, "top_k": k,
+                           "top_k_accuracy": float(top_k_accuracy), "macro": _prf(table["macro avg"]),
+                           "weighted": _prf(table["weighted avg"]), "per_class": per_class}  # fmt: skip
 
 
 def _prf(row: dict[str, float]) -> dict[str, float]:
@@ -165,10 +150,8 @@ def plot_mistakes(predictions, image_column: str, indices, probabilities, class_
 def plot_curves(log_history: list[dict], final_validation: dict | None = None) -> Figure | None:
     """Training and validation loss, and validation accuracy, by step. A run evaluated only at the end gets that
     evaluation (`final_validation`) as one point at the last step; with none either, the accuracy panel says so."""
-    series = {
-        key: [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
-        for key in ("loss", "eval_loss", "eval_accuracy")
-    }
+    series = {key: [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
+              for key in ("loss", "eval_loss", "eval_accuracy")}  # fmt: skip
     if not series["loss"] and not series["eval_loss"]:
         return None
     figure = Figure(figsize=(10, 4), dpi=100, layout="constrained")
@@ -192,9 +175,8 @@ def plot_curves(log_history: list[dict], final_validation: dict | None = None) -
     return figure
 
 
-_PAGE = jinja2.Template(
-    Path(__file__).with_name("report_template.md").read_text("utf-8"), trim_blocks=True, lstrip_blocks=True
-)
+_PAGE = jinja2.Template(Path(__file__).with_name("report_template.md").read_text("utf-8"), trim_blocks=True,
+                        lstrip_blocks=True)  # fmt: skip
 
 
 def _short(text: str, limit: int, keep_end: bool = False) -> str:

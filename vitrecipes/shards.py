@@ -33,8 +33,7 @@ def write_shards(splits: DatasetDict, out, shard_size: int, source: str = "", on
     finished shards and writes the rest; a folder holding another source's or settings' shards is refused."""
     out = Path(out)
     if only:
-        unknown = [name for name in only if name not in splits]
-        if unknown:
+        if unknown := [name for name in only if name not in splits]:
             raise RecipeError(f"--splits: {source} has no split {', '.join(unknown)}; it has {', '.join(splits)}.")
         splits = DatasetDict({name: splits[name] for name in only})
     if shard_size < 1:
@@ -55,11 +54,10 @@ def write_shards(splits: DatasetDict, out, shard_size: int, source: str = "", on
         existing = json.loads(info_path.read_text())
         if _comparable(existing) != _comparable(plan):
             differ = [k for k in ("classes", "source", "splits") if _comparable(existing)[k] != _comparable(plan)[k]]
-            raise RecipeError(
-                f"{out} holds shards written from another source or with other settings (what differs from its "
-                f"{INFO_NAME}: {', '.join(differ)}; a source is compared by its images and labels). Shards of two "
-                f"sources must not mix: write into another folder, or delete {out} to write it afresh."
-            )
+            raise RecipeError(f"{out} holds shards written from another source or with other settings (what "
+                              f"differs from its {INFO_NAME}: {', '.join(differ)}; a source is compared by "
+                              "its images and labels). Shards of two sources must not mix: write into "
+                              f"another folder, or delete {out} to write it afresh.")  # fmt: skip
         if existing.get("complete"):
             return existing
     elif out.exists() and any(out.iterdir()):

@@ -70,8 +70,7 @@ class Shards:
         return hashlib.sha256(listed.encode()).hexdigest()[:16]
 
 
-def _fs(url: str):
-    return fsspec.core.url_to_fs(url)
+_fs = fsspec.core.url_to_fs  # a URL's (filesystem, path)
 
 
 def _expand(pattern: str) -> list[str]:
@@ -90,10 +89,8 @@ def _info_beside(url: str) -> dict | None:
     with fs.open(info_path, "r") as handle:
         info = json.load(handle)
     if not info.get("complete", True):
-        raise RecipeError(
-            f"{info_path} belongs to shards that make_shards.py has not finished writing. Rerun the same "
-            "make_shards.py command: it continues where it stopped."
-        )
+        raise RecipeError(f"{info_path} belongs to shards that make_shards.py has not finished writing. Rerun "
+                          "the same make_shards.py command: it continues where it stopped.")  # fmt: skip
     return info
 
 
@@ -139,12 +136,9 @@ def open_shards(patterns, classes=None, image_column: str = "image", label_colum
 
 
 def _parquet_classes(url: str, schema, image_column: str, label_column: str) -> tuple:
-    missing = [c for c in (image_column, label_column) if c not in schema.names]
-    if missing:
-        raise RecipeError(
-            f"{url} has no column {', '.join(missing)}; its columns are {', '.join(schema.names)}. "
-            "Set image_column_name / label_column_name."
-        )
+    if missing := [c for c in (image_column, label_column) if c not in schema.names]:
+        raise RecipeError(f"{url} has no column {', '.join(missing)}; its columns are "
+                          f"{', '.join(schema.names)}. Set image_column_name / label_column_name.")  # fmt: skip
     feature = Features.from_arrow_schema(schema).get(label_column)  # datasets' 'huggingface' schema metadata
     return tuple(feature.names) if isinstance(feature, ClassLabel) else ()
 
@@ -156,14 +150,11 @@ def hub_parquet_urls(repo_id: str, split: str, config: str = "default", revision
     files = HfApi().list_repo_files(repo_id, repo_type="dataset", revision=revision)
     chosen = sorted(f for f in files if f.startswith(f"{config}/{split}/") and f.endswith(".parquet"))
     if not chosen:
-        partial = any(f.startswith(f"{config}/partial-{split}/") for f in files)
-        why = (
-            f"the Hub converted only the first part of split '{split}' (partial-{split}/), so streaming it would "
-            "quietly train on part of the data. Stream the dataset's own Parquet files (another revision) or "
-            "write shards with make_shards.py"
-            if partial
-            else f"it has no {config}/{split}/*.parquet. Its Parquet files: {', '.join(sorted(files)[:10]) or 'none'}"
-        )
+        why = f"it has no {config}/{split}/*.parquet. Its Parquet files: {', '.join(sorted(files)[:10]) or 'none'}"
+        if any(f.startswith(f"{config}/partial-{split}/") for f in files):
+            why = (f"the Hub converted only the first part of split '{split}' (partial-{split}/), so streaming it "
+                   "would quietly train on part of the data. Stream the dataset's own Parquet files (another "
+                   "revision) or write shards with make_shards.py")  # fmt: skip
         raise RecipeError(f"{repo_id} (revision {revision}): {why}.")
     return [f"hf://datasets/{repo_id}@{quote(revision, safe='')}/{f}" for f in chosen]
 
@@ -223,10 +214,9 @@ def read_shard(shards: Shards, index: int) -> Iterator[dict]:
         count += 1
         yield record
     if count != expected:
-        raise RecipeError(
-            f"{url} holds {count} samples, but its info says {expected}: the shards and {INFO_NAME} do not belong "
-            "together. Write them again with make_shards.py into an empty folder."
-        )
+        raise RecipeError(f"{url} holds {count} samples, but its info says {expected}: the "
+                          f"shards and {INFO_NAME} do not belong together. Write them "
+                          "again with make_shards.py into an empty folder.")  # fmt: skip
 
 
 def _all_records(shards: Shards):
@@ -238,18 +228,13 @@ def _all_records(shards: Shards):
 def local_dataset(shards: Shards, cache_dir: str | None = None) -> Dataset:
     """An evaluation split read once, in order, into a local map-style Dataset with load_splits' columns: the image
     undecoded ({'bytes', 'path'}) and a ClassLabel label. Cached by the files' sizes and dates, never served stale."""
-    stamps = []
-    for url in shards.files:
-        fs, path = _fs(url)
-        stamps.append(json.dumps(fs.info(path), sort_keys=True, default=str))
+    stamps = [json.dumps(fs.info(path), sort_keys=True, default=str) for fs, path in map(_fs, shards.files)]
     fingerprint = hashlib.sha256(json.dumps([shards.digest(), shards.classes, stamps]).encode()).hexdigest()[:32]
-    features = Features(
-        {shards.image_column: ImageFeature(decode=False), shards.label_column: ClassLabel(names=list(shards.classes))}
-    )
+    features = Features({shards.image_column: ImageFeature(decode=False),
+                         shards.label_column: ClassLabel(names=list(shards.classes))})  # fmt: skip
     try:
-        return Dataset.from_generator(
-            _all_records, features=features, gen_kwargs={"shards": shards}, cache_dir=cache_dir, fingerprint=fingerprint
-        )
+        return Dataset.from_generator(_all_records, features=features, gen_kwargs={"shards": shards},
+                                      cache_dir=cache_dir, fingerprint=fingerprint)  # fmt: skip
     except DatasetGenerationError as error:  # datasets wraps what the generator raised; a RecipeError is shown as is
         if isinstance(error.__cause__, RecipeError):
             raise error.__cause__ from None
@@ -299,17 +284,14 @@ class ShardStream(IterableDataset):
         self.epoch, self._start = 0, None
         readers = world_size * self.workers
         if len(shards.files) < readers:
-            raise RecipeError(
-                f"{len(shards.files)} shards for {readers} readers ({world_size} processes x {self.workers} DataLoader "
-                "workers): each reader streams whole shards, so it needs one at least. Write smaller shards "
-                "(make_shards.py --shard_size), or lower dataloader_num_workers or the number of processes."
-            )
+            raise RecipeError(f"{len(shards.files)} shards for {readers} readers ({world_size} processes x "
+                              f"{self.workers} DataLoader workers): each reader streams whole shards, so "
+                              "it needs one at least. Write smaller shards (make_shards.py --shard_size), "
+                              "or lower dataloader_num_workers or the number of processes.")  # fmt: skip
         self.batches = shards.total // (world_size * batch_size)  # per process and epoch; the remainder is dropped
         if self.batches == 0:
-            raise RecipeError(
-                f"The shards hold {shards.total} samples, fewer than one batch per process "
-                f"({world_size} x {batch_size}). Lower per_device_train_batch_size or add data."
-            )
+            raise RecipeError(f"The shards hold {shards.total} samples, fewer than one batch per process ({world_size} "
+                              f"x {batch_size}). Lower per_device_train_batch_size or add data.")  # fmt: skip
 
     def __len__(self) -> int:
         return self.batches * self.batch_size
@@ -351,11 +333,10 @@ class ShardStream(IterableDataset):
         changed = [f"{k} {getattr(saved, k)} -> {getattr(now, k)}" for k in ("world_size", "num_workers", "batch_size",
                    "seed", "shuffle_buffer", "shards") if getattr(saved, k) != getattr(now, k)]  # fmt: skip
         if changed:
-            raise RecipeError(
-                f"{where}: the stream was saved with other settings ({'; '.join(changed)}; 'shards' is a digest of "
-                "the shard names and counts). Resuming exactly needs the same processes, DataLoader workers, batch "
-                "size, seed, shuffle buffer and shards: resume with the saved values, or start a new output_dir."
-            )
+            raise RecipeError(f"{where}: the stream was saved with other settings ({'; '.join(changed)}; "
+                              "'shards' is a digest of the shard names and counts). Resuming exactly needs the "
+                              "same processes, DataLoader workers, batch size, seed, shuffle buffer and "
+                              "shards: resume with the saved values, or start a new output_dir.")  # fmt: skip
         if not 0 <= saved.batches < self.batches:
             raise RecipeError(f"{where}: batch {saved.batches} is not within an epoch of {self.batches} batches.")
 
@@ -370,10 +351,9 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         if workers != self.workers:
-            raise RecipeError(
-                f"The stream was built for num_workers {self.num_workers} but a DataLoader with {workers} workers "
-                "reads it: build both from the same dataloader_num_workers (StreamLoader does)."
-            )
+            raise RecipeError(f"The stream was built for num_workers {self.num_workers} but a "
+                              f"DataLoader with {workers} workers reads it: build both from the "
+                              "same dataloader_num_workers (StreamLoader does).")  # fmt: skip
         start = self._start[1] if self._start and self._start[0] == self.epoch else 0
         # A fresh DataLoader asks worker 0 first: it plays the worker that batch `start` comes from.
         role = (worker + start) % workers

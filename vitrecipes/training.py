@@ -74,10 +74,9 @@ class RecipeTrainer(Trainer):
         wanted = {"batch_size": self._train_batch_size, "rank": args.process_index, "world_size": args.world_size,
                   "num_workers": args.dataloader_num_workers}  # fmt: skip
         if built != wanted:
-            raise RecipeError(
-                f"The train stream was built for {built}, but this run has {wanted}: build the ShardStream from "
-                "per_device_train_batch_size, the process index, the world size and dataloader_num_workers."
-            )
+            raise RecipeError(f"The train stream was built for {built}, but this run has {wanted}: "
+                              "build the ShardStream from per_device_train_batch_size, the process "
+                              "index, the world size and dataloader_num_workers.")  # fmt: skip
         return self._stream_loader(stream)
 
     def get_resumed_dataloader(self, dataloader, num_batches: int):
@@ -133,9 +132,8 @@ class RecipeTrainer(Trainer):
         """Cross-entropy on class indices or soft targets; with `num_items_in_batch` (the readable images of
         the whole accumulated batch) summed and divided by it, as Trainer expects of this hook."""
         reduction = "mean" if num_items_in_batch is None else "sum"
-        loss = torch.nn.functional.cross_entropy(
-            outputs.logits.float(), labels, label_smoothing=self.args.label_smoothing_factor, reduction=reduction
-        )
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction=reduction,
+                                                 label_smoothing=self.args.label_smoothing_factor)  # fmt: skip
         return loss if num_items_in_batch is None else loss / num_items_in_batch
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -157,13 +155,12 @@ class RecipeTrainer(Trainer):
         value = here_loss if here_step == step else "NaN or infinite on another process"
         saved = sort_checkpoints(self.args.output_dir)
         kept = self.state.best_model_checkpoint or (str(saved[-1]) if saved else None)
-        raise NonFiniteLossError(
-            f"The training loss became {value} at step {step}. "
-            f"Likely causes: a learning rate too high for this model and batch ({self.args.learning_rate:g}; "
-            "try 3-10x lower or a longer warm-up), fp16 overflow (use bf16 on GPUs that support it), or a "
-            "corrupt batch. The run stopped before saving anything from that step on; "
-            + (f"the last good checkpoint is {kept}." if kept else "no checkpoint had been saved yet.")
-        )
+        last = f"the last good checkpoint is {kept}." if kept else "no checkpoint had been saved yet."
+        raise NonFiniteLossError(f"The training loss became {value} at step {step}. Likely causes: a "
+                                 "learning rate too high for this model and batch "
+                                 f"({self.args.learning_rate:g}; try 3-10x lower or a longer warm-up), fp16 "
+                                 "overflow (use bf16 on GPUs that support it), or a corrupt batch. The run "
+                                 f"stopped before saving anything from that step on; {last}")  # fmt: skip
 
     def _plain_reload(self) -> bool:
         # Trainer's own reload is right for these (a LoRA checkpoint holds only the adapters and the head).
@@ -218,18 +215,16 @@ class StreamCheckpoints(TrainerCallback):
             return
         path = Path(self.trainer._resume_checkpoint) / STREAM_STATE
         if not path.exists():
-            raise RecipeError(
-                f"{path} is missing: the checkpoint was not saved by a run that trained from shards (or the run "
-                "stopped while saving it). Resume from another checkpoint, or start a new output_dir."
-            )
+            raise RecipeError(f"{path} is missing: the checkpoint was not saved by a run that "
+                              "trained from shards (or the run stopped while saving it). Resume "
+                              "from another checkpoint, or start a new output_dir.")  # fmt: skip
         saved, now = StreamPosition.load(path), self._position(args, state)
         self.trainer.train_dataset.check(saved, str(path))
         if (saved.epoch, saved.batches) != (now.epoch, now.batches):
-            raise RecipeError(
-                f"{path}: the stream stood at epoch {saved.epoch}, batch {saved.batches}, but the checkpoint's step "
-                f"{state.global_step} means epoch {now.epoch}, batch {now.batches} (gradient_accumulation_steps "
-                "changed?). Resume with the settings the run was saved with, or start a new output_dir."
-            )
+            raise RecipeError(f"{path}: the stream stood at epoch {saved.epoch}, batch {saved.batches}, but "
+                              f"the checkpoint's step {state.global_step} means epoch {now.epoch}, batch "
+                              f"{now.batches} (gradient_accumulation_steps changed?). Resume with the "
+                              "settings the run was saved with, or start a new output_dir.")  # fmt: skip
         self.trainer._stream_resume = saved
 
     def on_save(self, args, state, control, **kwargs):
@@ -261,8 +256,7 @@ class WeightAverage(TrainerCallback):
     validation during training sees the raw weights. Not an `AveragedModel`: FSDP refuses its deep copy."""
 
     def __init__(self, decay: float):
-        self.decay = decay
-        self.average = None
+        self.decay, self.average = decay, None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         current = [p.detach() for p in model.parameters() if p.requires_grad]
@@ -283,17 +277,10 @@ def build_trainer(model, processor, args, splits: DatasetDict, prep, data_args=N
     mixing = None
     if data_args is not None and (data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0):
         mixing = BatchMixing(model.config.num_labels, data_args.mixup_alpha, data_args.cutmix_alpha)
-    trainer = RecipeTrainer(
-        model=model,
-        args=args,
-        train_dataset=splits["train"] if args.do_train else None,
-        eval_dataset=splits["validation"],
-        data_collator=prep.collate,
-        processing_class=processor,
-        compute_metrics=compute_metrics,
-        callbacks=[WeightAverage(args.ema_decay)] if getattr(args, "ema_decay", 0.0) else None,
-        batch_mixing=mixing,
-    )
+    trainer = RecipeTrainer(model=model, args=args, train_dataset=splits["train"] if args.do_train else None,
+                            eval_dataset=splits["validation"], data_collator=prep.collate, processing_class=processor,
+                            callbacks=[WeightAverage(args.ema_decay)] if getattr(args, "ema_decay", 0.0) else None,
+                            compute_metrics=compute_metrics, batch_mixing=mixing)  # fmt: skip
     compact_progress(trainer)
     keep_library_messages()  # Trainer set the libraries' level from log_level; the log file wants their INFO
     return trainer

@@ -96,13 +96,9 @@ class Preprocessing:
 
     def serving_processor(self):
         """The evaluation transform for `pipeline()`: BitImageProcessor (RGB, resize, crop, rescale, normalise)."""
-        return BitImageProcessor(
-            size={"shortest_edge": self.resize_to},
-            resample=PILImageResampling.BILINEAR,
-            crop_size={"height": self.size[0], "width": self.size[1]},
-            image_mean=list(self.mean),
-            image_std=list(self.std),
-        )
+        return BitImageProcessor(size={"shortest_edge": self.resize_to}, resample=PILImageResampling.BILINEAR,
+                                 crop_size={"height": self.size[0], "width": self.size[1]},
+                                 image_mean=list(self.mean), image_std=list(self.std))  # fmt: skip
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (..., 3, H, W) -> normalised float32."""
