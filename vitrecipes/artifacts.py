@@ -169,8 +169,8 @@ def require_fresh_exports(folder: Path, then: str = "") -> None:
     for name, export in EXPORTS.items():
         if reason := current_export(folder, export)[1]:
             again = f"python export.py {folder}" + ("" if name == next(iter(EXPORTS)) else f" --format {name}")
-            raise RecipeError(f"The {name.upper()} export in {folder / export.folder} is stale: {reason}, so it may not "
-                              f"answer as the model does. Export it again: {again} --overwrite{then}.")  # fmt: skip
+            raise RecipeError(f"The {name.upper()} export in {folder / export.folder} is stale: {reason}, so it may "
+                              f"not answer as the model does. Export it again: {again} --overwrite{then}.")  # fmt: skip
 
 
 def export_module(name: str):
