@@ -121,8 +121,10 @@ def test_an_evaluation_only_run_keeps_the_folded_temperature_and_refits_nothing(
     with pytest.raises(RecipeError, match=r"calibrate_temperature: an evaluation-only run .* fits no temperature"):
         parse_recipe([*evaluate, "--calibrate_temperature", "true"])
     # The resolved recipe's calibrate_temperature: true is the record of the training: accepted, nothing refitted.
+    reports = {p: p.read_bytes() for p in out.glob("eval_*/*") if p.is_file()}
     evaluated = run_snacks.main(evaluate)
     assert (out / "model.safetensors").read_bytes() == weights
+    assert {p: p.read_bytes() for p in reports} == reports  # the training run's reports are kept as they were
     assert evaluated["calibration"]["temperature"] == temperature  # read from metrics.json, not fitted again
     assert json.loads((out / "eval_only_metrics.json").read_text())["calibration"] == evaluated["calibration"]
     for split in ("validation", "test"):
@@ -130,9 +132,9 @@ def test_an_evaluation_only_run_keeps_the_folded_temperature_and_refits_nothing(
         assert evaluated[split]["cross_entropy"] == pytest.approx(trained[split]["cross_entropy"], rel=1e-4)
         # The same images: the numbers without and with T are those training reported.
         assert evaluated["calibration"][split] == pytest.approx(trained["calibration"][split], rel=1e-4)
-        report = json.loads((out / f"eval_{split}" / "metrics.json").read_text())
+        report = json.loads((out / f"eval_only_{split}" / "metrics.json").read_text())
         assert report["calibration"] == evaluated["calibration"][split]
-        assert f"Temperature T = {temperature:.4f}" in (out / f"eval_{split}" / "report.md").read_text()
+        assert f"Temperature T = {temperature:.4f}" in (out / f"eval_only_{split}" / "report.md").read_text()
     # A metrics.json that cannot be read leaves it unknown whether the model holds a T: refused, naming the file.
     (out / "metrics.json").write_text('{"calibration": {"temper')
     with pytest.raises(RecipeError, match=rf"{out / 'metrics.json'} cannot be read .* folded temperature"):

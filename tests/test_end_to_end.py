@@ -83,6 +83,7 @@ def test_evaluation_only_reproduces_the_metrics_without_touching_the_run(smoke_r
     out, _ = smoke_run
     before = (out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()
     weights = (out / "model.safetensors").read_bytes()
+    reports = {p: p.read_bytes() for p in out.glob("eval_*/*") if p.is_file()}
     result = evaluate_only(out)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((out / "eval_only_metrics.json").read_text())
@@ -92,6 +93,9 @@ def test_evaluation_only_reproduces_the_metrics_without_touching_the_run(smoke_r
     assert evaluated["data"] == trained["data"] and "calibration" not in evaluated  # trained without a temperature
     assert ((out / "metrics.json").read_text(), (out / "resolved_recipe.yaml").read_text()) == before
     assert (out / "model.safetensors").read_bytes() == weights
+    assert {p: p.read_bytes() for p in reports} == reports  # its own reports go to eval_only_<split>/
+    report = json.loads((out / "eval_only_test" / "metrics.json").read_text())
+    assert report["accuracy"] == evaluated["test"]["accuracy"]
 
 
 def test_fine_tunes_a_checkpoint_with_a_new_head_and_no_test_split(tmp_path, tiny_checkpoint, caplog, monkeypatch):

@@ -29,6 +29,7 @@ SWEEP_STUDY_FILE, BEST_RECIPE_NAME = "sweep.db", "best_recipe.yaml"
 EVAL_ONLY_METRICS_FILE = "eval_only_metrics.json"
 EVAL_ONLY_RECIPE_NAME = "eval_only_recipe.yaml"
 EVAL_ONLY_BAD_IMAGES_FILE = "eval_only_bad_images.jsonl"
+EVAL_ONLY_REPORT_DIR = "eval_only_{split}"
 
 
 @dataclass(frozen=True)

@@ -182,10 +182,10 @@ def finish_run(trainer, metrics: dict, predictions: dict, names, model_args, dat
     args = trainer.args
     output_dir, trained = Path(args.output_dir), args.do_train
     checkpoint = str(output_dir if trained else model_args.model_name_or_path)
-    reports = {}
+    reports, folder = {}, artifacts.REPORT_DIR if trained else artifacts.EVAL_ONLY_REPORT_DIR  # never the run's
     for name, split in predictions.items():
         reports[name] = write_report(
-            output_dir / artifacts.REPORT_DIR.format(split=name), split, names, data_args.image_column_name, checkpoint,
+            output_dir / folder.format(split=name), split, names, data_args.image_column_name, checkpoint,
             log_history=trainer.state.log_history if trained else None, final_validation=metrics.get("validation"),
             calibration=metrics.get("calibration", {}).get(name),
         )  # fmt: skip
