@@ -28,15 +28,16 @@ class _ForTheConsole(logging.Filter):
 
 
 def setup(level: str = "warning", main_process: bool = True) -> None:
-    """Route every library's messages through the root logger: the console at `level` (the main process; warnings
-    for the others), the log file (`log_to`) at INFO. Called again, it replaces its own handlers."""
+    """Route every library's messages through the root logger: the console at `level` (log_level on the main
+    process, log_level_replica on the others, which show nothing else), the log file (`log_to`) at INFO. Called
+    again, it replaces its own handlers."""
     _main["process"] = main_process
     root = logging.getLogger()
     for handler in _handlers.values():
         root.removeHandler(handler)
     _handlers.clear()
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.getLevelName(level.upper()) if main_process and level != "passive" else logging.WARNING)
+    console.setLevel(logging.getLevelName(level.upper()) if level != "passive" else logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     console.addFilter(_ForTheConsole())
     root.addHandler(_handlers.setdefault("console", console))
