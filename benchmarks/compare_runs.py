@@ -73,13 +73,9 @@ def compare(folders: list[Path], alpha: float = 0.05) -> dict:
         if key not in base:
             continue
         row = {"figure": label, "key": key, "recipes": {}}
-        for name, figures in runs.items():
-            values = figures.get(key)
-            if values is None:
-                continue
-            mean = sum(values) / len(values)
+        for name, values in ((name, figures[key]) for name, figures in runs.items() if key in figures):
             std = stats.tstd(values) if len(values) > 1 else 0.0
-            row["recipes"][name] = {"mean": mean, "std": std, "n": len(values)}
+            row["recipes"][name] = {"mean": sum(values) / len(values), "std": std, "n": len(values)}
             if name != base_name:
                 row["recipes"][name].update(verdict(base[key], values, key, alpha))
         rows.append(row)
@@ -88,17 +84,12 @@ def compare(folders: list[Path], alpha: float = 0.05) -> dict:
 
 def markdown(result: dict) -> str:
     names = list(result["rows"][0]["recipes"]) if result["rows"] else []
-    lines = [
-        f"Baseline: `{result['baseline']}`. Verdicts: {result['test']}, two-sided, alpha {result['alpha']}.",
-        "",
-        "| figure | " + " | ".join(f"`{n}`" for n in names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
+    lines = [f"Baseline: `{result['baseline']}`. Verdicts: {result['test']}, two-sided, alpha {result['alpha']}.", "",
+             "| figure | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
     for row in result["rows"]:
         cells = []
         for name in names:
-            r = row["recipes"].get(name)
-            if r is None:
+            if (r := row["recipes"].get(name)) is None:
                 cells.append("-")
                 continue
             cell = f"{r['mean']:.4f} ± {r['std']:.4f} (n={r['n']})"
