@@ -142,3 +142,18 @@ def test_time_to_accuracy_runs_rounds_through_run_seeds_and_resumes(tmp_path, ti
     # A table of other seeds than a pipeline's summary.json holds would mix them: refused.
     with pytest.raises(SystemExit, match=r"summary.json is not of seeds \[1\]"):
         bench_time_to_accuracy([*argv[:6], "--pipelines", "recipe:1"])
+
+
+def test_streaming_benchmark_times_both_pipelines_on_the_recipes_side_and_counts_evaluation_alike(tmp_path):
+    from benchmarks.bench_streaming import main
+
+    out = tmp_path / "bench.json"
+    result = main(["recipes/smoke.yaml", "--shards", str(tmp_path / "shards"), "--shard_size", "300", "--workers", "0",
+                   "--batches", "3", "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert (result["image_size"], result["batch_size"], result["shards"]) == (32, 32, 4)  # the recipe's side and batch
+    assert [(row["pipeline"], row["workers"]) for row in result["rows"]] == [("map-style", 0), ("streaming", 0)]
+    for row in result["rows"]:
+        assert row["images_per_s"] > 0 and row["first_batch_s"] > 0 and row["resume_at_90pct_s"] > 0
+    counts = {"validation": 300, "test": 300}
+    assert result["evaluation_images"] == {"map-style": counts, "streaming": counts}  # every image once, each way
