@@ -28,17 +28,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "dinov2-small" / "snacks" / "config_cpu.yaml"
 # The transformers image-classification example's set-up, spelt out whatever the recipe sets (Trainer's defaults and
-# the example's 1 epoch, batch 16, fp32, augmentation, evaluation each epoch, the best reloaded) at 112 px.
+# the example's 1 epoch, batch 16, fp32, augmentation, evaluation each epoch, the best reloaded) at 112 px. Its
+# best settings, example_bf16, are the TrainingArguments speed flags the recipe uses: bf16 training and evaluation.
 EXAMPLE = ("--adaptation full --num_train_epochs 1 --max_steps -1 --per_device_train_batch_size 16 --learning_rate "
            "5e-5 --lr_scheduler_type linear --warmup_steps 0 --weight_decay 0 --label_smoothing_factor 0 --layer_decay "
            "1 --random_resized_crop_scale 0.08 1 --horizontal_flip true --image_size 112 --eval_image_size null "
-           "--eval_crop_pct 1 --eval_strategy epoch --save_strategy epoch --load_best_model_at_end true --bf16 false")
+           "--eval_crop_pct 1 --eval_strategy epoch --save_strategy epoch --load_best_model_at_end true "
+           "--jpeg_draft false --patch_dropout 0 --bf16 false --bf16_full_eval false")
+BEST = EXAMPLE.replace("--bf16 false --bf16_full_eval false", "--bf16 true --bf16_full_eval true")
 # Only the keys each pipeline changes: switching `adaptation` leaves out the recipe's keys of the other mode.
-PIPELINES = {"example": EXAMPLE, "example_bf16": EXAMPLE.replace("--bf16 false", "--bf16 true"), "recipe": "",
+PIPELINES = {"example": EXAMPLE, "example_bf16": BEST, "recipe": "",
              "linear_probe": "--adaptation linear_probe", "lora": "--adaptation lora --learning_rate 5e-4",
              "full": "--adaptation full --head_learning_rate_multiplier 10",
              "freeze": "--adaptation freeze --freeze_blocks 6 --head_learning_rate_multiplier 10",
-             "fast": "", "fast_warm": ""}  # fmt: skip
+             "fast": "", "fast_warm": "",
+             # the recipe less one of its levers, or with one more: each lever's time and accuracy alone
+             "fp32_eval": "--bf16_full_eval false", "no_draft": "--jpeg_draft false",
+             "patch_dropout": "--patch_dropout 0.5"}  # fmt: skip
 shown = functools.partial(os.path.relpath, start=ROOT)  # the commands run in ROOT; the JSON names no machine folder
 
 

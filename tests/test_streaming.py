@@ -522,6 +522,7 @@ def test_a_two_process_streamed_run_finishes_and_counts_every_evaluation_image_o
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["validation"]["samples"] == metrics["test"]["samples"] == 300  # each image once, no padding
     assert metrics["data"]["splits"] == {"train": 1197, "validation": 300, "test": 300}
+    assert metrics["data"]["dataset"] == "builtin:digits"  # what the shards were written from: compare_runs matches it
     # 1197 // (2 processes x 32) = 18 batches a process; accumulation 2: 9 optimizer steps, the same on both.
     assert metrics["train"]["global_step"] == 9 and metrics["effective_batch_size"] == 128
     assert (out / "checkpoint-9" / "stream_state.json").is_file()

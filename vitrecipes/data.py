@@ -23,7 +23,7 @@ from .bad_images import BadImageLog, readable
 from .config import DataArguments
 from .errors import RecipeError, hub_unreachable
 from .hub import PARQUET_REVISION, is_hub_id
-from .streaming import RowTransform, ShardReader, ShardStream, hub_parquet_urls, local_dataset, open_shards
+from .streaming import RowTransform, ShardReader, ShardStream, hub_parquet_urls, local_dataset, open_shards, shard_info
 
 logger = logging.getLogger(__name__)
 
@@ -224,10 +224,12 @@ class Data:
     names: list[str]  # the class names, in label order
     probe: Dataset  # the training images through the evaluation transform, each once: the linear probe's input
     probe_key: str  # names exactly those images, for the probe's feature cache
+    source: str | None = None  # shards: the dataset make_shards.py wrote them from, as their _info.json names it
 
     def record(self, data_args: DataArguments) -> dict:
-        """metrics.json's `data`: what the run trained and evaluated on, so that runs on other data are not compared."""
-        dataset = shareable_dataset(data_args.dataset_name, data_args.dataset_name_for_card)
+        """metrics.json's `data`: what the run trained and evaluated on, so that runs on other data are not compared.
+        Shards count as the dataset they were written from: the split sizes and classes must still match."""
+        dataset = shareable_dataset(self.source or data_args.dataset_name, data_args.dataset_name_for_card)
         return {"dataset": dataset, "splits": {name: size(split) for name, split in self.splits.items()},
                 "classes": self.names}  # fmt: skip
 
@@ -296,7 +298,8 @@ def _stream(data_args: DataArguments, training_args, prep, eval_prep, bad_images
                          args.world_size, args.dataloader_num_workers, args.seed, data_args.shuffle_buffer)  # fmt: skip
     splits = {"train": stream, **attach_transforms(local, eval_prep, data_args, bad_images)}
     logger.info("Data: %s streamed, %d classes; %s", data_args.train_files, len(names), sizes(splits))
-    return Data(splits, names, ShardReader(shards, RowTransform(transform(False))), shards.digest())
+    source = (shard_info(shards.files[0]) or {}).get("source", {}).get("name") or None
+    return Data(splits, names, ShardReader(shards, RowTransform(transform(False))), shards.digest(), source)
 
 
 def size(split) -> int:

@@ -81,7 +81,8 @@ def _expand(pattern: str) -> list[str]:
     return found if isinstance(fs, LocalFileSystem) else [fs.unstrip_protocol(p) for p in found]
 
 
-def _info_beside(url: str) -> dict | None:
+def shard_info(url: str) -> dict | None:
+    """The `_info.json` beside a shard file, or None."""
     fs, path = _fs(url)
     info_path = posixpath.join(posixpath.dirname(path), INFO_NAME)
     if not fs.exists(info_path):
@@ -104,7 +105,7 @@ def open_shards(patterns, classes=None, image_column: str = "image", label_colum
     counts, checksums, found_classes, infos = [], [], set(), {}
     for url in files:
         folder = posixpath.dirname(_fs(url)[1])
-        info = infos[folder] if folder in infos else infos.setdefault(folder, _info_beside(url))
+        info = infos[folder] if folder in infos else infos.setdefault(folder, shard_info(url))
         splits = (info or {}).get("splits", {}).values()
         listed = {s["file"]: s for split in splits for s in split["shards"]}
         name = posixpath.basename(url)
