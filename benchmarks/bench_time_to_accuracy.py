@@ -43,7 +43,7 @@ PIPELINES = {"example": EXAMPLE, "example_bf16": BEST, "recipe": "",
              "freeze": "--adaptation freeze --freeze_blocks 6 --head_learning_rate_multiplier 10",
              "fast": "", "fast_warm": "",
              # the recipe less one of its levers, or with one more: each lever's time and accuracy alone
-             "fp32_eval": "--bf16_full_eval false", "no_draft": "--jpeg_draft false",
+             "fp32_eval": "--bf16_full_eval false", "jpeg_draft": "--jpeg_draft true",
              "patch_dropout": "--patch_dropout 0.5"}  # fmt: skip
 shown = functools.partial(os.path.relpath, start=ROOT)  # the commands run in ROOT; the JSON names no machine folder
 

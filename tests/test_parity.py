@@ -16,6 +16,7 @@ from vitrecipes.config import DataArguments
 from vitrecipes.data import load_splits
 from vitrecipes.errors import RecipeError
 from vitrecipes.images import load_rgb
+from vitrecipes.onnx_export import export_folder
 from vitrecipes.transforms import Preprocessing
 
 
@@ -95,6 +96,8 @@ def test_bf16_full_eval_evaluates_and_saves_in_bf16_so_pipeline_reproduces_it(tm
     )  # fmt: skip
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"  # pipeline() loads it in bf16
     _pipeline_matches_evaluation(out, DataArguments(dataset_name=str(jpeg_folder)))
+    parity = export_folder(out, log=lambda *_: None)  # exported in fp32: ONNX Runtime has no bf16 kernels for it
+    assert parity["fp32"]["top1_agreement"] == 1.0 and parity["fp32"]["max_abs_logit_diff"] < 1e-3
 
 
 @pytest.mark.skipif(not (SNACKS.is_dir() and DINOV2.is_dir()), reason="needs ../shared snacks data and DINOv2 model")

@@ -229,13 +229,16 @@ def export_folder(output_dir: str | Path, split: str | None = None, images: list
             raise RecipeError(f"OUTPUT_DIR: the export cannot be written into {target} ({cause(error)}). "
                               "Make it writable, or copy the folder somewhere you can write (cp -r "
                               f"{folder} my-copy) and export the copy.") from None  # fmt: skip
+    import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoImageProcessor, AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bar
     inputs = artifacts.export_inputs(folder)  # the files as they are read next
-    model = load_saved(AutoModelForImageClassification, folder, trust_remote_code, use_safetensors=True).eval()
+    # fp32 whatever the saved dtype (bf16 after bf16_full_eval): ONNX Runtime's CPU kernels are fp32 and int8.
+    model = load_saved(AutoModelForImageClassification, folder, trust_remote_code, use_safetensors=True,
+                       dtype=torch.float32).eval()  # fmt: skip
     processor = load_saved(AutoImageProcessor, folder, trust_remote_code)
     pictures, labels, source = parity_images(folder, split, images)
     if not pictures:
